@@ -1,0 +1,9 @@
+"""autotune: tune the source/target guidance of inversion-based image editing, per edit category."""
+
+from autotune.guidance import GuidanceSchedule
+from autotune.params import EditParams
+from autotune.tasks import CATEGORIES, EditTask
+
+__version__ = "0.1.0"
+
+__all__ = ["CATEGORIES", "EditParams", "EditTask", "GuidanceSchedule", "__version__"]

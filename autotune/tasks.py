@@ -1,0 +1,76 @@
+"""An edit task: one image, what it shows, what it should become, and where.
+
+Categories follow PIE-Bench's `editing_type_id` (0-9); names are accepted wherever an id is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# PIE-Bench editing_type_id -> canonical name.
+CATEGORIES: dict[int, str] = {
+    0: "random",
+    1: "change_object",
+    2: "add_object",
+    3: "delete_object",
+    4: "change_content",
+    5: "change_pose",
+    6: "change_color",
+    7: "change_material",
+    8: "change_background",
+    9: "change_style",
+}
+_ALIASES = {"change_colour": "change_color", "change_shape": "change_object"}
+
+
+def category_name(value: int | str) -> str:
+    """Canonical category name from an id (6, "6") or a name ("change_color", "change colour")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value in CATEGORIES:
+            return CATEGORIES[value]
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "_").replace("-", "_")
+        if text.isdigit() and int(text) in CATEGORIES:
+            return CATEGORIES[int(text)]
+        text = _ALIASES.get(text, text)
+        if text in CATEGORIES.values():
+            return text
+    known = ", ".join(f"{i}={n}" for i, n in CATEGORIES.items())
+    raise ValueError(f"unknown edit category {value!r}; use an id or a name: {known}")
+
+
+@dataclass
+class EditTask:
+    """One edit to make and score.
+
+    `mask` is a boolean HxW array, True where the edit should happen (PIE-Bench convention).
+    `blend_words` is (source word, target word) for LocalBlend and re-weighting, or None.
+    `expected` holds ground truth where a world knows it (the shapes world), else None.
+    """
+
+    id: str
+    image: Image.Image
+    source_prompt: str
+    target_prompt: str
+    category: str
+    blend_words: tuple[str, str] | None = None
+    mask: np.ndarray | None = None
+    expected: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.category = category_name(self.category)
+        if self.mask is not None:
+            mask = np.asarray(self.mask)
+            if mask.ndim != 2:
+                raise ValueError(f"task {self.id}: mask must be 2-D (H, W), got shape {mask.shape}")
+            if mask.shape != (self.image.height, self.image.width):
+                raise ValueError(
+                    f"task {self.id}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                    f"{self.image.width}x{self.image.height}; they must match"
+                )
+            self.mask = mask.astype(bool)
