@@ -1,0 +1,136 @@
+"""A fake editor and scorer with a known optimum, for testing the tuner's loop without a diffusion model.
+
+The editor writes the candidate's (w_src, w_tgt) into the pixels; the scorer reads them back and returns smooth
+metrics whose trade-off is known exactly:
+
+    preservation = 0.9 - (w_src - 0.5)^2 - 0.03 * w_tgt + task offset      (fidelity, maximize)
+    edit_success = 0.9 - 0.5 * (w_src - 0.5)^2 - exp(-w_tgt / 3) + task offset  (edit strength, maximize)
+
+so the Pareto set is w_src = 0.5 with w_tgt anywhere, the SimInversion point (0.5, 7.5) is on it and the DDIM
+point (1, 7.5) is dominated. Run as a script it is a tuner worker process (for the storage tests).
+This module holds no tests; pytest collects it and finds none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autotune.params import EditParams
+from autotune.tasks import EditTask
+
+SIZE = 8
+
+
+def true_values(w_src: float, w_tgt: float, offset: float = 0.0) -> tuple[float, float]:
+    fid = 0.9 - (w_src - 0.5) ** 2 - 0.03 * w_tgt + offset
+    strength = 0.9 - 0.5 * (w_src - 0.5) ** 2 - math.exp(-w_tgt / 3) + offset
+    return fid, strength
+
+
+def make_tasks(n: int = 3, category: str = "change_color", seed: int = 0) -> list[EditTask]:
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+        tasks.append(EditTask(id=f"t{i:02d}", image=Image.fromarray(pixels), source_prompt=f"a red square {i}",
+                              target_prompt=f"a blue square {i}", category=category, blend_words=("red", "blue"),
+                              metadata={"offset": float(rng.normal(0, 0.05))}))
+    return tasks
+
+
+@dataclass
+class Result:
+    pixels: torch.Tensor
+    params: EditParams
+
+
+class FakeEditor:
+    """Counts its batched calls. `fail_above`: w_tgt above it raises; `oom_above`: raises an OOM-like error;
+    `delay`: seconds per call (so a worker can be killed mid-trial)."""
+
+    def __init__(self, fail_above: float | None = None, oom_above: float | None = None, delay: float = 0.0) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.fail_above, self.oom_above, self.delay = fail_above, oom_above, delay
+
+    def model_info(self) -> dict:
+        return {"id": "fake/editor", "revision": "0", "scheduler": {"_class_name": "DDIMScheduler"}}
+
+    def edit_task(self, task: EditTask, candidates: list[EditParams]) -> list[Result]:
+        self.calls.append((task.id, len(candidates)))
+        if self.delay:
+            time.sleep(self.delay)
+        out = []
+        for p in candidates:
+            w_src, w_tgt = p.w_src.start, p.w_tgt.start
+            if self.fail_above is not None and w_tgt > self.fail_above:
+                raise RuntimeError(f"fake engine failure at w_tgt={w_tgt:.2f}")
+            if self.oom_above is not None and w_tgt > self.oom_above:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            x = torch.zeros(3, SIZE, SIZE)
+            x[0] = w_src / 2.0
+            x[1] = w_tgt / 12.0
+            x[2] = 0.5 + task.metadata["offset"]
+            out.append(Result(x, p))
+        return out
+
+
+class FakeScorer:
+    """Reads (w_src, w_tgt) back from the pixels. `nan_below`: preservation is NaN when w_src is below it."""
+
+    def __init__(self, nan_below: float | None = None) -> None:
+        self.nan_below = nan_below
+        self.calls = 0
+
+    def metrics(self) -> dict[str, str]:
+        return {"preservation": "maximize", "edit_success": "maximize", "background_psnr": "maximize"}
+
+    def describe(self) -> dict:
+        return {"mode": "fake", "version": 1}
+
+    def score(self, task: EditTask, edited: torch.Tensor) -> list[dict[str, float]]:
+        self.calls += 1
+        out = []
+        for x in edited:
+            w_src, w_tgt = float(x[0].mean()) * 2.0, float(x[1].mean()) * 12.0
+            offset = float(x[2].mean()) - 0.5
+            fid, strength = true_values(w_src, w_tgt, offset)
+            if self.nan_below is not None and w_src < self.nan_below:
+                fid = math.nan
+            out.append({"preservation": fid, "edit_success": strength, "background_psnr": 30 + 10 * fid})
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A tuner worker: `python tests/test_tuner_fakes.py --storage URL --study NAME --trials N ...`."""
+    from autotune.storage import open_storage
+    from autotune.tuner import tune
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--storage", required=True)
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--trials", type=int, required=True)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--tasks", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--project-dir", default=None)
+    ap.add_argument("--sampler", default="random")
+    args = ap.parse_args(argv)
+    store = open_storage(args.storage, project_dir=args.project_dir, heartbeat_interval=1, grace_period=3)
+    result = tune(FakeEditor(delay=args.delay), make_tasks(args.tasks), category="change_color", trials=args.trials,
+                  batch=args.batch, storage=store, study_name=args.study, sampler=args.sampler, seed=args.seed,
+                  scorer=FakeScorer(), progress=False, prune=False, artifacts=False, save_preset=False)
+    print(f"worker done: {result.counts} calls={result.engine_calls}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
