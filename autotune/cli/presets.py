@@ -1,0 +1,319 @@
+"""`autotune presets`: list, show, diff, export, import, verify, from-study.
+
+Examples:
+    autotune presets list
+    autotune presets show change_color:aggressive --model stable-diffusion-v1-5/stable-diffusion-v1-5
+    autotune presets export --out team-presets.zip presets/
+    autotune presets import team-presets.zip            # into the user's presets directory
+    autotune presets from-study --study shapes-change_color --storage postgresql://user@db/autotune --out presets/
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import PresetError, StorageError
+from autotune.preset import Preset, PresetWarning, redact_url
+from autotune.preset_store import PresetStore, load_entry, user_presets_dir
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "presets",
+        help="list, inspect, share and rebuild presets",
+        description="Presets are looked up in: a path you give, ./presets, the user directory "
+        "($AUTOTUNE_PRESETS_DIR or ~/.config/autotune/presets), then the presets shipped with autotune.",
+    )
+    parser.set_defaults(handler=lambda args: (parser.print_help(), 2)[1])
+    sub = parser.add_subparsers(dest="presets_command", metavar="ACTION")
+
+    p = sub.add_parser("list", help="the presets found, in lookup order")
+    p.add_argument("--model", help="only presets made for this model id")
+    p.add_argument("--category", help="only this edit category")
+    p.add_argument("--dir", action="append", type=Path, help="list this directory instead of the lookup path (repeatable)")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("show", help="one preset: picks, front and provenance")
+    p.add_argument("spec", help="CATEGORY[:STYLE] or PATH.json[:STYLE]")
+    p.add_argument("--model", help="model id, to choose among presets of the same category")
+    p.add_argument("--json", action="store_true", help="print the preset file as JSON")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("diff", help="field-by-field differences between two presets")
+    p.add_argument("a", help="CATEGORY or PATH.json")
+    p.add_argument("b", help="CATEGORY or PATH.json")
+    p.add_argument("--model", help="model id for category specs")
+    p.set_defaults(handler=cmd_diff)
+
+    p = sub.add_parser("export", help="write presets as a pack (a directory or .zip with an index of sha256 hashes)")
+    p.add_argument("--out", required=True, type=Path, help="PACK.zip or a new directory")
+    p.add_argument("sources", nargs="*", type=Path, help="preset files or directories (default: ./presets)")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("import", help="verify a pack and add its presets (never overwrites silently)")
+    p.add_argument("pack", type=Path)
+    p.add_argument("--into", type=Path, help=f"target directory (default: {user_presets_dir()})")
+    p.add_argument("--force", action="store_true", help="replace existing presets even when not better")
+    p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser("verify", help="check packs, preset files or directories (hashes, validation)")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.set_defaults(handler=cmd_verify)
+
+    p = sub.add_parser("from-study", help="rebuild presets from a study's stored trials (nothing is re-run)")
+    p.add_argument("--study", action="append", help="study name (repeatable; default: every autotune study)")
+    p.add_argument("--storage", required=True, help="storage URL or journal file, e.g. postgresql://user@host/db")
+    p.add_argument("--out", required=True, type=Path, help="presets directory to write into")
+    p.add_argument("--force", action="store_true", help="replace existing presets even when not better")
+    p.set_defaults(handler=cmd_from_study)
+
+
+@contextlib.contextmanager
+def _show_warnings() -> Iterator[None]:
+    """Print preset warnings as one line each on stderr, without file/line noise."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PresetWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, PresetWarning):
+                    print(f"autotune presets: warning: {w.message}", file=sys.stderr)
+
+
+def _params_brief(params: Any) -> str:
+    return f"{params.method} w_src={params.w_src} w_tgt={params.w_tgt} steps={params.steps}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = PresetStore([("dir", d) for d in args.dir]) if args.dir else PresetStore()
+    category = None
+    if args.category:
+        from autotune.tasks import category_name
+
+        try:
+            category = category_name(args.category)
+        except ValueError as exc:
+            raise PresetError(str(exc)) from None
+    print("lookup order: " + ", ".join(f"{o}={d}" for o, d in store.dirs))
+    seen: set[tuple[str, str]] = set()
+    rows = 0
+    for entry in store.entries():
+        if entry.preset is None:
+            print(f"  BROKEN  {entry.path}: {entry.error}")
+            continue
+        preset = entry.preset
+        if category and preset.category != category:
+            continue
+        if args.model and not preset.matches_model(args.model):
+            continue
+        key = (preset.model["id"], preset.category)
+        shadowed = " (shadowed)" if key in seen else ""
+        seen.add(key)
+        rows += 1
+        trials = preset.provenance.get("n_complete")
+        kind = preset.kind + (f", {trials} trials" if trials is not None else "")
+        print(f"  {entry.origin:7s} {preset.category:17s} {preset.model['id']}  [{kind}]{shadowed}")
+        print(f"          balanced: {_params_brief(preset.params())}  ({entry.path})")
+    if not rows:
+        print("  no presets found")
+    return 0
+
+
+def _resolve(spec: str, model: str | None) -> tuple[Preset, str]:
+    return PresetStore().resolve(spec, model)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _show_warnings():
+        preset, style = _resolve(args.spec, args.model)
+    if args.json:
+        print(preset.dumps(), end="")
+        return 0
+    prov = preset.provenance
+    print(f"preset      {preset.label}")
+    print(f"category    {preset.category}")
+    print(f"model       {preset.model['id']}  revision={preset.model.get('revision')}  weights={preset.model.get('file_hash')}")
+    if preset.model.get("applies_to"):
+        print(f"applies to  {', '.join(preset.model['applies_to'])}")
+    print(f"scheduler   {json.dumps(preset.model.get('scheduler', {}), sort_keys=True)}")
+    print(f"kind        {preset.kind}" + (f"  ({prov['citation']})" if prov.get("citation") else ""))
+    study = prov.get("study") or {}
+    if study:
+        print(f"study       {study.get('name')} @ {redact_url(study.get('storage'))}")
+    for key in ("sampler", "n_trials", "n_complete", "task_fingerprint", "task_count", "created", "author",
+                "autotune_version"):
+        if prov.get(key) is not None:
+            print(f"{key:11s} {prov[key] if not isinstance(prov[key], dict) else json.dumps(prov[key])}")
+    for objective in preset.objectives:
+        print(f"objective   {objective['name']} ({objective['direction']}) = {objective.get('metrics')}")
+    print("picks:")
+    for name, pick in preset.picks.items():
+        mark = "*" if name == style else " "
+        print(f" {mark} {name:13s} {_params_brief(pick['params'])}  front[{pick.get('front_index')}]")
+    if preset.front:
+        print(f"front ({len(preset.front)} points, best fidelity first):")
+        for i, point in enumerate(preset.front):
+            values = point.values or {}
+            tags = [n for n, p in preset.picks.items() if p.get("front_index") == i]
+            print(f"  [{i}] fidelity={values.get('fidelity'):.4g} edit_strength={values.get('edit_strength'):.4g}  "
+                  f"{_params_brief(point.params)}  trial {point.trial}" + (f"  <- {', '.join(tags)}" if tags else ""))
+    for point in preset.references:
+        values = point.values or {}
+        print(f"  reference {point.paper_point}: fidelity={values.get('fidelity'):.4g} "
+              f"edit_strength={values.get('edit_strength'):.4g}")
+    print(f"content     {preset.content_hash}")
+    return 0
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, list):
+        out = {}
+        for i, value in enumerate(data):
+            out.update(_flatten(value, f"{prefix}[{i}]"))
+        return out or {prefix: []}
+    return {prefix: data}
+
+
+def preset_diff(a: Preset, b: Preset) -> list[str]:
+    """Differences as `field: a -> b` lines (the content hash and creation stamp left out)."""
+    ignore = ("content_hash", "provenance.created")
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    lines = []
+    for key in sorted(set(fa) | set(fb)):
+        if key in ignore:
+            continue
+        va, vb = fa.get(key, "<absent>"), fb.get(key, "<absent>")
+        if va != vb:
+            lines.append(f"{key}: {json.dumps(va)} -> {json.dumps(vb)}")
+    return lines
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    with _show_warnings():
+        a, _ = _resolve(args.a, args.model)
+        b, _ = _resolve(args.b, args.model)
+    print(f"--- {a.label}\n+++ {b.label}")
+    lines = preset_diff(a, b)
+    for line in lines:
+        print(line)
+    if not lines:
+        print("no differences")
+    return 0 if not lines else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autotune.preset_pack import export_pack
+
+    sources = args.sources or [Path("presets")]
+    for source in sources:
+        if not source.exists():
+            raise PresetError(f"{source} does not exist; give preset files or directories to export")
+    with _show_warnings():
+        report = export_pack(sources, args.out)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {args.out}: {report.count('exported')} preset(s)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from autotune.preset_pack import import_pack
+
+    target = args.into or user_presets_dir()
+    with _show_warnings():
+        report = import_pack(args.pack, target, force=args.force)
+    for line in report.lines():
+        print(line)
+    if not report.ok:
+        print(f"{args.pack} failed verification: nothing was imported", file=sys.stderr)
+        return 1
+    summary = ", ".join(f"{report.count(a)} {a}" for a in ("added", "replaced", "unchanged", "kept") if report.count(a))
+    print(f"imported into {target}: {summary or 'nothing'}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from autotune.preset_pack import INDEX_NAME, verify_pack
+
+    bad = 0
+    for path in args.paths:
+        if path.suffix.lower() == ".zip" or (path / INDEX_NAME).is_file():
+            report = verify_pack(path)
+            for line in report.lines():
+                print(f"{path}: {line}")
+            bad += sum(1 for i in report.items if i.action == "rejected")
+            continue
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        for file in files:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", PresetWarning)
+                    preset = Preset.load(file, strict=True)
+                entry = load_entry(file, "verify")  # collect warnings (unknown keys, ...) to show them
+                note = "; ".join(entry.warnings)
+                print(f"ok        {file}  ({preset.category}, {preset.model['id']})" + (f"  warning: {note}" if note else ""))
+            except PresetError as exc:
+                bad += 1
+                print(f"rejected  {file}  ({exc})")
+    return 0 if bad == 0 else 1
+
+
+def _open_storage(url: str) -> tuple[Any, str]:
+    """(optuna storage, redacted label) through the tuner's storage module when present."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    label = redact_url(url) or ""
+    try:
+        from autotune.storage import open_storage
+    except ModuleNotFoundError:
+        open_storage = None
+    try:
+        if open_storage is not None:
+            opened = open_storage(url)
+            return opened.storage, opened.url
+        if "://" in url:
+            import optuna
+
+            return optuna.storages.RDBStorage(url), label
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        if not Path(url).is_file():
+            raise StorageError(f"storage {label!r} is neither a database URL nor an existing journal file")
+        return JournalStorage(JournalFileBackend(url)), label
+    except StorageError:
+        raise
+    except (ImportError, OSError, ValueError, RuntimeError, SQLAlchemyError) as exc:  # never echo the password
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = message.replace(url, label)
+        raise StorageError(f"cannot open storage {label}: {redact_url(message)}") from None
+
+
+def cmd_from_study(args: argparse.Namespace) -> int:
+    from autotune.preset_from_study import presets_from_storage
+
+    storage, label = _open_storage(args.storage)
+    with _show_warnings():
+        presets = presets_from_storage(storage, args.study, storage_label=label)
+        store = PresetStore([])
+        for preset in presets:
+            result = store.add(preset, args.out, force=args.force)
+            print(f"{result}  [study {preset.provenance.get('study', {}).get('name')}]")
+    return 0
+
