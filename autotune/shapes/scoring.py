@@ -1,0 +1,94 @@
+"""Ground-truth scoring of edits in the shapes world, through the same scorer interface as the real metrics.
+
+Metrics per candidate (all maximised):
+- ``edit_success`` (0/1): the reader finds the edit made. change_color / change_object / add_object: an object
+  of the expected colour and shape centred inside the expected box (grown by 2 px); change_background: the read
+  background is the expected one; delete_object: no object is centred inside the removed object's box.
+- ``preservation`` (0..1): share of the untouched elements the reader still sees unchanged -- every object that
+  the edit should leave alone (same colour and shape, centred inside its box grown by 2 px) and the background
+  colour unless the edit is change_background.
+- ``full_success`` (0/1): edit_success, preservation 1, and no extra objects.
+- ``background_psnr`` (dB, capped at 100): PSNR to the source image over pixels outside the task mask grown by
+  1 px (edges of the edited object are soft in decoded images), in [0, 1] units.
+
+Edits are scored at the world's native size; candidates at another size are resized to it first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from autotune.shapes.reader import ReadScene, read_scene
+from autotune.tasks import EditTask
+
+PSNR_CAP = 100.0
+BOX_SLACK = 2
+
+
+def _centred_in(read: ReadScene, obj: dict, slack: int = BOX_SLACK, color: bool = True) -> bool:
+    x0, y0 = obj["x"] - slack, obj["y"] - slack
+    x1, y1 = obj["x"] + obj["size"] + slack, obj["y"] + obj["size"] + slack
+    for r in read.objects:
+        inside = x0 <= r.center[0] <= x1 and y0 <= r.center[1] <= y1
+        if inside and (not color or (r.color == obj["color"] and r.shape == obj["shape"])):
+            return True
+    return False
+
+
+def _removed(task: EditTask) -> list[dict]:
+    source = task.metadata.get("source", {}).get("objects", [])
+    kept = [(o["x"], o["y"], o["size"]) for o in task.expected["objects"]]
+    return [o for o in source if (o["x"], o["y"], o["size"]) not in kept]
+
+
+class ShapesScorer:
+    """Scores K candidate edits of a shapes task against the task's known outcome (see module docstring)."""
+
+    def metrics(self) -> dict[str, str]:
+        return {"edit_success": "maximize", "preservation": "maximize", "full_success": "maximize",
+                "background_psnr": "maximize"}
+
+    def describe(self) -> dict:
+        return {"scorer": "shapes", "reader": "nearest palette colour + connected components + shape templates",
+                "background_psnr": "outside the task mask grown by 1 px, at the world's native size",
+                "box_slack_px": BOX_SLACK}
+
+    def score(self, task: EditTask, edited: torch.Tensor) -> list[dict[str, float]]:
+        if task.expected is None:
+            raise ValueError(f"task {task.id} has no expected scene; ShapesScorer scores shapes-world tasks only")
+        if edited.ndim == 3:
+            edited = edited[None]
+        edited = edited.detach().float().cpu().clamp(0, 1)
+        w, h = task.image.size
+        if tuple(edited.shape[-2:]) != (h, w):
+            edited = F.interpolate(edited, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        source = torch.from_numpy(np.asarray(task.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mask = np.zeros((h, w), bool) if task.mask is None else ndimage.binary_dilation(task.mask, iterations=1)
+        keep = torch.from_numpy(~mask)
+        return [self._one(task, image, source, keep) for image in edited]
+
+    def _one(self, task: EditTask, image: torch.Tensor, source: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
+        exp = task.expected
+        read = read_scene(image.permute(1, 2, 0).numpy())
+        objects, edited = exp["objects"], exp.get("edited")
+        if task.category == "change_background":
+            success = read.background == exp["background"]
+        elif task.category == "delete_object":
+            success = not any(_centred_in(read, o, slack=0, color=False) for o in _removed(task))
+        else:
+            success = _centred_in(read, objects[edited])
+        checks = [_centred_in(read, o) for i, o in enumerate(objects) if i != edited]
+        if task.category != "change_background":
+            checks.append(read.background == exp["background"])
+        preservation = float(np.mean(checks)) if checks else 1.0
+        full = success and preservation == 1.0 and len(read.objects) == len(objects)
+        if keep.any():
+            mse = float(((image - source) ** 2)[:, keep].mean())
+            psnr = PSNR_CAP if mse <= 10 ** (-PSNR_CAP / 10) else 10 * float(np.log10(1.0 / mse))
+        else:
+            psnr = float("nan")
+        return {"edit_success": float(success), "preservation": preservation, "full_success": float(full),
+                "background_psnr": psnr}
