@@ -410,6 +410,20 @@ class Preset:
             raise PresetError(f"{self.label}: no pick named {style!r}; choose one of {', '.join(self.picks)}")
         return self.picks[style]["params"]
 
+    def params_for(
+        self, category: str | int, style: str | None, model_info: Mapping[str, Any] | str, override: bool = False
+    ) -> EditParams:
+        """What `Editor.edit(category=..., style=...)` asks: this preset's pick, after the category and
+        compatibility checks (so one explicit Preset can stand in for a whole store)."""
+        try:
+            wanted = category_name(category)
+        except ValueError as exc:
+            raise PresetError(str(exc)) from None
+        if wanted != self.category:
+            raise PresetError(f"{self.label} is a {self.category} preset, not {wanted}; load the {wanted} preset")
+        self.check_compatible(model_info, override=override)
+        return self.params(style)
+
     @property
     def label(self) -> str:
         return self.source or f"preset {self.category} for {self.model.get('id')}"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import PresetError
+from autotune.params import EditParams
 from autotune.preset import STYLES, Preset, PresetWarning
 from autotune.tasks import CATEGORIES, category_name
 
@@ -176,6 +177,20 @@ class PresetStore:
         preset.params(style)  # raises a clear error for a style the file does not have
         return preset, style
 
+    def params_for(
+        self, category: str | int, style: str | None, model_info: Mapping[str, Any] | str, override: bool = False
+    ) -> EditParams:
+        """The parameters `Editor.edit(category=..., style=...)` uses: the first matching preset in lookup
+        order, checked against the editor's model and scheduler (`Preset.check_compatible`)."""
+        try:
+            category = category_name(category)
+        except ValueError as exc:
+            raise PresetError(str(exc)) from None
+        preset = self.find(category, model_info).preset
+        assert preset is not None
+        preset.check_compatible(model_info, override=override)
+        return preset.params(style)
+
     def add(self, preset: Preset, directory: str | Path | None = None, force: bool = False) -> InstallResult:
         """Write `preset` into `directory` (default: the user's directory) as `<model>__<category>.json`.
 
@@ -225,6 +240,27 @@ class PresetStore:
         if others:
             text += f" {category} presets exist for: {', '.join(others)}."
         return text + " Tune one with `autotune tune`, or give a preset file path."
+
+
+def open_presets(value: Any = "auto", cwd: str | Path | None = None) -> PresetStore | Preset | None:
+    """What `Editor.from_pretrained(model, presets=...)` accepts, as an object with `params_for`:
+
+    None/False -> None (no presets); True or "auto" -> the standard lookup order; a directory -> that
+    directory first, then the standard lookup order; a `.json` file -> that Preset; a Preset or PresetStore
+    -> itself.
+    """
+    if value is None or value is False:
+        return None
+    if isinstance(value, (Preset, PresetStore)):
+        return value
+    if value is True or value == "auto":
+        return PresetStore(cwd=cwd)
+    path = Path(value)
+    if path.is_dir():
+        return PresetStore([("explicit", path), *search_dirs(cwd)])
+    if path.suffix == ".json" or path.is_file():
+        return Preset.load(path)
+    raise PresetError(f"presets={value!r}: not a directory or a .json preset file (or use True for the lookup order)")
 
 
 def load_entry(path: Path, origin: str) -> PresetEntry:
@@ -303,8 +339,6 @@ def paper_default_presets() -> list[Preset]:
     These are the files shipped in `presets/` (regenerate with
     `python -c "from autotune.preset_store import write_paper_defaults; write_paper_defaults('presets')"`).
     """
-    from autotune.params import EditParams
-
     params = EditParams(
         method="siminversion", w_src=0.5, w_tgt=7.5, steps=50, cross_replace=0.4, self_replace=0.6, reweight=2.0,
         blend_threshold=0.3,
