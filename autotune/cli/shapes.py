@@ -1,0 +1,86 @@
+"""`autotune shapes`: render scenes of the shapes world, write its edit tasks, train or measure its model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from autotune.errors import InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("shapes", help="the shapes world: render scenes, write edit tasks, train or measure "
+                                                  "its small text-to-image model")
+    sub = parser.add_subparsers(dest="shapes_command", metavar="ACTION", required=True)
+
+    render = sub.add_parser("render", help="render random scenes to PNG files and print their captions")
+    render.add_argument("--out", required=True, help="output folder")
+    render.add_argument("--count", type=int, default=8)
+    render.add_argument("--seed", type=int, default=0)
+    render.set_defaults(handler=_render)
+
+    tasks = sub.add_parser("tasks", help="write edit tasks (source PNG, mask PNG, tasks.json) of one category")
+    tasks.add_argument("category", help="change_color, change_object, change_background, add_object, delete_object")
+    tasks.add_argument("--split", default="tune", choices=("tune", "heldout"))
+    tasks.add_argument("--count", type=int, default=20)
+    tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--out", required=True, help="output folder")
+    tasks.set_defaults(handler=_tasks)
+
+    train = sub.add_parser("train", help="train the model (forwards its arguments to python -m autotune.shapes.train)",
+                           add_help=False)
+    train.add_argument("rest", nargs=argparse.REMAINDER)
+    train.set_defaults(handler=lambda args: _forward("autotune.shapes.train", args.rest))
+
+    measure = sub.add_parser("measure", help="measure the model (forwards to python -m autotune.shapes.measure)",
+                             add_help=False)
+    measure.add_argument("rest", nargs=argparse.REMAINDER)
+    measure.set_defaults(handler=lambda args: _forward("autotune.shapes.measure", args.rest))
+
+
+def _forward(module: str, rest: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(module).main(rest) or 0)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from autotune.shapes.world import caption, random_scene, render
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    for i in range(args.count):
+        scene = random_scene(rng)
+        render(scene).save(out / f"scene_{i:03d}.png")
+        print(f"scene_{i:03d}.png\t{caption(scene)}")
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from autotune.shapes.tasks import shapes_tasks
+
+    try:
+        tasks = shapes_tasks(args.category, args.split, args.count, args.seed)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for task in tasks:
+        task.image.save(out / f"{task.id}.png")
+        Image.fromarray(task.mask.astype(np.uint8) * 255).save(out / f"{task.id}_mask.png")
+        entries.append({"id": task.id, "image": f"{task.id}.png", "mask": f"{task.id}_mask.png",
+                        "source_prompt": task.source_prompt, "target_prompt": task.target_prompt,
+                        "category": task.category, "blend_words": list(task.blend_words), "expected": task.expected})
+    tmp = out / "tasks.json.tmp"
+    tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "tasks.json")
+    print(f"wrote {len(entries)} {tasks[0].category} tasks ({args.split} split) to {out}")
+    return 0
