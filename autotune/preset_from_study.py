@@ -9,6 +9,7 @@ storage (e.g. the team's PostgreSQL) can therefore rebuild the same preset with 
 
 from __future__ import annotations
 
+import datetime
 import math
 import warnings
 from collections.abc import Mapping
@@ -82,6 +83,12 @@ def presets_from_study(study: optuna.Study, storage_label: str | None = None) ->
         search_space=attrs.get(f"{ATTR}search_space"),
         base_params=base or None,
     )
+    # Dated by the last completed trial (not by now), so rebuilding an unchanged study gives an identical file.
+    finished = [t.datetime_complete for t in complete if t.datetime_complete is not None]
+    if finished:
+        provenance["created"] = _utc_iso(max(finished))
+    if attrs.get(f"{ATTR}author"):
+        provenance["author"] = str(attrs[f"{ATTR}author"])
     if attrs.get(f"{ATTR}version"):
         provenance["autotune_version"] = str(attrs[f"{ATTR}version"])  # the version that tuned, not this one
     preset = Preset.from_front(
@@ -94,6 +101,13 @@ def presets_from_study(study: optuna.Study, storage_label: str | None = None) ->
         references=references,
     )
     return [preset]
+
+
+def _utc_iso(moment: datetime.datetime) -> str:
+    """Optuna stores naive local datetimes; make them UTC ISO strings."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # interpret as local time
+    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _point(trial: FrozenTrial, base: Mapping[str, Any], study_name: str) -> FrontPoint | None:
