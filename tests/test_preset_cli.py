@@ -1,0 +1,92 @@
+"""`autotune presets ...` end to end through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autotune.cli import main
+from autotune.params import EditParams
+from autotune.preset import FrontPoint, Preset
+from autotune.preset_store import preset_filename
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+OBJ = [
+    {"name": "fidelity", "direction": "maximize", "metrics": {"preservation": 1.0}},
+    {"name": "edit_strength", "direction": "maximize", "metrics": {"edit_success": 1.0}},
+]
+
+
+def tuned(w_tgt: float, fidelity: float = 0.8) -> Preset:
+    points = [FrontPoint(EditParams(w_tgt=w_tgt), {"fidelity": fidelity, "edit_strength": 0.4}, {}, 0),
+              FrontPoint(EditParams(w_tgt=w_tgt + 2), {"fidelity": fidelity - 0.3, "edit_strength": 0.9}, {}, 1)]
+    return Preset.from_front(points, category="change_color", model={"id": "shapes"}, objectives=OBJ,
+                             provenance={"kind": "tuned", "task_fingerprint": "T",
+                                         "study": {"name": "s", "storage": "postgresql://a:secret@h/db"}})
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOTUNE_PRESETS_DIR", str(tmp_path / "user"))
+    (tmp_path / "presets").mkdir()
+    return tmp_path
+
+
+def test_list_and_show(env, capsys):
+    tuned(6.0).save(env / "presets" / preset_filename("shapes", "change_color"))
+    assert main(["presets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "local   change_color      shapes  [tuned]" in out and "shipped" in out
+    assert main(["presets", "list", "--category", "6", "--model", "CompVis/stable-diffusion-v1-4"]) == 0
+    out = capsys.readouterr().out
+    assert "paper_default" in out and "change_style" not in out and "shapes" not in out.split("\n", 1)[1]
+    assert main(["presets", "show", "change_color:aggressive", "--model", "shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "* aggressive    siminversion w_src=0.5 w_tgt=8" in out and "<- conservative, balanced" in out
+    assert "secret" not in out
+    assert main(["presets", "show", "change_color", "--model", "shapes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["category"] == "change_color"
+
+
+def test_show_errors_are_clear(env, capsys):
+    assert main(["presets", "show", "change_color", "--model", "unknown/model"]) == 2
+    assert "no change_color preset for model 'unknown/model'" in capsys.readouterr().err
+    (env / "bad.json").write_text('{"schema_version": 1, "category": "change_color"')
+    assert main(["presets", "show", "bad.json"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_diff(env, capsys):
+    a, b = env / "a.json", env / "b.json"
+    tuned(6.0).save(a)
+    tuned(7.0).save(b)
+    assert main(["presets", "diff", str(a), str(a)]) == 0
+    assert "no differences" in capsys.readouterr().out
+    assert main(["presets", "diff", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "picks.balanced.params.w_tgt: 6.0 -> 7.0" in out and "content_hash" not in out
+
+
+def test_export_import_verify(env, capsys):
+    tuned(6.0).save(env / "presets" / preset_filename("shapes", "change_color"))
+    assert main(["presets", "export", "--out", "team.zip"]) == 0
+    assert "wrote team.zip: 1 preset(s)" in capsys.readouterr().out
+    assert main(["presets", "verify", "team.zip", "presets"]) == 0
+    assert main(["presets", "import", "team.zip"]) == 0
+    out = capsys.readouterr().out
+    assert "imported into" in out and "1 added" in out
+    assert (env / "user" / preset_filename("shapes", "change_color")).is_file()
+    assert main(["presets", "import", "team.zip"]) == 0
+    assert "1 unchanged" in capsys.readouterr().out
+    # A tampered preset file fails verification with exit code 1.
+    target = env / "presets" / preset_filename("shapes", "change_color")
+    target.write_text(target.read_text().replace('"w_tgt": 6.0', '"w_tgt": 60.0', 1))
+    assert main(["presets", "verify", "presets"]) == 1
+    assert "content_hash does not match" in capsys.readouterr().out
+
+
+def test_no_action_prints_help(capsys):
+    assert main(["presets"]) == 2
+    assert "from-study" in capsys.readouterr().out
