@@ -720,6 +720,13 @@ class Preset:
         return preset
 
 
+def presets_from_study(study: Any, storage_label: str | None = None) -> list[Preset]:
+    """Presets rebuilt from a study's stored record (see `autotune.preset_from_study`); the tuner's hook."""
+    from autotune.preset_from_study import presets_from_study as build
+
+    return build(study, storage_label=storage_label)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The front and its picks
 
