@@ -74,10 +74,13 @@ class ClipScore:
             features = self.model.encode_image(pixels).float()
         return F.normalize(features, dim=-1)
 
+    def cosine(self, images: torch.Tensor, prompt: str) -> torch.Tensor:
+        """[K] cosine similarity between each image and the prompt."""
+        return self.image_features(images) @ self.text_features(prompt)
+
     def score(self, images: torch.Tensor, prompt: str) -> torch.Tensor:
         """[K] max(100 * cosine(image, prompt), 0)."""
-        cosine = self.image_features(images) @ self.text_features(prompt)
-        return torch.clamp(100.0 * cosine, min=0.0)
+        return torch.clamp(100.0 * self.cosine(images, prompt), min=0.0)
 
     def score_whole_and_edited(self, images: torch.Tensor, prompt: str, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-image and edited-region scores in one batched pass of 2K (or K) images."""
@@ -110,8 +113,8 @@ def _load_clip_cached(model_name: str, pretrained: str, device: str, half: bool)
 
 def _missing_message(model_name: str, pretrained: str) -> str:
     return (
-        f"CLIP score needs open_clip {model_name} / {pretrained} weights (OpenAI CLIP ViT-L/14, as PIE-Bench) and "
-        "could not load them from the Hugging Face cache (timm/vit_large_patch14_clip_224.openai). On a machine with "
+        f"CLIP score needs open_clip {model_name} / {pretrained} weights (PIE-Bench uses ViT-L-14 / openai, "
+        "cached as timm/vit_large_patch14_clip_224.openai) and could not load them. On a machine with "
         f"internet run `python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` "
         "(or copy ~/.cache/huggingface), or pass a local checkpoint file with --clip-weights."
     )

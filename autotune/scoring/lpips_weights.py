@@ -189,28 +189,24 @@ def _save(state: dict[str, torch.Tensor], path: Path, source: str) -> Path:
     return path
 
 
-def _slices(net_module: torch.nn.Module) -> list[torch.nn.Module]:
-    return [module for name, module in net_module.named_children() if name.startswith("slice")]
+def _torchvision_name(name: str) -> str:
+    """`slice2.3.weight` (lpips package, torchmetrics Alex/VGG) or `slices.1.3.weight` (torchmetrics Squeeze)
+    -> `features.3.weight`: both keep torchvision's layer index as the child name inside each slice."""
+    parts = name.split(".")
+    rest = parts[2:] if parts[0] == "slices" else parts[1:]
+    return ".".join(["features", *rest])
 
 
 def load_backbone_into(net_module: torch.nn.Module, features: dict[str, torch.Tensor]) -> None:
-    """Copy torchvision `features.N.*` tensors into an LPIPS backbone split into `sliceK` blocks.
-
-    Both torchmetrics' and the `lpips` package's backbones keep torchvision's layer index as the child name
-    inside each slice, so `features.N.weight` is `sliceK.N.weight` for the slice that holds layer N.
-    """
-    mapped = {}
-    for k, block in enumerate(_slices(net_module), start=1):
-        for index, _ in block.named_children():
-            for param in ("weight", "bias"):
-                key = f"features.{index}.{param}"
-                if key in features:
-                    mapped[f"slice{k}.{index}.{param}"] = features[key]
-    expected = {name for name, _ in net_module.named_parameters()}
-    missing = sorted(expected - set(mapped))
+    """Copy torchvision `features.N.*` tensors into an LPIPS backbone split into slices."""
+    names = [name for name, _ in net_module.named_parameters()]
+    missing = [name for name in names if _torchvision_name(name) not in features]
     if missing:
-        raise WeightsNotFoundError(f"LPIPS backbone weights lack {len(missing)} tensors, e.g. {missing[:3]}")
-    net_module.load_state_dict(mapped, strict=True)
+        raise WeightsNotFoundError(
+            f"LPIPS backbone weights lack {len(missing)} tensors, e.g. {[_torchvision_name(m) for m in missing[:3]]}: "
+            "is the file for another backbone?"
+        )
+    net_module.load_state_dict({name: features[_torchvision_name(name)] for name in names}, strict=True)
 
 
 @functools.lru_cache(maxsize=8)

@@ -73,6 +73,11 @@ class StructureDistance:
         images = resize_short_side(images.float() * self.pixel_scale, self.short_side, self.max_long, self.antialias)
         mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+        # DINO's stride-8 patch convolution drops a remainder row/column of pixels; timm asserts instead.
+        patch = self.model.patch_embed.patch_size
+        patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+        height, width = images.shape[-2:]
+        images = images[..., : height - height % patch_h, : width - width % patch_w]
         return (images - mean) / std
 
     def keys(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""PieBenchScorer: all seven metrics for K candidates in one pass, on tiny random DINO / CLIP / SqueezeNet models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import open_clip
+import pytest
+import timm
+import torch
+import torchvision
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from PIL import Image
+from safetensors.torch import save_file
+from skimage import data
+
+from autotune.errors import WeightsNotFoundError
+from autotune.scoring import ALL_METRICS, PieBenchScorer, Scorer, display_value
+from autotune.scoring.clip import ClipScore
+from autotune.scoring.lpips_weights import load_lpips
+from autotune.scoring.structure import DINO_MODEL, StructureDistance
+from autotune.tasks import EditTask
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    torch.manual_seed(0)
+    vit = timm.create_model(DINO_MODEL, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=32, embed_dim=48, depth=2, num_heads=3)
+    clip = CLIP(
+        embed_dim=16,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=CLIPTextCfg(width=32, heads=2, layers=1),
+    )
+    features = {k: v for k, v in torchvision.models.squeezenet1_1(weights=None).state_dict().items() if k.startswith("features.")}
+    path = tmp_path_factory.mktemp("w") / "squeeze.safetensors"
+    save_file(features, str(path))
+    return vit.eval(), ClipScore(clip.eval(), open_clip.get_tokenizer("ViT-L-14")), load_lpips("squeeze", path)
+
+
+def _scorer(parts, mode="piebench", **kw):
+    vit, clip, lpips = parts
+    structure = StructureDistance(vit, pixel_scale=255.0 if mode == "piebench" else 1.0, short_side=32, max_long=64)
+    return PieBenchScorer(mode=mode, device="cpu", structure=structure, clip=clip, lpips=lpips, **kw)
+
+
+def _task(size=(96, 128)) -> EditTask:
+    image = Image.fromarray(data.coffee()).resize(size[::-1], Image.BICUBIC)
+    mask = np.zeros(size, dtype=bool)
+    mask[20:60, 30:90] = True
+    return EditTask("t1", image, "a cup of coffee", "a cup of tea", "change_object", ("coffee", "tea"), mask)
+
+
+def _source(task) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(task.image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def test_scores_k_candidates_in_one_pass_with_every_metric(parts):
+    scorer = _scorer(parts)
+    assert isinstance(scorer, Scorer)
+    task = _task()
+    src = _source(task)
+    edited = torch.stack([src, (src + 0.1 * torch.randn_like(src)).clamp(0, 1), src.flip(-1)])
+    rows = scorer.score(task, edited)
+    assert len(rows) == 3 and all(set(r) == set(ALL_METRICS) for r in rows)
+    assert rows[0]["structure_distance"] == 0.0 and rows[0]["mse"] == 0.0 and math.isinf(rows[0]["psnr"])
+    assert rows[0]["lpips"] == pytest.approx(0.0, abs=1e-6) and rows[0]["ssim"] == pytest.approx(1.0)
+    assert rows[1]["mse"] > 0 and rows[2]["structure_distance"] > 0
+    one_by_one = [scorer.score(task, edited[i : i + 1])[0] for i in range(3)]
+    for batch_row, single in zip(rows, one_by_one):
+        for name in ALL_METRICS:
+            assert batch_row[name] == pytest.approx(single[name], rel=1e-4, abs=1e-6), name
+    assert scorer.metrics()["psnr"] == "maximize" and scorer.metrics()["lpips"] == "minimize"
+
+
+def test_edits_at_another_resolution_are_scored_against_a_resized_source(parts):
+    scorer = _scorer(parts)
+    task = _task((96, 128))
+    small = torch.nn.functional.interpolate(_source(task)[None], size=(48, 64), mode="bicubic", antialias=True).clamp(0, 1)
+    row = scorer.score(task, small)[0]
+    assert row["psnr"] > 40  # the same picture: only 8-bit rounding separates them
+    assert row["structure_distance"] < 1e-3
+
+
+def test_modes_differ_where_piebench_says_they_should(parts):
+    task = _task()
+    src = _source(task)
+    edited = src.clone()
+    edited[:, 20:60, 30:90] = 1.0  # change only the edit region
+    pie = _scorer(parts, "piebench").score(task, edited[None])[0]
+    masked = _scorer(parts, "masked").score(task, edited[None])[0]
+    assert masked["mse"] == 0.0 and pie["mse"] == 0.0  # identical outside the region, however it is counted
+    assert not math.isnan(pie["clip_edited"])
+    edited = src.clone()
+    edited[:, 0, :] = 1.0  # change only the top row: PIE-Bench's forced border hides it, the clean mode does not
+    pie = _scorer(parts, "piebench").score(task, edited[None])[0]
+    masked = _scorer(parts, "masked").score(task, edited[None])[0]
+    assert pie["mse"] == 0.0 and masked["mse"] > 0
+
+
+def test_subset_of_metrics_and_describe(parts):
+    scorer = _scorer(parts, metrics=("psnr", "ssim"))
+    row = scorer.score(_task(), _source(_task())[None])[0]
+    assert set(row) == {"psnr", "ssim"}
+    info = _scorer(parts).describe()
+    assert info["mode"] == "piebench" and info["backbones"]["clip"] == "custom"
+    assert any("zero" in q for q in info["quirks"]) and info["versions"]["torch"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        PieBenchScorer(metrics=("fid",))
+
+
+def test_display_scales_follow_piebench_tables():
+    assert display_value("structure_distance", 0.01) == pytest.approx(10.0)
+    assert display_value("mse", 0.002) == pytest.approx(20.0)
+    assert display_value("ssim", 0.84) == pytest.approx(84.0)
+    assert display_value("lpips", 0.06) == pytest.approx(60.0)
+    assert display_value("psnr", 27.0) == 27.0
+
+
+def test_missing_weights_fail_at_load_naming_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOTUNE_WEIGHTS_DIR", str(tmp_path / "w"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(WeightsNotFoundError, match="SqueezeNet"):
+        PieBenchScorer(device="cpu", metrics=("lpips",)).load()
+    with pytest.raises(WeightsNotFoundError, match="DINO"):
+        PieBenchScorer(device="cpu", metrics=("structure_distance",), dino_weights=str(tmp_path / "x.pth")).load()
