@@ -1,0 +1,197 @@
+"""Prompt-to-Prompt attention control as diffusers attention processors, batched over candidates.
+
+One UNet call carries, in its conditional half, G source branches followed by K target branches
+(candidate k follows source branch `src_of[k]`). While a candidate's replacement window is open,
+its target branch takes the source branch's attention maps: cross-attention through the token
+mapper (refine or word swap) and re-weighting, self-attention as is at low resolutions. LocalBlend
+reads the accumulated cross-attention of the blend words and keeps the source latent outside them.
+Layers and steps that need no control run the fused SDPA kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+
+@dataclass
+class BlendSpec:
+    """LocalBlend: token positions of the source word (in the source prompt) and of the target word."""
+
+    source_tokens: list[int]
+    target_tokens: list[int]
+    map_size: tuple[int, int]  # spatial size of the cross-attention maps that are read
+    latent_size: tuple[int, int]
+
+
+class EditController:
+    """State of one batched edit, shared by every processor of the UNet."""
+
+    def __init__(
+        self,
+        *,
+        groups: int,
+        src_of: torch.Tensor,
+        cross_active: torch.Tensor,
+        self_active: torch.Tensor,
+        blend_active: torch.Tensor | None,
+        refine: tuple[torch.Tensor, torch.Tensor] | None,
+        swap: torch.Tensor | None,
+        equalizer: torch.Tensor | None,
+        blend: BlendSpec | None,
+        thresholds: torch.Tensor | None,
+        self_max_tokens: int,
+    ) -> None:
+        self.groups = groups
+        self.src_of = src_of
+        # Per step and candidate, on the compute device; the Python copies decide which kernel to run.
+        self.cross_active = cross_active
+        self.self_active = self_active
+        self.blend_active = blend_active
+        self._any_cross = cross_active.any(dim=1).tolist()
+        self._any_self = self_active.any(dim=1).tolist()
+        self._any_blend = blend_active.any(dim=1).tolist() if blend_active is not None else None
+        self.refine = refine
+        self.swap = swap
+        self.equalizer = equalizer
+        self.blend = blend
+        self.thresholds = thresholds
+        self.self_max_tokens = self_max_tokens
+        self.blend_tokens = blend.map_size[0] * blend.map_size[1] if blend else -1
+        self.store: torch.Tensor | None = None
+        self.step = 0
+
+    # -- which layers need explicit attention probabilities at this step
+    def needs_probs(self, is_cross: bool, n_query: int, place: str) -> bool:
+        if is_cross:
+            return self._any_cross[self.step] or self._stores(n_query, place)
+        return self._any_self[self.step] and n_query <= self.self_max_tokens
+
+    def _stores(self, n_query: int, place: str) -> bool:
+        return self.blend is not None and n_query == self.blend_tokens and place != "mid"
+
+    # -- the control itself
+    def control(self, probs: torch.Tensor, is_cross: bool, n_query: int, place: str) -> torch.Tensor:
+        g = self.groups
+        rows = probs.shape[0]
+        heads = rows // (2 * (g + len(self.src_of)))
+        view = probs.view(2, -1, heads, *probs.shape[1:])
+        cond = view[1]
+        base = cond[:g].index_select(0, self.src_of)
+        target = cond[g:]
+        step = self.step
+        if is_cross and self._any_cross[step]:
+            if self.refine is not None:
+                mapper, alphas = self.refine
+                new = base.index_select(-1, mapper) * alphas + target * (1 - alphas)
+            else:
+                new = torch.einsum("khpw,wn->khpn", base, self.swap)
+            if self.equalizer is not None:
+                new = new * self.equalizer[:, None, None, :]
+            cond[g:] = torch.where(self.cross_active[step][:, None, None, None], new, target)
+        elif not is_cross and self._any_self[step] and n_query <= self.self_max_tokens:
+            cond[g:] = torch.where(self.self_active[step][:, None, None, None], base, target)
+        if is_cross and self._stores(n_query, place):
+            maps = cond.sum(dim=1).float()  # (G+K, pixels, tokens), summed over heads
+            self.store = maps if self.store is None else self.store + maps
+        return probs
+
+    def blend_latents(self, latents: torch.Tensor, step: int) -> torch.Tensor:
+        """LocalBlend after a denoising step: keep the source latent outside the blend-word regions."""
+        if self.blend is None or self.store is None or not self._any_blend[step]:
+            return latents
+        g = self.groups
+        h, w = self.blend.map_size
+        src_maps = self.store[:g][..., self.blend.source_tokens].sum(-1).view(g, 1, h, w)
+        tgt_maps = self.store[g:][..., self.blend.target_tokens].sum(-1).view(-1, 1, h, w)
+        src_mask = _normalised_mask(src_maps, self.blend.latent_size).index_select(0, self.src_of)
+        tgt_mask = _normalised_mask(tgt_maps, self.blend.latent_size)
+        th = self.thresholds[:, None, None, None]
+        mask = ((src_mask > th) | (tgt_mask > th)).to(latents.dtype)
+        source = latents[:g].index_select(0, self.src_of)
+        target = latents[g:]
+        blended = source + mask * (target - source)
+        out = latents.clone()
+        out[g:] = torch.where(self.blend_active[step][:, None, None, None], blended, target)
+        return out
+
+
+def _normalised_mask(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
+    maps = F.interpolate(maps, size=size)
+    peak = maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return maps / peak
+
+
+class ControlledAttnProcessor:
+    """Runs SDPA, or explicit softmax attention routed through the controller when it asks for it."""
+
+    def __init__(self, controller: EditController, place: str, is_cross: bool) -> None:
+        self.controller = controller
+        self.place = place
+        self.is_cross = is_cross
+        self.fast = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        n_query = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
+        if not self.controller.needs_probs(self.is_cross, n_query, self.place):
+            return self.fast(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, seq_len, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(attn.head_to_batch_dim(query), key, attention_mask)
+        probs = self.controller.control(probs, self.is_cross, n_query, self.place)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def attention_control(unet, controller: EditController | None) -> Iterator[None]:
+    """Install controlled processors on every attention layer for the duration of a call."""
+    if controller is None:
+        yield
+        return
+    original = unet.attn_processors
+    processors = {}
+    for name in original:
+        place = "down" if name.startswith("down_blocks") else "up" if name.startswith("up_blocks") else "mid"
+        processors[name] = ControlledAttnProcessor(controller, place, is_cross=name.endswith("attn2.processor"))
+    unet.set_attn_processor(processors)
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)

@@ -1,0 +1,84 @@
+"""A bounded cache of inversion trajectories, in memory and optionally on disk.
+
+Inverting is a full sampling pass, and a tuning run asks for the same (image, prompt, guidance,
+steps) inversion for every candidate; the cache makes that a look-up. With a directory, workers on
+one machine (or a shared file system) reuse each other's inversions, stored as safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def cache_key(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+class TensorCache:
+    """LRU over tensors by count and bytes; `directory` adds a persistent second level."""
+
+    def __init__(self, max_items: int = 64, max_bytes: int = 2 << 30, directory: str | Path | None = None) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.directory = Path(directory) if directory else None
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str, device: torch.device | None = None) -> torch.Tensor | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        if self.directory is not None:
+            path = self.directory / f"{key}.safetensors"
+            if path.is_file():
+                try:
+                    tensor = load_file(str(path), device=str(device or "cpu"))["value"]
+                except Exception:  # a torn or foreign file: recompute rather than fail
+                    tensor = None
+                if tensor is not None:
+                    self.hits += 1
+                    self._remember(key, tensor)
+                    return tensor
+        self.misses += 1
+        return None
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        self._remember(key, tensor)
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            os.close(fd)
+            try:
+                save_file({"value": tensor.detach().contiguous().cpu()}, tmp)
+                os.replace(tmp, self.directory / f"{key}.safetensors")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
+    def _remember(self, key: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if key in self._items:
+            self._bytes -= self._items[key].numel() * self._items[key].element_size()
+        self._items[key] = tensor
+        self._items.move_to_end(key)
+        self._bytes += size
+        while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0

@@ -1,0 +1,461 @@
+"""The Editor: invert a photo and edit it with separate source and target guidance (SimInversion),
+under Prompt-to-Prompt control, for one candidate or a batch of candidates at once.
+
+Example:
+    >>> from autotune import Editor
+    >>> editor = Editor.from_pretrained("shapes")  # or a hub id, a folder, a .safetensors file
+    >>> result = editor.edit("photo.png", "a red circle on a white background",
+    ...                      "a blue circle on a white background", blend_words=("red", "blue"))
+    >>> result.image.save("edited.png")
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from autotune.attention import BlendSpec, EditController
+from autotune.cache import TensorCache, cache_key
+from autotune.ddim import DDIMGrid, ddim_grid
+from autotune.editing import sample_branches
+from autotune.errors import InputError
+from autotune.guidance import Guidance, GuidanceSchedule, as_schedule
+from autotune.images import ImageInput, fit_to_model, image_digest, load_image, to_pil
+from autotune.inversion import Inversion, ddim_invert, null_text_optimise
+from autotune.models import DEFAULT_MODEL, Components, load_components
+from autotune.params import EditParams
+from autotune.prompts import (
+    TokenizedPrompt,
+    refinement_mapper,
+    replacement_mapper,
+    tokenize_prompt,
+    word_token_indices,
+)
+from autotune.tasks import EditTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditResult:
+    """One edited image. `pixels` stays on the editor's device for batched scoring."""
+
+    pixels: torch.Tensor  # (3, H, W) in [0, 1]
+    params: EditParams
+    source_pixels: torch.Tensor  # the source branch's reconstruction, (3, H, W)
+    latent: torch.Tensor
+    source_latent: torch.Tensor
+
+    @property
+    def image(self) -> Image.Image:
+        return to_pil(self.pixels)
+
+    @property
+    def source_image(self) -> Image.Image:
+        return to_pil(self.source_pixels)
+
+
+@dataclass
+class _Prepared:
+    image: Image.Image
+    digest: str
+    latent: torch.Tensor
+
+
+class Editor:
+    """Inversion and editing on one loaded checkpoint. Build it with `Editor.from_pretrained`."""
+
+    def __init__(
+        self,
+        components: Components,
+        *,
+        progress: bool = True,
+        cache: TensorCache | None = None,
+        presets: Any = None,
+    ) -> None:
+        self.components = components
+        self.progress = progress
+        self.cache = cache if cache is not None else TensorCache()
+        self.presets = presets
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._grids: dict[int, DDIMGrid] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        scheduler: str = "checkpoint",
+        revision: str | None = None,
+        config: str | None = None,
+        allow_pickle: bool = False,
+        progress: bool = True,
+        cache_items: int = 64,
+        cache_dir: str | None = None,
+        presets: Any = None,
+    ) -> "Editor":
+        """Load a checkpoint. `device` defaults to CUDA when present, `dtype` to fp16 on CUDA and fp32 on CPU;
+        `scheduler="piebench"` uses PIE-Bench's DDIM settings instead of the checkpoint's."""
+        components = load_components(
+            model,
+            device=device,
+            dtype=dtype,
+            scheduler=scheduler,
+            revision=revision,
+            config=config,
+            allow_pickle=allow_pickle,
+        )
+        return cls(components, progress=progress, cache=TensorCache(cache_items, directory=cache_dir), presets=presets)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.components.dtype
+
+    @property
+    def resolution(self) -> int:
+        return self.components.resolution
+
+    def model_info(self) -> dict[str, Any]:
+        """Identity of the model and scheduler, for provenance and preset compatibility."""
+        return dict(self.components.info)
+
+    # ------------------------------------------------------------------ building blocks
+    def prepare_image(self, image: ImageInput) -> Image.Image:
+        """The image as the model works on it: RGB, resized by the policy in `autotune.images`."""
+        c = self.components
+        return fit_to_model(load_image(image), c.resolution, c.size_multiple)
+
+    def _prepare(self, image: ImageInput) -> _Prepared:
+        pil = self.prepare_image(image)
+        digest = image_digest(pil)
+        key = cache_key("latent", digest, self._model_key())
+        latent = self.cache.get(key, self.device)
+        if latent is None:
+            latent = self.encode_image(pil)
+            self.cache.put(key, latent)
+        return _Prepared(pil, digest, latent.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """The VAE latent (mean of the posterior, as PIE-Bench) times the scaling factor: (C, h, w)."""
+        vae = self.components.vae
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+        pixels = pixels.permute(2, 0, 1)[None].to(self.device, vae.dtype)
+        latent = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        return latent[0].to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) -> pixels (B, 3, H, W) in [0, 1]."""
+        vae = self.components.vae
+        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """CLIP text embedding (1, 77, D), cached per prompt."""
+        if text not in self._prompt_cache:
+            tok = self.components.tokenizer
+            ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+            emb = self.components.text_encoder(ids.input_ids.to(self.device))[0]
+            self._prompt_cache[text] = emb.to(self.dtype)
+        return self._prompt_cache[text]
+
+    def _grid(self, steps: int) -> DDIMGrid:
+        if steps not in self._grids:
+            self._grids[steps] = ddim_grid(self.components.scheduler, steps)
+        return self._grids[steps]
+
+    def _model_key(self) -> str:
+        info = self.components.info
+        return f"{info.get('id')}|{info.get('weights')}|{info.get('scheduler')}|{self.dtype}"
+
+    # ------------------------------------------------------------------ inversion
+    def invert(
+        self, image: ImageInput, source_prompt: str, w_inv: Guidance = 0.5, steps: int = 50
+    ) -> Inversion:
+        """DDIM inversion of `image` under `source_prompt` with guidance `w_inv` (a number or schedule)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InputError(f"steps={steps!r} must be a whole number >= 1")
+        schedule = as_schedule(w_inv, "w_inv")
+        prepared = self._prepare(image)
+        source = tokenize_prompt(self.components.tokenizer, source_prompt, "source prompt")
+        latents = self._trajectory(prepared, source, schedule, steps)
+        return Inversion(latents, self._grid(steps).timesteps, str(schedule), source_prompt)
+
+    def _trajectory(
+        self, prepared: _Prepared, source: TokenizedPrompt, schedule: GuidanceSchedule, steps: int
+    ) -> torch.Tensor:
+        key = cache_key("inversion", prepared.digest, source.text, self._model_key(), steps, schedule.to_dict())
+        trajectory = self.cache.get(key, self.device)
+        if trajectory is None:
+            grid = self._grid(steps)
+            trajectory = ddim_invert(
+                self.components.unet,
+                grid,
+                prepared.latent,
+                self.encode_prompt(source.text),
+                self.encode_prompt(""),
+                schedule.scales(steps),
+                progress=self.progress,
+            )
+            self.cache.put(key, trajectory)
+        return trajectory.to(self.device, self.dtype)
+
+    def _null_text(
+        self, prepared: _Prepared, source: TokenizedPrompt, params: EditParams, trajectory: torch.Tensor
+    ) -> torch.Tensor:
+        key = cache_key(
+            "null-text", prepared.digest, source.text, self._model_key(), params.steps,
+            params.inversion_scale.to_dict(), params.source_scale.to_dict(), params.null_text_iterations,
+        )
+        fitted = self.cache.get(key, self.device)
+        if fitted is None:
+            fitted = null_text_optimise(
+                self.components.unet,
+                self._grid(params.steps),
+                trajectory,
+                self.encode_prompt(source.text),
+                self.encode_prompt(""),
+                params.source_scale.scales(params.steps),
+                iterations=params.null_text_iterations,
+                progress=self.progress,
+            )
+            self.cache.put(key, fitted)
+        return fitted.to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------ editing
+    def edit(
+        self,
+        image: ImageInput,
+        source_prompt: str,
+        target_prompt: str,
+        params: EditParams | None = None,
+        *,
+        blend_words: tuple[str, str] | Sequence[str] | str | None = None,
+        category: str | None = None,
+        style: str = "balanced",
+        **overrides: Any,
+    ) -> EditResult:
+        """Edit one image. Parameters come from `params`, else from this editor's preset for `category`
+        (at `style`: conservative, balanced or aggressive), else the SimInversion defaults; keyword
+        `overrides` (e.g. `w_tgt=9`) change single fields."""
+        base = params if params is not None else self._preset_params(category, style)
+        if overrides:
+            base = base.with_(**overrides)
+        return self.edit_batch(image, source_prompt, target_prompt, [base], blend_words=blend_words)[0]
+
+    def _preset_params(self, category: str | None, style: str) -> EditParams:
+        if category is None:
+            return EditParams()
+        if self.presets is None:
+            raise InputError(
+                f"category={category!r} was given but this editor has no presets; "
+                "use Editor.from_pretrained(model, presets=...) or pass params=EditParams(...)"
+            )
+        return self.presets.params_for(category, style, self.model_info())
+
+    def edit_task(self, task: EditTask, candidates: Sequence[EditParams]) -> list[EditResult]:
+        """Edit one task under K candidates (see `edit_batch`)."""
+        return self.edit_batch(task.image, task.source_prompt, task.target_prompt, candidates, blend_words=task.blend_words)
+
+    def edit_batch(
+        self,
+        image: ImageInput,
+        source_prompt: str,
+        target_prompt: str,
+        candidates: Sequence[EditParams],
+        *,
+        blend_words: tuple[str, str] | Sequence[str] | str | None = None,
+    ) -> list[EditResult]:
+        """Edit the same image under K parameter sets in one batched pass per step.
+
+        Candidates that share a source branch (same method and source/inversion guidance) share it;
+        inversions come from the cache. Results equal K separate `edit` calls within float tolerance.
+        """
+        # 1. Check inputs
+        candidates = list(candidates)
+        if not candidates:
+            return []
+        for k, cand in enumerate(candidates):
+            if not isinstance(cand, EditParams):
+                raise InputError(f"candidate {k} is a {type(cand).__name__}; pass EditParams objects")
+        if not isinstance(target_prompt, str) or not target_prompt.strip():
+            raise InputError("target prompt is empty; say what the edited image should show")
+        if not isinstance(source_prompt, str):
+            raise InputError("source prompt must be a string (it may be empty)")
+        if not source_prompt.strip():
+            log.warning("source prompt is empty: inverting unconditionally; Prompt-to-Prompt has no words to align")
+        tok = self.components.tokenizer
+        source = tokenize_prompt(tok, source_prompt, "source prompt")
+        target = tokenize_prompt(tok, target_prompt, "target prompt")
+        words = _blend_pair(blend_words)
+        if words is not None:
+            word_token_indices(source, words[0], "source prompt")
+            word_token_indices(target, words[1], "target prompt")
+        prepared = self._prepare(image)
+
+        # 2. One run per (steps, p2p mode); results go back in the caller's order
+        results: list[EditResult | None] = [None] * len(candidates)
+        runs: dict[tuple[int, str], list[int]] = {}
+        for k, cand in enumerate(candidates):
+            runs.setdefault((cand.steps, cand.p2p_mode), []).append(k)
+        for (steps, mode), idx in runs.items():
+            out = self._run(prepared, source, target, [candidates[k] for k in idx], words, steps, mode)
+            for k, res in zip(idx, out):
+                results[k] = res
+        return results  # type: ignore[return-value]
+
+    def _run(
+        self,
+        prepared: _Prepared,
+        source: TokenizedPrompt,
+        target: TokenizedPrompt,
+        candidates: list[EditParams],
+        words: tuple[str, str] | None,
+        steps: int,
+        mode: str,
+    ) -> list[EditResult]:
+        grid = self._grid(steps)
+        device, dtype = self.device, self.dtype
+        null, src_emb, tgt_emb = self.encode_prompt(""), self.encode_prompt(source.text), self.encode_prompt(target.text)
+
+        # 3. Source branches: one per distinct (method, inversion guidance, source guidance)
+        group_keys: list[tuple] = []
+        src_of: list[int] = []
+        for cand in candidates:
+            key = (cand.method, str(cand.inversion_scale), str(cand.source_scale), cand.null_text_iterations)
+            if key not in group_keys:
+                group_keys.append(key)
+            src_of.append(group_keys.index(key))
+        group_params = [candidates[src_of.index(g)] for g in range(len(group_keys))]
+        trajectories = [self._trajectory(prepared, source, p.inversion_scale, steps) for p in group_params]
+        uncond_by_group: list[torch.Tensor] = []
+        for p, traj in zip(group_params, trajectories):
+            if p.method == "null_text":
+                uncond_by_group.append(self._null_text(prepared, source, p, traj))  # (steps, 77, D)
+            elif p.method == "negative_prompt":
+                uncond_by_group.append(src_emb[0])
+            else:
+                uncond_by_group.append(null[0])
+
+        # 4. Per-row inputs: G source rows, then K target rows
+        g_count, k_count = len(group_params), len(candidates)
+        start = torch.stack([traj[0] for traj in trajectories] + [trajectories[g][0] for g in src_of])
+        cond = torch.cat([src_emb.expand(g_count, -1, -1), tgt_emb.expand(k_count, -1, -1)])
+        row_uncond = uncond_by_group + [uncond_by_group[g] for g in src_of]
+        if any(u.dim() == 3 for u in row_uncond):
+            uncond = torch.stack([u if u.dim() == 3 else u.expand(steps, -1, -1) for u in row_uncond], dim=1)
+        else:
+            uncond = torch.stack(row_uncond)
+        scales = torch.tensor(
+            [p.source_scale.scales(steps) for p in group_params] + [c.w_tgt.scales(steps) for c in candidates],
+            dtype=dtype,
+        ).T.contiguous().to(device)
+        pinned = [g for g, p in enumerate(group_params) if p.method == "direct"]
+        pinned_rows = torch.tensor(pinned, device=device) if pinned else None
+        pinned_traj = torch.stack([trajectories[g] for g in pinned], dim=1) if pinned else None
+
+        # 5. Prompt-to-Prompt control
+        controller = self._controller(source, target, candidates, src_of, g_count, words, steps, mode, start.shape[-2:])
+
+        # 6. Denoising loop, then decode every row in one VAE call
+        latents = sample_branches(
+            self.components.unet, grid, start, cond, uncond, scales, controller, pinned_rows, pinned_traj,
+            progress=self.progress,
+        )
+        pixels = self.decode(latents)
+        return [
+            EditResult(pixels[g_count + k], cand, pixels[src_of[k]], latents[g_count + k], latents[src_of[k]])
+            for k, cand in enumerate(candidates)
+        ]
+
+    def _controller(
+        self,
+        source: TokenizedPrompt,
+        target: TokenizedPrompt,
+        candidates: list[EditParams],
+        src_of: list[int],
+        groups: int,
+        words: tuple[str, str] | None,
+        steps: int,
+        mode: str,
+        latent_size: torch.Size,
+    ) -> EditController:
+        device, dtype = self.device, self.dtype
+        step_ids = torch.arange(steps)[:, None]
+
+        def window(fractions: list[float]) -> torch.Tensor:
+            ends = torch.tensor([int(f * steps) for f in fractions])
+            return (step_ids < ends[None]).to(device)
+
+        cross_active = window([c.cross_replace for c in candidates])
+        self_active = window([c.self_replace for c in candidates])
+        refine = swap = equalizer = blend = thresholds = blend_active = None
+        if mode == "refine":
+            mapper, alphas = refinement_mapper(source, target)
+            refine = (mapper.to(device), alphas.to(device, dtype))
+        else:
+            swap = replacement_mapper(source, target).to(device, dtype)
+        if words is not None:
+            tgt_tokens = word_token_indices(target, words[1], "target prompt")
+            if any(c.reweight != 1.0 for c in candidates):
+                equalizer = torch.ones(len(candidates), 77)
+                for k, c in enumerate(candidates):
+                    equalizer[k, tgt_tokens] = c.reweight
+                equalizer = equalizer.to(device, dtype)
+            h, w = int(latent_size[0]), int(latent_size[1])
+            factor = self._blend_factor()
+            blend = BlendSpec(word_token_indices(source, words[0], "source prompt"), tgt_tokens, (h // factor, w // factor), (h, w))
+            thresholds = torch.tensor([c.blend_threshold for c in candidates], device=device, dtype=torch.float32)
+            starts = torch.tensor([int(c.blend_start * steps) for c in candidates])
+            blend_active = (step_ids >= starts[None]).to(device)
+        lat_tokens = int(latent_size[0]) * int(latent_size[1])
+        return EditController(
+            groups=groups,
+            src_of=torch.tensor(src_of, device=device),
+            cross_active=cross_active,
+            self_active=self_active,
+            blend_active=blend_active,
+            refine=refine,
+            swap=swap,
+            equalizer=equalizer,
+            blend=blend,
+            thresholds=thresholds,
+            self_max_tokens=lat_tokens // 4,  # P2P: self-attention replaced at <= 32x32 of a 64x64 latent
+        )
+
+    def _blend_factor(self) -> int:
+        """Downsampling of the cross-attention maps LocalBlend reads: 4 (16x16 of SD's 64x64 latent), or the
+        nearest level that has cross-attention on a model without one there."""
+        types = self.components.unet.config.down_block_types
+        levels = [2**i for i, name in enumerate(types) if "CrossAttn" in name]
+        if not levels:
+            raise InputError("this UNet has no cross-attention layers; Prompt-to-Prompt editing needs them")
+        return min(levels, key=lambda f: (abs(f - 4), -f))
+
+
+def _blend_pair(blend_words: Any) -> tuple[str, str] | None:
+    if blend_words is None:
+        return None
+    if isinstance(blend_words, str):
+        parts = blend_words.split()
+        if len(parts) != 2:
+            raise InputError(f"blend_words {blend_words!r} must be two words: '<source word> <target word>'")
+        return parts[0], parts[1]
+    pair = tuple(blend_words)
+    if len(pair) != 2 or not all(isinstance(w, str) and w.strip() for w in pair):
+        raise InputError(f"blend_words must be (source word, target word), got {blend_words!r}")
+    return pair[0], pair[1]
