@@ -1,0 +1,59 @@
+"""One entry point for every kind of task source: `load_tasks(spec, category, split)`.
+
+- ``"shapes:<category>"``: the shapes world's generated tasks (``autotune.shapes.tasks.shapes_tasks``);
+- a directory holding ``mapping_file.json``: PIE-Bench;
+- a ``.jsonl`` / ``.csv`` file: a task file (see `autotune.taskfile`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from autotune.errors import TaskFileError
+from autotune.piebench import MAPPING_FILE, load_piebench
+from autotune.taskfile import load_task_file
+from autotune.tasks import EditTask, category_name
+
+_KINDS = "use shapes:<category>, a PIE-Bench directory (with mapping_file.json), or a .jsonl / .csv task file"
+
+
+def load_tasks(spec: str, category: str | None = None, split: str = "tune") -> list[EditTask]:
+    """Tasks named by `spec`, optionally only one category; `split` applies to generated worlds only."""
+    if category is not None:
+        try:
+            category = category_name(category)
+        except ValueError as exc:
+            raise TaskFileError(f"--category: {exc}") from None
+    if spec.startswith("shapes:") or spec == "shapes":
+        world_category = spec.partition(":")[2] or category
+        if not world_category:
+            raise TaskFileError("shapes tasks need a category: use 'shapes:<category>', e.g. shapes:change_color")
+        try:
+            world_category = category_name(world_category)
+        except ValueError as exc:
+            raise TaskFileError(f"{spec}: {exc}") from None
+        if category is not None and category != world_category:
+            raise TaskFileError(f"{spec} holds {world_category} tasks but --category asks for {category}")
+        try:
+            module = importlib.import_module("autotune.shapes.tasks")
+        except ModuleNotFoundError as exc:
+            raise TaskFileError(f"{spec}: the shapes world is not available in this install ({exc})") from None
+        try:
+            return list(module.shapes_tasks(world_category, split))
+        except ValueError as exc:
+            raise TaskFileError(f"{spec}: {exc}") from None
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / MAPPING_FILE).is_file():
+            raise TaskFileError(f"{path}: a directory of tasks must be a PIE-Bench directory with {MAPPING_FILE}")
+        tasks = load_piebench(path, category)
+    elif path.suffix.lower() in (".jsonl", ".ndjson", ".csv"):
+        tasks = load_task_file(path, category)
+    elif not path.exists():
+        raise TaskFileError(f"{spec}: no such file or directory; {_KINDS}")
+    else:
+        raise TaskFileError(f"{spec}: not a task source; {_KINDS}")
+    if not tasks:
+        raise TaskFileError(f"{spec}: no tasks" + (f" in category {category}" if category else ""))
+    return tasks
