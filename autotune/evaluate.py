@@ -1,0 +1,247 @@
+"""Evaluate fixed editing parameters (or a preset) on a task set: images, per-task metrics, a summary table.
+
+    from autotune import Editor, EditParams
+    from autotune.evaluate import evaluate
+    from autotune.scoring import PieBenchScorer
+    from autotune.task_sources import load_tasks
+
+    editor = Editor.from_pretrained("CompVis/stable-diffusion-v1-4", scheduler="piebench")
+    evaluate(editor, load_tasks("/data/PIE-Bench_v1"), EditParams(w_src=0.5, w_tgt=7.5), PieBenchScorer(), "runs/sim")
+
+Writes into `out_dir`:
+- ``images/<category>/<task id>.png``: every edit;
+- ``results.csv``: one row per task with its parameters and every metric (raw values);
+- ``summary.csv`` and ``summary.md``: per category and overall, the mean of each metric (NaN skipped) in
+  PIE-Bench's columns and scales (structure distance x10^3, PSNR, LPIPS x10^3, MSE x10^4, SSIM x10^2, CLIP);
+- ``run.json``: the model, the scorer's mode and backbones, the parameter source.
+
+Resumable: tasks already in ``results.csv`` are not redone. A run directory belongs to one model, scorer
+and parameter source; reusing it for another raises `InputError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import InputError
+from autotune.params import EditParams
+from autotune.scoring.base import Scorer, metric_info
+from autotune.tasks import EditTask
+
+RESULTS = "results.csv"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+RUN_JSON = "run.json"
+_ID_COLUMNS = ("task_id", "category", "image", "method", "w_src", "w_tgt", "params")
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` wrote: per-task rows (raw values) and per-category summary rows (display scale)."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    skipped: int  # tasks found done from an earlier run
+
+
+ParamsSource = EditParams | Callable[[EditTask], EditParams] | Any  # Any: a Preset or PresetStore (has params_for)
+
+
+def params_for_task(source: ParamsSource, task: EditTask, model_info: dict, style: str | None = None) -> EditParams:
+    """EditParams for one task: fixed params, a preset/preset store (by the task's category), or a function."""
+    if isinstance(source, EditParams):
+        return source
+    if hasattr(source, "params_for"):
+        return source.params_for(task.category, style, model_info)
+    if callable(source):
+        return source(task)
+    raise TypeError(f"params_or_preset must be EditParams, a Preset, a PresetStore or a function; got {type(source)}")
+
+
+def describe_source(source: ParamsSource) -> str:
+    if isinstance(source, EditParams):
+        return json.dumps(source.to_dict(), sort_keys=True)
+    label = getattr(source, "label", None) or getattr(source, "description", None)
+    return str(label or type(source).__name__)
+
+
+def evaluate(
+    editor,
+    tasks: Sequence[EditTask],
+    params_or_preset: ParamsSource,
+    scorer: Scorer,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    style: str | None = None,
+) -> Evaluation:
+    """Edit every task, score it, write images and tables into `out_dir` (see module docstring)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [t.id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise InputError("task ids must be unique within an evaluation; a task source returned duplicates")
+    metric_names = list(scorer.metrics())
+    run = {
+        "model": _jsonable(editor.model_info()),
+        "scorer": _jsonable(scorer.describe()),
+        "params_source": describe_source(params_or_preset),
+        "style": style,
+        "metrics": metric_names,
+    }
+    _check_run(out, run)
+    rows = _read_rows(out / RESULTS)
+    done = {row["task_id"] for row in rows}
+    todo = [t for t in tasks if t.id not in done]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="evaluate", unit="task", disable=not progress)
+    try:
+        for task in todo:
+            started = time.perf_counter()
+            params = params_for_task(params_or_preset, task, run["model"], style)
+            result = editor.edit_task(task, [params])[0]
+            image_rel = Path("images") / task.category / f"{_safe(task.id)}.png"
+            (out / image_rel).parent.mkdir(parents=True, exist_ok=True)
+            _save_image(result.image, out / image_rel)
+            scores = scorer.score(task, result.pixels[None])[0]
+            rows.append(_row(task, params, image_rel, scores, metric_names, time.perf_counter() - started))
+            _write_rows(out / RESULTS, rows, metric_names)
+            bar.update(1)
+    finally:
+        bar.close()
+    wanted = set(ids)
+    selected = [row for row in rows if row["task_id"] in wanted]
+    summary = summarize(selected, metric_names)
+    _write_summary(out, summary, metric_names, run)
+    return Evaluation(out, selected, summary, skipped=len(tasks) - len(todo))
+
+
+def summarize(rows: Sequence[dict[str, Any]], metric_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-category (then "all") means of each metric, NaN skipped, in display scale."""
+    categories = sorted({row["category"] for row in rows})
+    groups = [(c, [r for r in rows if r["category"] == c]) for c in categories]
+    if len(categories) != 1:
+        groups.append(("all", list(rows)))
+    summary = []
+    for name, group in groups:
+        entry: dict[str, Any] = {"category": name, "n": len(group)}
+        for metric in metric_names:
+            present = [float(r[metric]) for r in group if r.get(metric) not in (None, "")]
+            values = [v for v in present if not math.isnan(v)]
+            entry[metric] = metric_info(metric).scale * sum(values) / len(values) if values else float("nan")
+        summary.append(entry)
+    return summary
+
+
+def _row(task, params, image_rel, scores, metric_names, seconds) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "task_id": task.id,
+        "category": task.category,
+        "image": image_rel.as_posix(),
+        "method": params.method,
+        "w_src": _guidance(params.w_src),
+        "w_tgt": _guidance(params.w_tgt),
+        "params": json.dumps(params.to_dict(), sort_keys=True),
+    }
+    for name in metric_names:
+        row[name] = scores.get(name, float("nan"))
+    row["seconds"] = round(seconds, 3)
+    return row
+
+
+def _guidance(value) -> Any:
+    return value.start if getattr(value, "is_constant", False) else json.dumps(value.to_dict(), sort_keys=True)
+
+
+def _safe(task_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id).lstrip(".") or "task"
+
+
+def _columns(metric_names) -> list[str]:
+    return [*_ID_COLUMNS, *metric_names, "seconds"]
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_rows(path: Path, rows: Sequence[dict[str, Any]], metric_names) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_columns(metric_names), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(path, buffer.getvalue())
+
+
+def _write_summary(out: Path, summary, metric_names, run) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["category", "n", *[metric_info(m).column for m in metric_names]])
+    for entry in summary:
+        writer.writerow([entry["category"], entry["n"], *[_fmt(entry[m]) for m in metric_names]])
+    _atomic_write(out / SUMMARY_CSV, buffer.getvalue())
+    header = ["category", "n", *[metric_info(m).column for m in metric_names]]
+    lines = [
+        f"scorer mode: {run['scorer'].get('mode', '?')}; model: {run['model'].get('id', '?')}",
+        f"params: {run['params_source']}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for entry in summary:
+        cells = [entry["category"], str(entry["n"]), *[_fmt(entry[m]) for m in metric_names]]
+        lines.append("| " + " | ".join(cells) + " |")
+    _atomic_write(out / SUMMARY_MD, "\n".join(lines) + "\n")
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.2f}"
+
+
+def _check_run(out: Path, run: dict) -> None:
+    path = out / RUN_JSON
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        keys = ("params_source", "style", "metrics")
+        differs = [k for k in keys if previous.get(k) != run.get(k)]
+        if previous.get("model", {}).get("id") != run["model"].get("id"):
+            differs.append("model")
+        if previous.get("scorer", {}).get("mode") != run["scorer"].get("mode"):
+            differs.append("scorer mode")
+        if differs:
+            raise InputError(
+                f"{out} holds an evaluation with a different {', '.join(differs)}; "
+                "use a new --out directory (or delete this one) so results do not mix"
+            )
+        return
+    _atomic_write(path, json.dumps(run, indent=2, sort_keys=True) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _save_image(image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
