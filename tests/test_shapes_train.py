@@ -13,7 +13,7 @@ from autotune.tokenizer import clip_tokenizer
 
 TINY = ["--n-images", "48", "--vae-steps", "2", "--vae-batch", "4", "--vae-channels", "8,8,8",
         "--unet-channels", "32,32", "--text-dim", "32", "--text-layers", "1", "--steps", "3", "--batch", "4",
-        "--save-every", "2", "--threads", "1"]
+        "--save-every", "2", "--threads", "1", "--decoder-steps", "2"]
 
 
 def test_a_few_training_steps_give_a_standard_pipeline_folder(tmp_path):
