@@ -123,13 +123,37 @@ def test_cli_end_to_end_on_the_tiny_pipeline(tiny_model_dir, tmp_path, capsys):
     Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
     rows = [
-        {"id": "cup", "image": "coffee.png", "source_prompt": "a cup of coffee", "target_prompt": "a cup of tea",
-         "category": "change_object", "blend_words": "coffee tea"},
+        {
+            "id": "cup",
+            "image": "coffee.png",
+            "source_prompt": "a cup of coffee",
+            "target_prompt": "a cup of tea",
+            "category": "change_object",
+            "blend_words": "coffee tea",
+        },
         {"id": "cat", "image": "cat.png", "source_prompt": "a cat", "target_prompt": "a red cat", "category": 6},
     ]
     (tmp_path / "tasks.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    argv = ["evaluate", "--model", str(tiny_model_dir), "--tasks", str(tmp_path / "tasks.jsonl"), "--device", "cpu",
-            "--out", str(tmp_path / "run"), "--metrics", "psnr", "mse", "ssim", "--steps", "2", "--w-tgt", "3", "-q"]
+    argv = [
+        "evaluate",
+        "--model",
+        str(tiny_model_dir),
+        "--tasks",
+        str(tmp_path / "tasks.jsonl"),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        "--metrics",
+        "psnr",
+        "mse",
+        "ssim",
+        "--steps",
+        "2",
+        "--w-tgt",
+        "3",
+        "-q",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| change_object | 1 |" in out and "2 tasks, 0 already done" in out

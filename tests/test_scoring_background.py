@@ -47,7 +47,13 @@ def _t(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)
 
 
-SSIM_ARGS = {"data_range": 1.0, "channel_axis": 2, "gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
+SSIM_ARGS = {
+    "data_range": 1.0,
+    "channel_axis": 2,
+    "gaussian_weights": True,
+    "sigma": 1.5,
+    "use_sample_covariance": False,
+}
 
 
 @pytest.mark.parametrize("name,photo", list(_photos()))
@@ -122,7 +128,9 @@ def test_mask_rules_by_hand():
 def test_nothing_unedited_gives_nan():
     everything = torch.ones(20, 20, dtype=torch.bool)
     for mode in ("piebench", "masked"):
-        out = background_metrics(torch.rand(3, 20, 20), torch.rand(2, 3, 20, 20), unedited_weights(everything, (20, 20), mode), mode)
+        out = background_metrics(
+            torch.rand(3, 20, 20), torch.rand(2, 3, 20, 20), unedited_weights(everything, (20, 20), mode), mode
+        )
         assert all(torch.isnan(v).all() for v in out.values())
 
 

@@ -111,3 +111,33 @@ def test_missing_weights_name_them_and_how_to_supply(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError, match=r"ViT-B-32 / openai.*--clip-weights"):
         load_clip("ViT-B-32", "openai", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_preprocessing_matches_torchmetrics_clip_processor(name):
+    """PIE-Bench's CLIPScore runs transformers' CLIPImageProcessor (PIL bicubic, floor-sized short-side resize,
+    centre crop); ours runs on tensors in float. Same geometry; pixels differ by PIL's 8-bit rounding."""
+    from transformers import CLIPImageProcessor
+
+    photo = getattr(data, name)()
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    theirs = processor(images=torch.from_numpy(photo).permute(2, 0, 1), return_tensors="pt")["pixel_values"][0]
+
+    class Stub(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = torch.nn.Module()
+            self.visual.image_size = 224
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+    ours = ClipScore(Stub(), None).preprocess(torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None])[
+        0
+    ]
+    difference = (ours - theirs).abs()
+    assert difference.mean().item() < 0.01 and difference.max().item() < 0.1

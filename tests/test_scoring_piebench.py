@@ -26,13 +26,26 @@ from autotune.tasks import EditTask
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     torch.manual_seed(0)
-    vit = timm.create_model(DINO_MODEL, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=32, embed_dim=48, depth=2, num_heads=3)
+    vit = timm.create_model(
+        DINO_MODEL,
+        pretrained=False,
+        num_classes=0,
+        dynamic_img_size=True,
+        img_size=32,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+    )
     clip = CLIP(
         embed_dim=16,
         vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
         text_cfg=CLIPTextCfg(width=32, heads=2, layers=1),
     )
-    features = {k: v for k, v in torchvision.models.squeezenet1_1(weights=None).state_dict().items() if k.startswith("features.")}
+    features = {
+        k: v
+        for k, v in torchvision.models.squeezenet1_1(weights=None).state_dict().items()
+        if k.startswith("features.")
+    }
     path = tmp_path_factory.mktemp("w") / "squeeze.safetensors"
     save_file(features, str(path))
     return vit.eval(), ClipScore(clip.eval(), open_clip.get_tokenizer("ViT-L-14")), load_lpips("squeeze", path)
@@ -76,7 +89,9 @@ def test_scores_k_candidates_in_one_pass_with_every_metric(parts):
 def test_edits_at_another_resolution_are_scored_against_a_resized_source(parts):
     scorer = _scorer(parts)
     task = _task((96, 128))
-    small = torch.nn.functional.interpolate(_source(task)[None], size=(48, 64), mode="bicubic", antialias=True).clamp(0, 1)
+    small = torch.nn.functional.interpolate(_source(task)[None], size=(48, 64), mode="bicubic", antialias=True).clamp(
+        0, 1
+    )
     row = scorer.score(task, small)[0]
     assert row["psnr"] > 40  # the same picture: only 8-bit rounding separates them
     assert row["structure_distance"] < 1e-3

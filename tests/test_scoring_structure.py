@@ -21,7 +21,14 @@ from autotune.scoring.structure import (
 def _tiny_vit(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return timm.create_model(
-        DINO_MODEL, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=32, embed_dim=48, depth=2, num_heads=3
+        DINO_MODEL,
+        pretrained=False,
+        num_classes=0,
+        dynamic_img_size=True,
+        img_size=32,
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
     ).eval()
 
 
@@ -76,7 +83,10 @@ def test_piebench_preprocessing_feeds_0_255_and_clean_mode_0_1():
     torch.testing.assert_close(clean, (TF.resize(image, 32, antialias=True) - mean) / std)
 
 
-@pytest.mark.parametrize("shape,expected", [((512, 512), (224, 224)), ((300, 451), (224, 336)), ((100, 400), (120, 480)), ((600, 200), (480, 160))])
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((512, 512), (224, 224)), ((300, 451), (224, 336)), ((100, 400), (120, 480)), ((600, 200), (480, 160))],
+)
 def test_resize_rule_equals_torchvision(shape, expected):
     images = torch.rand(1, 3, *shape)
     out = resize_short_side(images, 224, 480, antialias=False)

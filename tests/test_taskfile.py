@@ -32,10 +32,23 @@ def _jsonl(path, rows):
 
 
 GOOD = [
-    {"id": "cup", "image": "img/coffee.png", "source_prompt": "a cup of coffee", "target_prompt": "a cup of tea",
-     "category": "change_object", "blend_words": ["coffee", "tea"], "metadata": {"owner": "ann"}},
-    {"image": "img/cat.jpg", "source_prompt": "a cat", "target_prompt": "a tiger", "category": 1,
-     "blend_words": "cat tiger", "mask": "img/cat_mask.png"},
+    {
+        "id": "cup",
+        "image": "img/coffee.png",
+        "source_prompt": "a cup of coffee",
+        "target_prompt": "a cup of tea",
+        "category": "change_object",
+        "blend_words": ["coffee", "tea"],
+        "metadata": {"owner": "ann"},
+    },
+    {
+        "image": "img/cat.jpg",
+        "source_prompt": "a cat",
+        "target_prompt": "a tiger",
+        "category": 1,
+        "blend_words": "cat tiger",
+        "mask": "img/cat_mask.png",
+    },
 ]
 
 

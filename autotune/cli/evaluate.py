@@ -34,11 +34,15 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output directory (reused to resume)")
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument(
-        "--scorer", choices=("auto", "piebench", "shapes"), default="auto",
+        "--scorer",
+        choices=("auto", "piebench", "shapes"),
+        default="auto",
         help="auto: the shapes world's ground-truth scorer for shapes tasks, else PIE-Bench's metrics",
     )
     scoring.add_argument(
-        "--mode", choices=("piebench", "masked"), default="piebench",
+        "--mode",
+        choices=("piebench", "masked"),
+        default="piebench",
         help="piebench: PIE-Bench's exact definitions (edited region zeroed, forced border); "
         "masked: clean masked means",
     )

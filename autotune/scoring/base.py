@@ -95,7 +95,9 @@ def image_to_tensor(image, size: tuple[int, int] | None = None, device: torch.de
     return tensor
 
 
-def mask_to_tensor(mask: np.ndarray | None, size: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor | None:
+def mask_to_tensor(
+    mask: np.ndarray | None, size: tuple[int, int], device: torch.device | str = "cpu"
+) -> torch.Tensor | None:
     """Boolean HxW mask (True = edit) -> bool tensor at `size`, nearest-neighbour when resized."""
     if mask is None:
         return None

@@ -49,7 +49,7 @@ class ClipScore:
         size = self.image_size
         height, width = images.shape[-2:]
         scale = size / min(height, width)
-        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+        new_h, new_w = max(size, int(height * scale)), max(size, int(width * scale))  # floor, as torchvision and HF
         images = images.float()
         if (new_h, new_w) != (height, width):
             images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
@@ -82,7 +82,9 @@ class ClipScore:
         """[K] max(100 * cosine(image, prompt), 0)."""
         return torch.clamp(100.0 * self.cosine(images, prompt), min=0.0)
 
-    def score_whole_and_edited(self, images: torch.Tensor, prompt: str, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_whole_and_edited(
+        self, images: torch.Tensor, prompt: str, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-image and edited-region scores in one batched pass of 2K (or K) images."""
         k = images.shape[0]
         if mask is None or not bool(mask.any()):
@@ -115,13 +117,17 @@ def _missing_message(model_name: str, pretrained: str) -> str:
     return (
         f"CLIP score needs open_clip {model_name} / {pretrained} weights (PIE-Bench uses ViT-L-14 / openai, "
         "cached as timm/vit_large_patch14_clip_224.openai) and could not load them. On a machine with "
-        f"internet run `python -c \"import open_clip; open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` "
+        'internet run `python -c "import open_clip; '
+        f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\"` "
         "(or copy ~/.cache/huggingface), or pass a local checkpoint file with --clip-weights."
     )
 
 
 def load_clip(
-    model_name: str = CLIP_MODEL, pretrained: str = CLIP_PRETRAINED, device: str | torch.device = "cpu", half: bool = False
+    model_name: str = CLIP_MODEL,
+    pretrained: str = CLIP_PRETRAINED,
+    device: str | torch.device = "cpu",
+    half: bool = False,
 ) -> ClipScore:
     """OpenAI CLIP ViT-L/14 via open_clip, from the cache or a local file; cached per process."""
     model, tokenizer = _load_clip_cached(model_name, str(pretrained), str(torch.device(device)), half)

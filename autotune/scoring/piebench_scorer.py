@@ -115,7 +115,9 @@ class PieBenchScorer:
     @property
     def clip(self) -> ClipScore:
         if self._clip is None:
-            self._clip = load_clip(self.clip_model, self.clip_pretrained, self.device, self.half and self.device.type == "cuda")
+            self._clip = load_clip(
+                self.clip_model, self.clip_pretrained, self.device, self.half and self.device.type == "cuda"
+            )
         return self._clip
 
     @property
@@ -165,11 +167,18 @@ class PieBenchScorer:
 
     def describe(self) -> dict:
         clip_desc = "custom" if self._custom["clip"] else f"open_clip {self.clip_model} / {self.clip_pretrained}"
-        dino_desc = "custom" if self._custom["structure"] else f"timm {DINO_MODEL}" + (
-            f" from {self.dino_weights}" if self.dino_weights else ""
+        dino_desc = (
+            "custom"
+            if self._custom["structure"]
+            else f"timm {DINO_MODEL}" + (f" from {self.dino_weights}" if self.dino_weights else "")
         )
-        lpips_desc = "custom" if self._custom["lpips"] else (
-            f"{self.lpips_net} (torchmetrics LPIPS v0.1 heads, backbone {backbone_source(self.lpips_net, self.lpips_weights)})"
+        lpips_desc = (
+            "custom"
+            if self._custom["lpips"]
+            else (
+                f"{self.lpips_net} (torchmetrics LPIPS v0.1 heads, "
+                f"backbone {backbone_source(self.lpips_net, self.lpips_weights)})"
+            )
         )
         return {
             "scorer": "piebench",
@@ -180,7 +189,9 @@ class PieBenchScorer:
             "quirks": _QUIRKS[self.mode],
             "half": self.half,
             "device": str(self.device),
-            "versions": {p: _version(p) for p in ("autotune", "torch", "torchvision", "torchmetrics", "open_clip_torch", "timm")},
+            "versions": {
+                p: _version(p) for p in ("autotune", "torch", "torchvision", "torchmetrics", "open_clip_torch", "timm")
+            },
         }
 
 

@@ -30,7 +30,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def resize_short_side(images: torch.Tensor, short: int = 224, max_long: int = 480, antialias: bool = True) -> torch.Tensor:
+def resize_short_side(
+    images: torch.Tensor, short: int = 224, max_long: int = 480, antialias: bool = True
+) -> torch.Tensor:
     """torchvision's Resize(short, max_size=max_long) on tensors: bilinear.
 
     torchvision before 0.17 (what PIE-Bench ran) did not antialias tensors by default; ``piebench`` mode
@@ -152,11 +154,13 @@ def _missing_message() -> str:
         "structure distance needs DINO ViT-B/8 weights and found none: not in the Hugging Face cache "
         f"(timm/{DINO_MODEL}) nor at {Path(torch.hub.get_dir()) / 'checkpoints' / DINO_HUB_FILE}. "
         "On a machine with internet run `python -c \"import timm; timm.create_model('vit_base_patch8_224.dino', "
-        "pretrained=True)\"` (or copy that cache), or pass a local file with --dino-weights "
+        'pretrained=True)"` (or copy that cache), or pass a local file with --dino-weights '
         "(.safetensors or dino_vitb8_pretrain.pth)."
     )
 
 
-def load_dino(weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", half: bool = False) -> torch.nn.Module:
+def load_dino(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", half: bool = False
+) -> torch.nn.Module:
     """DINO ViT-B/8 from a local file or the caches; `WeightsNotFoundError` at once when absent. Cached per process."""
     return _load_dino_cached(None if weights is None else str(weights), str(torch.device(device)), half)
