@@ -10,8 +10,9 @@ Documented defaults (the first whose metrics the scorer provides is used):
 
 - PIE-Bench scorer: fidelity = structure_distance + lpips (background LPIPS) (minimize; both are distances in similar
   ranges, ~0.01-0.3), edit strength = clip_edited (maximize; CLIP score of the edited region, 0-100).
-- shapes scorer: fidelity = preservation (maximize; share of the scene outside the edit that is unchanged),
-  edit strength = edit_success (maximize; share of the edit that happened as asked).
+- shapes scorer: fidelity = background_psnr (maximize; PSNR outside the edited region, continuous, where
+  `preservation`, the share of other objects read back unchanged, moves in coarse steps), edit strength =
+  edit_success (maximize; share of tasks whose edit is read back as asked). Every metric stays on the trial.
 
 Pass `objectives=` to `tune` (or `--fidelity` / `--strength` on the CLI) to choose other metrics or weights.
 """
@@ -32,7 +33,7 @@ NAMES = ("fidelity", "edit_strength")
 DEFAULTS: dict[str, tuple[tuple[str, dict[str, float]], tuple[str, dict[str, float]]]] = {
     "piebench": (("minimize", {"structure_distance": 1.0, "lpips": 1.0}),
                  ("maximize", {"clip_edited": 1.0})),
-    "shapes": (("maximize", {"preservation": 1.0}), ("maximize", {"edit_success": 1.0})),
+    "shapes": (("maximize", {"background_psnr": 1.0}), ("maximize", {"edit_success": 1.0})),
 }
 
 

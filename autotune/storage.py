@@ -178,8 +178,8 @@ class TuneStorage:
     def claim(self, trial: optuna.Trial, seed: int | None) -> None:
         """Mark `trial` as run by this process (host, pid, start, seed) and give it a first heartbeat."""
         ident = dict(self._identity, seed=seed)
+        self._beat([trial._trial_id])  # first, so that a claimed trial always has a heartbeat
         self.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, ident)
-        self._beat([trial._trial_id])
 
     def _beat(self, trial_ids: Sequence[int]) -> None:
         for trial_id in trial_ids:
@@ -219,8 +219,9 @@ class TuneStorage:
                 return None  # ours
             if not _process_alive(int(worker.get("pid", -1)), worker.get("start")):
                 return f"its worker (pid {worker.get('pid')} on {worker.get('host')}) is gone"
-        if self.kind == "rdb":
-            return None  # the RDB heartbeat is judged by the storage itself (fail_stale_trials)
+        if self.kind == "rdb" and isinstance(worker, dict):
+            return None  # claimed, so it has a heartbeat row: the storage judges it (fail_stale_trials)
+        # Journal leases, and trials whose worker died between `ask` and `claim` (no identity, no heartbeat).
         last = trial.system_attrs.get(LEASE_ATTR)
         if not isinstance(last, (int, float)):
             start = trial.datetime_start
@@ -303,6 +304,13 @@ def _rdb(url: str, heartbeat_interval: float, grace_period: float | None, max_re
         raise StorageError(f"malformed storage URL {shown!r}: {exc}; expected e.g. "
                            "postgresql://user:password@host:5432/dbname or sqlite:///studies.db") from exc
     backend = parsed.get_backend_name()
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; use whichever driver is installed.
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+            url = parsed.render_as_string(hide_password=False)
     if backend == "postgres":
         raise StorageError(f"storage URL {shown!r} uses the old scheme 'postgres://'; write 'postgresql://'")
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -313,13 +321,16 @@ def _rdb(url: str, heartbeat_interval: float, grace_period: float | None, max_re
     interval = max(1, round(heartbeat_interval))
     grace = int(grace_period) if grace_period is not None else 4 * interval
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace,
-                             heartbeat_stale_trial_callback=RetryStaleTrial(max_retry))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace,
+                                 heartbeat_stale_trial_callback=RetryStaleTrial(max_retry))
     except sqlalchemy.exc.NoSuchModuleError as exc:
         raise StorageError(f"storage URL {shown!r}: unknown database kind {parsed.drivername!r}; "
                            "use postgresql://, mysql:// or sqlite://") from exc
     except ImportError as exc:
-        raise StorageError(f"storage URL {shown!r} needs a database driver that is not installed ({exc}); "
+        missing = getattr(exc.__cause__, "name", None) or exc
+        raise StorageError(f"storage URL {shown!r} needs a database driver that is not installed ({missing}); "
                            "for PostgreSQL: pip install psycopg2-binary") from exc
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         raise StorageError(f"cannot use the storage {shown}: {_explain_db_error(exc)}") from exc

@@ -418,7 +418,7 @@ def _build_preset(study: optuna.Study, presets_dir: str | os.PathLike | None) ->
     if not complete:
         return None, None
     if hasattr(preset_mod, "presets_from_study"):
-        built = preset_mod.presets_from_study(study)
+        built = preset_mod.presets_from_study(study, storage_label=study.user_attrs.get("autotune.storage"))
         preset = built[0] if isinstance(built, (list, tuple)) else built
     else:
         attrs = study.user_attrs

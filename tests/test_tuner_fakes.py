@@ -70,10 +70,10 @@ class FakeEditor:
         out = []
         for p in candidates:
             w_src, w_tgt = p.w_src.start, p.w_tgt.start
-            if self.fail_above is not None and w_tgt > self.fail_above:
-                raise RuntimeError(f"fake engine failure at w_tgt={w_tgt:.2f}")
             if self.oom_above is not None and w_tgt > self.oom_above:
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            if self.fail_above is not None and w_tgt > self.fail_above:
+                raise RuntimeError(f"fake engine failure at w_tgt={w_tgt:.2f}")
             x = torch.zeros(3, SIZE, SIZE)
             x[0] = w_src / 2.0
             x[1] = w_tgt / 12.0

@@ -1,0 +1,123 @@
+"""`autotune tune`: search the guidance pair (and any other knob) for one model and edit category.
+
+Examples:
+    autotune tune --model shapes --tasks shapes:change_color --category change_color --trials 32
+    autotune tune --model sd15 --tasks piebench/ --category change_color --trials 200 --batch 8 \\
+        --storage postgresql://user:password@db:5432/autotune --study sd15-color
+Run the same command again to resume: completed trials are kept, the study continues up to --trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from autotune.errors import InputError
+
+
+def register(subparsers) -> None:
+    from autotune.cli.edit import add_model_arguments
+    from autotune.tuner import DEFAULT_SAMPLER, SAMPLERS
+
+    parser = subparsers.add_parser(
+        "tune",
+        help="tune the guidance pair for one edit category (a multi-objective Optuna study)",
+        description="Search (w_src, w_tgt) and any opened knob on the tasks of one category, trading fidelity "
+        "against edit strength; write the category's preset. Resumable: re-run the same command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--tasks", required=True,
+                        help="shapes:<category>, a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv")
+    parser.add_argument("--category", help="edit category (id 0-9 or name); default: the one of shapes:<category>")
+    parser.add_argument("--split", default="tune", help="split of a generated task world (shapes)")
+    parser.add_argument("--trials", type=int, required=True, help="the study's total trial budget")
+    parser.add_argument("--batch", type=int, default=4, help="trials evaluated together, one engine call per task")
+    parser.add_argument("--storage", help="a .journal path or postgresql://user:password@host:5432/db "
+                        "(default: .autotune/studies.journal)")
+    parser.add_argument("--study", help="study name (default: <model>--<category>--<task fingerprint>)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="Optuna sampler")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (other workers derive their own)")
+    parser.add_argument("--presets-dir", default="presets", help="where the preset is written")
+    parser.add_argument("--project-dir", default=".autotune", help="embedded storage and artifacts")
+    parser.add_argument("--space", action="append", default=[], metavar="KNOB=RANGE",
+                        help="search a knob: w_src=0:2, w_tgt=1:12, steps=10:50:10, cross_replace=0.2:0.8, "
+                        "method=siminversion,ddim (repeatable; w_src and w_tgt are searched by default)")
+    parser.add_argument("--fidelity", metavar="DIR:METRIC[=W],...", help="e.g. minimize:structure_distance=1,lpips=1")
+    parser.add_argument("--strength", metavar="DIR:METRIC[=W],...", help="e.g. maximize:clip_edited")
+    parser.add_argument("--scorer", choices=("auto", "piebench", "shapes"), default="auto",
+                        help="auto: the shapes world's scorer for shapes tasks, else PIE-Bench's metrics")
+    parser.add_argument("--no-prune", action="store_true", help="score every candidate on every task")
+    parser.add_argument("--report", action="store_true", help="print the front and the paper points at the end")
+    add_model_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def _space(args: argparse.Namespace):
+    from autotune.search_space import SearchSpace, parse_knob_arg
+
+    overrides = dict(parse_knob_arg(text) for text in args.space)
+    return SearchSpace.default(**overrides)
+
+
+def _objectives(args: argparse.Namespace, scorer):
+    from autotune.objectives import Objectives, default_objectives, parse_objective_arg
+
+    if not args.fidelity and not args.strength:
+        return None
+    base = default_objectives(scorer.metrics()) if not (args.fidelity and args.strength) else None
+    fid = parse_objective_arg("fidelity", args.fidelity) if args.fidelity else base.fidelity
+    strength = parse_objective_arg("edit_strength", args.strength) if args.strength else base.edit_strength
+    return Objectives(fid, strength)
+
+
+def _scorer(args: argparse.Namespace, editor):
+    kind = args.scorer
+    if kind == "auto":
+        kind = "shapes" if args.tasks.startswith("shapes") else "piebench"
+    if kind == "shapes":
+        from autotune.shapes.scoring import ShapesScorer
+
+        return ShapesScorer()
+    from autotune.scoring.piebench_scorer import PieBenchScorer
+
+    return PieBenchScorer(device=getattr(editor, "device", None)).load()
+
+
+def report(result) -> str:
+    """The front, the paper points and how far tuning moved from them."""
+    lines = [result.summary()]
+    papers = result.paper_points()
+    dirs = result.study.directions
+    signs = [1 if d.name == "MAXIMIZE" else -1 for d in dirs]
+    for name, trial in papers.items():
+        better = [t for t in result.front if all(s * a >= s * b for s, a, b in zip(signs, t.values, trial.values,
+                                                                                    strict=True))]
+        lines.append(f"paper point {name} (trial {trial.number}): fidelity {trial.values[0]:.4g}, edit strength "
+                     f"{trial.values[1]:.4g}; {len(better)} front point(s) dominate or match it")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autotune.cli.edit import load_editor
+    from autotune.task_sources import load_tasks
+    from autotune.tasks import category_name
+    from autotune.tuner import tune
+
+    category = args.category or (args.tasks.partition(":")[2] if args.tasks.startswith("shapes:") else None)
+    if not category:
+        raise InputError("--category is required (an id 0-9 or a name such as change_color)")
+    try:
+        category = category_name(category)
+    except ValueError as exc:
+        raise InputError(f"--category: {exc}") from None
+    space = _space(args)
+    tasks = load_tasks(args.tasks, category, args.split)
+    editor = load_editor(args)
+    scorer = _scorer(args, editor)
+    result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=args.storage,
+                  study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
+                  objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,
+                  progress=not args.quiet, prune=not args.no_prune, project_dir=args.project_dir)
+    print(report(result) if args.report else result.summary())
+    if result.preset_path is None:
+        print("no trial completed: no preset written")
+    return 0

@@ -1,0 +1,45 @@
+"""End to end: the real engine (tiny random pipeline), the shapes world's tasks and scorer, the tuner, a preset."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+from optuna.trial import TrialState
+
+from autotune.params import EditParams
+from autotune.search_space import SearchSpace
+from autotune.tuner import tune
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
+    from autotune.editor import Editor
+    from autotune.shapes.scoring import ShapesScorer
+    from autotune.shapes.tasks import shapes_tasks
+
+    editor = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
+    tasks = shapes_tasks("change_color", "tune", count=2)
+    space = SearchSpace.default(base=EditParams(steps=3))
+    calls = []
+    edit_task = editor.edit_task
+
+    def counting(task, candidates):
+        calls.append((task.id, len(candidates)))
+        return edit_task(task, candidates)
+
+    editor.edit_task = counting
+    result = tune(editor, tasks, category="change_color", trials=3, batch=3, storage=str(tmp_path / "s.journal"),
+                  scorer=ShapesScorer(), search_space=space, progress=False, prune=False,
+                  presets_dir=tmp_path / "presets", project_dir=tmp_path)
+    assert calls == [(t.id, 3) for t in sorted(tasks, key=lambda t: t.id)]
+    trials = result.study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.user_attrs.get("paper_point") for t in trials[:2]] == ["siminversion", "ddim"]
+    for t in trials:
+        assert set(t.user_attrs["per_task"]) == {task.id for task in tasks}
+        assert 0.0 <= t.user_attrs["metrics"]["edit_success"] <= 1.0
+    assert result.study.user_attrs["autotune.model"] == editor.model_info()
+    preset = json.loads(result.preset_path.read_text())
+    assert preset["category"] == "change_color" and preset["steps"] == 3
