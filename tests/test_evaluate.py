@@ -165,3 +165,25 @@ def test_cli_end_to_end_on_the_tiny_pipeline(tiny_model_dir, tmp_path, capsys):
     assert main(argv) == 0 and "2 tasks, 2 already done" in capsys.readouterr().out
     assert main([*argv, "--preset", "balanced", "--method", "ddim"]) == 2
     assert "either --method or --preset" in capsys.readouterr().err
+
+
+def test_cli_with_a_preset_file_and_an_override(tiny_model_dir, tmp_path, capsys):
+    from autotune.editor import Editor
+    from autotune.preset import Preset
+
+    info = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False).model_info()
+    preset = Preset.paper_default("change_object", info, EditParams(w_src=1.5, w_tgt=4.0, steps=2), citation="test")
+    preset.save(tmp_path / "object.json")
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    task = {"id": "cup", "image": "coffee.png", "source_prompt": "a cup of coffee", "target_prompt": "a cup of tea"}
+    (tmp_path / "objects.jsonl").write_text(json.dumps({**task, "category": "change_object"}))
+    (tmp_path / "colors.jsonl").write_text(json.dumps({**task, "category": "change_color"}))
+    common = ["--model", str(tiny_model_dir), "--device", "cpu", "--metrics", "mse", "-q"]
+    argv = ["evaluate", "--tasks", str(tmp_path / "objects.jsonl"), "--preset", str(tmp_path / "object.json")]
+    assert main([*argv, "--w-tgt", "3", "--out", str(tmp_path / "run"), *common]) == 0
+    row = next(csv.DictReader(open(tmp_path / "run" / "results.csv")))
+    assert (float(row["w_src"]), float(row["w_tgt"]), json.loads(row["params"])["steps"]) == (1.5, 3.0, 2)
+    capsys.readouterr()
+    wrong = ["evaluate", "--tasks", str(tmp_path / "colors.jsonl"), "--preset", str(tmp_path / "object.json")]
+    assert main([*wrong, "--out", str(tmp_path / "run2"), *common]) == 2
+    assert "change_object preset, not change_color" in capsys.readouterr().err
