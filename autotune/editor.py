@@ -102,7 +102,9 @@ class Editor:
         presets: Any = None,
     ) -> "Editor":
         """Load a checkpoint. `device` defaults to CUDA when present, `dtype` to fp16 on CUDA and fp32 on CPU;
-        `scheduler="piebench"` uses PIE-Bench's DDIM settings instead of the checkpoint's."""
+        `scheduler="piebench"` uses PIE-Bench's DDIM settings instead of the checkpoint's. `presets` is what
+        `edit(category=...)` reads: True for the standard lookup order, a directory, a .json file or a Preset.
+        `cache_dir` keeps inversions on disk so that other processes reuse them."""
         components = load_components(
             model,
             device=device,
@@ -112,7 +114,10 @@ class Editor:
             config=config,
             allow_pickle=allow_pickle,
         )
-        return cls(components, progress=progress, cache=TensorCache(cache_items, directory=cache_dir), presets=presets)
+        from autotune.preset_store import open_presets
+
+        cache = TensorCache(cache_items, directory=cache_dir)
+        return cls(components, progress=progress, cache=cache, presets=open_presets(presets))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -183,9 +188,7 @@ class Editor:
         return f"{info.get('id')}|{info.get('weights')}|{info.get('scheduler')}|{self.dtype}"
 
     # ------------------------------------------------------------------ inversion
-    def invert(
-        self, image: ImageInput, source_prompt: str, w_inv: Guidance = 0.5, steps: int = 50
-    ) -> Inversion:
+    def invert(self, image: ImageInput, source_prompt: str, w_inv: Guidance = 0.5, steps: int = 50) -> Inversion:
         """DDIM inversion of `image` under `source_prompt` with guidance `w_inv` (a number or schedule)."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise InputError(f"steps={steps!r} must be a whole number >= 1")
@@ -218,8 +221,14 @@ class Editor:
         self, prepared: _Prepared, source: TokenizedPrompt, params: EditParams, trajectory: torch.Tensor
     ) -> torch.Tensor:
         key = cache_key(
-            "null-text", prepared.digest, source.text, self._model_key(), params.steps,
-            params.inversion_scale.to_dict(), params.source_scale.to_dict(), params.null_text_iterations,
+            "null-text",
+            prepared.digest,
+            source.text,
+            self._model_key(),
+            params.steps,
+            params.inversion_scale.to_dict(),
+            params.source_scale.to_dict(),
+            params.null_text_iterations,
         )
         fitted = self.cache.get(key, self.device)
         if fitted is None:
@@ -269,7 +278,9 @@ class Editor:
 
     def edit_task(self, task: EditTask, candidates: Sequence[EditParams]) -> list[EditResult]:
         """Edit one task under K candidates (see `edit_batch`)."""
-        return self.edit_batch(task.image, task.source_prompt, task.target_prompt, candidates, blend_words=task.blend_words)
+        return self.edit_batch(
+            task.image, task.source_prompt, task.target_prompt, candidates, blend_words=task.blend_words
+        )
 
     def edit_batch(
         self,
@@ -330,7 +341,11 @@ class Editor:
     ) -> list[EditResult]:
         grid = self._grid(steps)
         device, dtype = self.device, self.dtype
-        null, src_emb, tgt_emb = self.encode_prompt(""), self.encode_prompt(source.text), self.encode_prompt(target.text)
+        null, src_emb, tgt_emb = (
+            self.encode_prompt(""),
+            self.encode_prompt(source.text),
+            self.encode_prompt(target.text),
+        )
 
         # 3. Source branches: one per distinct (method, inversion guidance, source guidance)
         group_keys: list[tuple] = []
@@ -360,10 +375,14 @@ class Editor:
             uncond = torch.stack([u if u.dim() == 3 else u.expand(steps, -1, -1) for u in row_uncond], dim=1)
         else:
             uncond = torch.stack(row_uncond)
-        scales = torch.tensor(
-            [p.source_scale.scales(steps) for p in group_params] + [c.w_tgt.scales(steps) for c in candidates],
-            dtype=dtype,
-        ).T.contiguous().to(device)
+        scales = (
+            torch.tensor(
+                [p.source_scale.scales(steps) for p in group_params] + [c.w_tgt.scales(steps) for c in candidates],
+                dtype=dtype,
+            )
+            .T.contiguous()
+            .to(device)
+        )
         pinned = [g for g, p in enumerate(group_params) if p.method == "direct"]
         pinned_rows = torch.tensor(pinned, device=device) if pinned else None
         pinned_traj = torch.stack([trajectories[g] for g in pinned], dim=1) if pinned else None
@@ -373,7 +392,15 @@ class Editor:
 
         # 6. Denoising loop, then decode every row in one VAE call
         latents = sample_branches(
-            self.components.unet, grid, start, cond, uncond, scales, controller, pinned_rows, pinned_traj,
+            self.components.unet,
+            grid,
+            start,
+            cond,
+            uncond,
+            scales,
+            controller,
+            pinned_rows,
+            pinned_traj,
             progress=self.progress,
         )
         pixels = self.decode(latents)
@@ -418,7 +445,9 @@ class Editor:
                 equalizer = equalizer.to(device, dtype)
             h, w = int(latent_size[0]), int(latent_size[1])
             factor = self._blend_factor()
-            blend = BlendSpec(word_token_indices(source, words[0], "source prompt"), tgt_tokens, (h // factor, w // factor), (h, w))
+            blend = BlendSpec(
+                word_token_indices(source, words[0], "source prompt"), tgt_tokens, (h // factor, w // factor), (h, w)
+            )
             thresholds = torch.tensor([c.blend_threshold for c in candidates], device=device, dtype=torch.float32)
             starts = torch.tensor([int(c.blend_start * steps) for c in candidates])
             blend_active = (step_ids >= starts[None]).to(device)

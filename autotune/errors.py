@@ -13,8 +13,8 @@ class WeightsNotFoundError(AutotuneError):
     """Scorer weights (CLIP, DINO, LPIPS) are missing."""
 
 
-class InputError(AutotuneError):
-    """A bad image, mask, prompt or parameter."""
+class InputError(AutotuneError, ValueError):
+    """A bad image, mask, prompt or parameter (also a ValueError, for callers that catch those)."""
 
 
 class TaskFileError(AutotuneError):

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Union
 
+from autotune.errors import InputError
+
 
 @dataclass(frozen=True)
 class GuidanceSchedule:
@@ -27,13 +29,13 @@ class GuidanceSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in ("constant", "linear", "interval"):
-            raise ValueError(f"guidance schedule kind must be constant, linear or interval, got {self.kind!r}")
+            raise InputError(f"guidance schedule kind must be constant, linear or interval, got {self.kind!r}")
         for name in ("start", "end", "outside"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-                raise ValueError(f"guidance scale {name}={value!r} must be a number >= 0")
+                raise InputError(f"guidance scale {name}={value!r} must be a number >= 0")
         if not (0.0 <= self.begin <= self.finish <= 1.0):
-            raise ValueError(f"guidance interval [{self.begin}, {self.finish}) must satisfy 0 <= begin <= finish <= 1")
+            raise InputError(f"guidance interval [{self.begin}, {self.finish}) must satisfy 0 <= begin <= finish <= 1")
 
     @classmethod
     def constant(cls, scale: float) -> "GuidanceSchedule":
@@ -69,7 +71,13 @@ class GuidanceSchedule:
             return {"kind": "constant", "scale": self.start}
         if self.kind == "linear":
             return {"kind": "linear", "start": self.start, "end": self.end}
-        return {"kind": "interval", "scale": self.start, "begin": self.begin, "end": self.finish, "outside": self.outside}
+        return {
+            "kind": "interval",
+            "scale": self.start,
+            "begin": self.begin,
+            "end": self.finish,
+            "outside": self.outside,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "GuidanceSchedule":
@@ -80,7 +88,7 @@ class GuidanceSchedule:
             return cls.linear(data["start"], data["end"])
         if kind == "interval":
             return cls.interval(data["scale"], data["begin"], data["end"], data.get("outside", 1.0))
-        raise ValueError(f"unknown guidance schedule kind {kind!r}; use constant, linear or interval")
+        raise InputError(f"unknown guidance schedule kind {kind!r}; use constant, linear or interval")
 
     def __str__(self) -> str:
         if self.is_constant:
@@ -98,7 +106,7 @@ def as_schedule(value: Guidance, name: str = "guidance") -> GuidanceSchedule:
     if isinstance(value, GuidanceSchedule):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number or a GuidanceSchedule, got {type(value).__name__}")
+        raise InputError(f"{name} must be a number or a GuidanceSchedule, got {type(value).__name__}")
     if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ValueError(f"{name}={value} is not a valid guidance scale: use a finite number >= 0 (e.g. 0.5 or 7.5)")
+        raise InputError(f"{name}={value} is not a valid guidance scale: use a finite number >= 0 (e.g. 0.5 or 7.5)")
     return GuidanceSchedule.constant(float(value))

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from autotune.errors import InputError
 from autotune.guidance import Guidance, GuidanceSchedule, as_schedule
 
 METHODS = ("siminversion", "ddim", "negative_prompt", "null_text", "direct")
@@ -27,7 +28,7 @@ METHOD_NOTES = {
 
 def _check_fraction(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value!r} must be a fraction of the steps between 0 and 1")
+        raise InputError(f"{name}={value!r} must be a fraction of the steps between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -56,21 +57,21 @@ class EditParams:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise InputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         object.__setattr__(self, "w_src", as_schedule(self.w_src, "w_src"))
         object.__setattr__(self, "w_tgt", as_schedule(self.w_tgt, "w_tgt"))
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps={self.steps!r} must be a whole number >= 1 (PIE-Bench uses 50)")
+            raise InputError(f"steps={self.steps!r} must be a whole number >= 1 (PIE-Bench uses 50)")
         _check_fraction("cross_replace", self.cross_replace)
         _check_fraction("self_replace", self.self_replace)
         _check_fraction("blend_threshold", self.blend_threshold)
         _check_fraction("blend_start", self.blend_start)
         if not isinstance(self.reweight, (int, float)) or math.isnan(self.reweight) or self.reweight < 0:
-            raise ValueError(f"reweight={self.reweight!r} must be a number >= 0 (1 = no re-weighting)")
+            raise InputError(f"reweight={self.reweight!r} must be a number >= 0 (1 = no re-weighting)")
         if self.p2p_mode not in P2P_MODES:
-            raise ValueError(f"p2p_mode={self.p2p_mode!r}: use 'refine' (PIE-Bench) or 'replace' (word swap)")
+            raise InputError(f"p2p_mode={self.p2p_mode!r}: use 'refine' (PIE-Bench) or 'replace' (word swap)")
         if self.null_text_iterations < 0:
-            raise ValueError("null_text_iterations must be >= 0")
+            raise InputError("null_text_iterations must be >= 0")
 
     @property
     def source_scale(self) -> GuidanceSchedule:
@@ -105,7 +106,7 @@ class EditParams:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown edit parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InputError(f"unknown edit parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(data)
         for key in ("w_src", "w_tgt"):
             if isinstance(values.get(key), dict):

@@ -12,8 +12,13 @@ from autotune.models import PIEBENCH_SCHEDULER, make_scheduler
 @pytest.mark.parametrize("steps_offset", [0, 1])
 def test_denoising_step_matches_diffusers(prediction_type, steps_offset):
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=steps_offset, prediction_type=prediction_type,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=steps_offset,
+        prediction_type=prediction_type,
     )
     grid = ddim_grid(scheduler, 20)
     torch.manual_seed(0)

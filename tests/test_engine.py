@@ -132,7 +132,9 @@ def test_source_branch_is_shared_across_candidates_with_the_same_source_guidance
 def test_constant_schedule_equals_a_number(editor, photo):
     a = editor.edit(photo, SRC, TGT, EditParams(w_src=0.5, w_tgt=6.0, steps=5), blend_words=WORDS)
     b = editor.edit(
-        photo, SRC, TGT,
+        photo,
+        SRC,
+        TGT,
         EditParams(w_src=GuidanceSchedule.constant(0.5), w_tgt=GuidanceSchedule.linear(6.0, 6.0), steps=5),
         blend_words=WORDS,
     )
@@ -192,7 +194,9 @@ def test_non_square_images_keep_their_aspect(editor):
 def test_bad_prompts_get_clear_errors(editor, photo, kwargs, message):
     args = {"image": photo, "source_prompt": SRC, "target_prompt": TGT, "blend_words": WORDS} | kwargs
     with pytest.raises(InputError, match=message):
-        editor.edit(args.pop("image"), args.pop("source_prompt"), args.pop("target_prompt"), EditParams(steps=2), **args)
+        editor.edit(
+            args.pop("image"), args.pop("source_prompt"), args.pop("target_prompt"), EditParams(steps=2), **args
+        )
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,12 @@ def load_editor(args: argparse.Namespace, presets=None):
     from autotune.editor import Editor
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    if args.quiet:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     return Editor.from_pretrained(
         args.model,
         device=args.device,
@@ -61,15 +67,29 @@ def add_param_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--w-src", type=float, help="source (and inversion) guidance. Default: 0.5")
     group.add_argument("--w-tgt", type=float, help="target guidance. Default: 7.5")
     group.add_argument("--steps", type=int, help="DDIM steps. Default: 50")
-    group.add_argument("--cross-replace", type=float, help="fraction of steps with cross-attention replaced. Default: 0.4")
-    group.add_argument("--self-replace", type=float, help="fraction of steps with self-attention replaced. Default: 0.6")
+    group.add_argument(
+        "--cross-replace", type=float, help="fraction of steps with cross-attention replaced. Default: 0.4"
+    )
+    group.add_argument(
+        "--self-replace", type=float, help="fraction of steps with self-attention replaced. Default: 0.6"
+    )
     group.add_argument("--reweight", type=float, help="re-weighting of the target blend word. Default: 2")
     group.add_argument("--blend-threshold", type=float, help="LocalBlend mask threshold. Default: 0.3")
     group.add_argument("--p2p-mode", choices=("refine", "replace"), help="token alignment. Default: refine")
 
 
 def param_overrides(args: argparse.Namespace) -> dict:
-    names = ("method", "w_src", "w_tgt", "steps", "cross_replace", "self_replace", "reweight", "blend_threshold", "p2p_mode")
+    names = (
+        "method",
+        "w_src",
+        "w_tgt",
+        "steps",
+        "cross_replace",
+        "self_replace",
+        "reweight",
+        "blend_threshold",
+        "p2p_mode",
+    )
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -92,6 +112,11 @@ def register(subparsers) -> None:
         "--preset",
         help="a preset: a category (change_color), category:style (change_color:aggressive) or a JSON file",
     )
+    parser.add_argument(
+        "--ignore-preset-mismatch",
+        action="store_true",
+        help="use a preset even if it was made for another model or scheduler",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (editing is deterministic; kept for records)")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--save-source", action="store_true", help="also save the source branch's reconstruction")
@@ -109,9 +134,10 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise InputError(f"--out {out} must end in .png, .jpg or .webp")
     torch.manual_seed(args.seed)
+    overrides = param_overrides(args)
+    EditParams(**overrides)  # check the parameters before loading a model
     editor = load_editor(args)
     params = _preset_params(args, editor) if args.preset else EditParams()
-    overrides = param_overrides(args)
     if overrides:
         params = params.with_(**overrides)
     result = editor.edit(args.image, args.source_prompt, args.target_prompt, params, blend_words=args.blend_words)
@@ -124,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _preset_params(args: argparse.Namespace, editor):
-    from autotune.preset_store import resolve_preset_params
+    from autotune.preset_store import PresetStore
 
-    return resolve_preset_params(args.preset, editor.model_info())
+    preset, style = PresetStore().resolve(args.preset, editor.model_info())
+    preset.check_compatible(editor.model_info(), override=args.ignore_preset_mismatch)
+    print(f"preset {preset.label} ({style}, {preset.kind})")
+    return preset.params(style)
