@@ -15,6 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# `.ci/test-setup.sh` starts a PostgreSQL server and writes its URL here.
+_PG_ENV = Path(__file__).resolve().parent.parent / ".ci" / "postgres.env"
+if "AUTOTUNE_TEST_POSTGRES_URL" not in os.environ and _PG_ENV.is_file():
+    for line in _PG_ENV.read_text().splitlines():
+        if line.startswith("export AUTOTUNE_TEST_POSTGRES_URL="):
+            os.environ["AUTOTUNE_TEST_POSTGRES_URL"] = line.split("=", 1)[1].strip().strip("'\"")
+
 
 def build_tiny_pipeline(path: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """Save a tiny SD-style pipeline (32 px images, 16x16 latents) with the real CLIP tokenizer."""
