@@ -43,3 +43,25 @@ def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
     assert result.study.user_attrs["autotune.model"] == editor.model_info()
     preset = json.loads(result.preset_path.read_text())
     assert preset["category"] == "change_color" and preset["steps"] == 3
+
+
+def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys):
+    from autotune.cli import main
+
+    code = main(["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color",
+                 "--trials", "2", "--batch", "2", "--space", "steps=2:2", "--project-dir", str(tmp_path / "proj"),
+                 "--presets-dir", str(tmp_path / "presets"), "--quiet", "--report"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "paper point siminversion" in out and "preset written to" in out
+    assert list((tmp_path / "presets").glob("*change_color*.json"))
+    assert (tmp_path / "proj" / "studies.journal").stat().st_size > 0
+
+
+def test_cli_bad_storage_is_a_clear_error(tmp_path, capsys):
+    from autotune.cli import main
+
+    code = main(["tune", "--model", "shapes", "--tasks", "shapes:change_color", "--trials", "2",
+                 "--storage", "postgres://me:hunter2@localhost/x", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "postgresql://" in err and "hunter2" not in err and "Traceback" not in err

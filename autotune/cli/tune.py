@@ -27,13 +27,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--tasks", required=True,
                         help="shapes:<category>, a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv")
-    parser.add_argument("--category", help="edit category (id 0-9 or name); default: the one of shapes:<category>")
+    parser.add_argument("--category", help="edit category (id 0-9 or name); unset: the one of shapes:<category>")
     parser.add_argument("--split", default="tune", help="split of a generated task world (shapes)")
     parser.add_argument("--trials", type=int, required=True, help="the study's total trial budget")
     parser.add_argument("--batch", type=int, default=4, help="trials evaluated together, one engine call per task")
-    parser.add_argument("--storage", help="a .journal path or postgresql://user:password@host:5432/db "
-                        "(default: .autotune/studies.journal)")
-    parser.add_argument("--study", help="study name (default: <model>--<category>--<task fingerprint>)")
+    parser.add_argument("--storage", help="a .journal path or postgresql://user:password@host:5432/db; "
+                        "unset: <project-dir>/studies.journal")
+    parser.add_argument("--study", help="study name; unset: <model>--<category>--<task fingerprint>")
     parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="Optuna sampler")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (other workers derive their own)")
     parser.add_argument("--presets-dir", default="presets", help="where the preset is written")
@@ -109,11 +109,14 @@ def run(args: argparse.Namespace) -> int:
         category = category_name(category)
     except ValueError as exc:
         raise InputError(f"--category: {exc}") from None
+    from autotune.storage import open_storage
+
     space = _space(args)
+    store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
     tasks = load_tasks(args.tasks, category, args.split)
     editor = load_editor(args)
     scorer = _scorer(args, editor)
-    result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=args.storage,
+    result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
                   objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,
                   progress=not args.quiet, prune=not args.no_prune, project_dir=args.project_dir)

@@ -1,0 +1,210 @@
+"""The tuner's loop on a fake editor and scorer whose optimum is known (see test_tuner_fakes.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune.errors import InputError
+from autotune.search_space import SearchSpace
+from autotune.tuner import DominationPruner, tune
+from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks, true_values
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def run(tmp_path, trials=8, batch=4, tasks=3, editor=None, scorer=None, **kw):
+    kw.setdefault("prune", False)
+    kw.setdefault("sampler", "random")
+    return tune(editor or FakeEditor(), make_tasks(tasks), category="change_color", trials=trials, batch=batch,
+                storage=str(tmp_path / "s.journal"), scorer=scorer or FakeScorer(), progress=False,
+                presets_dir=tmp_path / "presets", project_dir=tmp_path, **kw)
+
+
+def test_paper_points_come_first_and_are_marked(tmp_path):
+    result = run(tmp_path, trials=4, batch=1)
+    trials = result.study.trials
+    assert [t.user_attrs.get("paper_point") for t in trials[:2]] == ["siminversion", "ddim"]
+    assert trials[0].params == {"w_src": 0.5, "w_tgt": 7.5}
+    assert trials[1].params == {"w_src": 1.0, "w_tgt": 7.5}
+    assert all("paper_point" not in t.user_attrs for t in trials[2:])
+    # The values are the fake's exact means over the tasks.
+    offsets = [t.metadata["offset"] for t in make_tasks(3)]
+    fid, strength = np.mean([true_values(0.5, 7.5, o) for o in offsets], axis=0)
+    assert trials[0].values == pytest.approx([30 + 10 * fid, strength], abs=1e-4)  # background_psnr, edit_success
+
+
+def test_a_batch_costs_one_engine_call_per_task(tmp_path):
+    editor = FakeEditor()
+    result = run(tmp_path, trials=8, batch=4, tasks=3, editor=editor)
+    assert len(result.study.trials) == 8
+    assert editor.calls == [(f"t{i:02d}", 4) for i in range(3)] * 2  # 2 batches x 3 tasks, tasks in id order
+    assert result.engine_calls == 6 and result.candidate_edits == 24
+
+
+def test_study_contract(tmp_path):
+    result = run(tmp_path, trials=4, batch=2)
+    attrs = result.study.user_attrs
+    json.dumps(attrs)  # plain JSON
+    assert attrs["autotune.category"] == "change_color"
+    assert attrs["autotune.model"]["id"] == "fake/editor"
+    assert attrs["autotune.search_space"] == {"w_src": {"low": 0.0, "high": 2.0}, "w_tgt": {"low": 1.0, "high": 12.0}}
+    assert attrs["autotune.base_params"]["method"] == "siminversion"
+    assert [o["name"] for o in attrs["autotune.objectives"]] == ["fidelity", "edit_strength"]
+    assert attrs["autotune.objectives"][0] == {"name": "fidelity", "direction": "maximize",
+                                               "metrics": {"background_psnr": 1.0}}
+    assert attrs["autotune.scorer"] == {"mode": "fake", "version": 1}
+    assert attrs["autotune.task_fingerprint"].startswith("sha256:") and attrs["autotune.task_count"] == 3
+    assert attrs["autotune.sampler"] == {"name": "random", "seed": 0}
+    assert attrs["autotune.storage"].endswith("s.journal")
+    assert [d.name for d in result.study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    for t in result.study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.user_attrs["params"]["w_src"] == pytest.approx(t.params["w_src"])
+        assert set(t.user_attrs["per_task"]) == {"t00", "t01", "t02"}
+        mean = np.mean([m["background_psnr"] for m in t.user_attrs["per_task"].values()])
+        assert t.user_attrs["metrics"]["background_psnr"] == pytest.approx(mean)
+        assert t.values[0] == pytest.approx(mean)
+
+
+def test_front_moves_toward_the_known_optimum(tmp_path):
+    result = run(tmp_path, trials=36, batch=4, sampler="tpe", prune=True)
+    complete = result.study.get_trials(states=(TrialState.COMPLETE,))
+    early = [abs(t.params["w_src"] - 0.5) for t in complete[2:10]]
+    front = [abs(t.params["w_src"] - 0.5) for t in result.front]
+    assert np.median(front) < np.median(early)
+    assert np.median(front) < 0.15  # the Pareto set is w_src = 0.5
+    # The front dominates or matches both paper points.
+    ddim = result.paper_points()["ddim"].values
+    assert any(all(a >= b for a, b in zip(t.values, ddim, strict=True)) for t in result.front)
+
+
+def test_failures_are_recorded_and_the_batch_goes_on(tmp_path):
+    editor = FakeEditor(fail_above=10.0, oom_above=11.0)
+    result = run(tmp_path, trials=24, batch=4, editor=editor, scorer=FakeScorer(nan_below=0.3))
+    trials = result.study.trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    kinds = {t.user_attrs["fail_kind"] for t in failed}
+    assert kinds == {"error", "oom", "nan"}
+    for t in failed:
+        w_src, w_tgt = t.params["w_src"], t.params["w_tgt"]
+        reason = t.user_attrs["fail_reason"]
+        assert reason.startswith("task t00:")
+        if t.user_attrs["fail_kind"] == "oom":
+            assert w_tgt > 11.0 and "out of memory" in reason
+        elif t.user_attrs["fail_kind"] == "error":
+            assert 10.0 < w_tgt <= 11.0
+        else:
+            assert w_src < 0.3 and "background_psnr" in reason and "not finite" in reason
+    ok = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(t.params["w_tgt"] <= 10.0 and t.params["w_src"] >= 0.3 for t in ok)
+    assert len(ok) + len(failed) == 24 and len(ok) >= 2  # the study reached its budget
+
+
+def test_pruning_stops_dominated_candidates_and_saves_engine_work(tmp_path):
+    kw = {"trials": 24, "batch": 4, "tasks": 6, "sampler": "random", "seed": 3}
+    plain = run(tmp_path / "a", **kw)
+    pruned = run(tmp_path / "b", prune=True, **kw)
+    stopped = pruned.study.get_trials(states=(TrialState.PRUNED,))
+    assert stopped, "nothing was pruned"
+    assert pruned.candidate_edits < plain.candidate_edits
+    assert pruned.engine_calls <= plain.engine_calls
+    offsets = [t.metadata["offset"] for t in make_tasks(6)]
+    front_values = [t.values for t in pruned.study.get_trials(states=(TrialState.COMPLETE,))]
+    for t in stopped:
+        assert 2 <= t.user_attrs["pruned_after_tasks"] < 6
+        # Truly dominated over all tasks by some measured trial (the fake's exact values).
+        full = np.mean([true_values(t.params["w_src"], t.params["w_tgt"], o) for o in offsets], axis=0)
+        assert any(f >= full[0] and s >= full[1] for f, s in front_values)
+    assert not any(t.user_attrs.get("paper_point") for t in stopped)
+
+
+def test_pruner_is_a_paired_test():
+    pruner = DominationPruner(confidence=0.95, min_tasks=2)
+    signs = np.array([1.0, 1.0])
+    ref = np.array([[0.8, 0.8], [0.5, 0.5], [0.9, 0.9]])
+    worse = ref - 0.05  # consistently worse on every task: pruned even though tasks vary a lot
+    assert pruner.dominated_by(worse[:2], {7: ref}, signs) == 7
+    noisy = ref + np.array([[-0.2, -0.2], [0.15, 0.15], [0.0, 0.0]])  # worse, better: no evidence
+    assert pruner.dominated_by(noisy[:2], {7: ref}, signs) is None
+    tradeoff = ref + np.array([[-0.1, 0.1], [-0.1, 0.1], [0, 0]])  # worse fidelity, better strength
+    assert pruner.dominated_by(tradeoff[:2], {7: ref}, signs) is None
+    assert pruner.dominated_by(worse[:1], {7: ref}, signs) is None  # never on one task
+
+
+def test_resume_never_redoes_completed_trials(tmp_path):
+    first = run(tmp_path, trials=6, batch=2)
+    before = {t.number: (t.values, t.datetime_complete) for t in first.study.trials}
+    editor = FakeEditor()
+    second = run(tmp_path, trials=10, batch=2, editor=editor)
+    assert len(second.study.trials) == 10
+    for t in second.study.trials[:6]:
+        assert (t.values, t.datetime_complete) == before[t.number]
+    assert len(editor.calls) == 2 * 3  # only the 4 new trials, 2 per batch, 3 tasks
+    again = FakeEditor()
+    run(tmp_path, trials=10, batch=2, editor=again)
+    assert again.calls == []  # the budget is met: nothing to do
+
+
+def test_a_different_task_set_is_refused_under_the_same_study_name(tmp_path):
+    run(tmp_path, trials=2, batch=2, study_name="mine")
+    with pytest.raises(InputError, match="task_fingerprint"):
+        tune(FakeEditor(), make_tasks(3, seed=1), category="change_color", trials=4,
+             storage=str(tmp_path / "s.journal"), study_name="mine", scorer=FakeScorer(), progress=False,
+             save_preset=False)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "grid"])
+def test_every_sampler_runs(tmp_path, sampler):
+    result = run(tmp_path, trials=5, batch=2, sampler=sampler, save_preset=False)
+    assert len(result.study.get_trials(states=(TrialState.COMPLETE,))) == 5
+
+
+def test_front_trials_keep_their_images_as_artifacts(tmp_path):
+    from optuna.artifacts import get_all_artifact_meta
+
+    result = run(tmp_path, trials=8, batch=4)
+    for t in result.front:
+        metas = get_all_artifact_meta(t, storage=result.study._storage)
+        assert metas and metas[0].mimetype == "image/png"
+        assert (tmp_path / "artifacts" / metas[0].artifact_id).stat().st_size > 100
+
+
+def test_preset_is_written_from_the_study(tmp_path):
+    result = run(tmp_path, trials=8, batch=4)
+    assert result.preset_path is not None and result.preset_path.parent == tmp_path / "presets"
+    data = json.loads(result.preset_path.read_text())
+    assert data["category"] == "change_color" and data["model"]["id"] == "fake/editor"
+    numbers = {p["trial"] for p in data["front"]}
+    assert numbers == {t.number for t in result.front}
+
+
+def test_search_space_knobs_reach_the_engine(tmp_path):
+    editor = FakeEditor()
+    space = SearchSpace.default(steps={"low": 10, "high": 30, "step": 10}, w_tgt_end={"low": 1.0, "high": 12.0})
+    result = run(tmp_path, trials=4, batch=4, editor=editor, search_space=space)
+    for t in result.study.trials:
+        params = t.user_attrs["params"]
+        assert params["steps"] in (10, 20, 30)
+        assert params["w_tgt"]["kind"] == "linear"
+        assert params["w_tgt"]["end"] == pytest.approx(t.params["w_tgt_end"])
+    assert result.study.trials[0].params["steps"] == 30 or result.study.trials[0].params["steps"] <= 30
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(InputError, match="no task of category"):
+        tune(FakeEditor(), make_tasks(2), category="change_style", trials=2, scorer=FakeScorer(), progress=False,
+             storage=str(tmp_path / "s.journal"))
+    with pytest.raises(InputError, match="trials"):
+        tune(FakeEditor(), make_tasks(2), category="change_color", trials=0, scorer=FakeScorer(), progress=False)
+    with pytest.raises(InputError, match="sampler"):
+        tune(FakeEditor(), make_tasks(2), category="change_color", trials=2, sampler="cmaes", scorer=FakeScorer(),
+             progress=False)
+    with pytest.raises(InputError, match="weight must be negative"):
+        run(tmp_path, objectives=[{"name": "fidelity", "direction": "minimize", "metrics": {"preservation": 1}},
+                                  {"name": "edit_strength", "direction": "maximize", "metrics": {"edit_success": 1}}])
+    assert math.isfinite(1.0)
