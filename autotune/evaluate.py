@@ -196,7 +196,7 @@ def _write_summary(out: Path, summary, metric_names, run) -> None:
     _atomic_write(out / SUMMARY_CSV, buffer.getvalue())
     header = ["category", "n", *[metric_info(m).column for m in metric_names]]
     lines = [
-        f"scorer mode: {run['scorer'].get('mode', '?')}; model: {run['model'].get('id', '?')}",
+        f"scorer: {_scorer_label(run['scorer'])}; model: {run['model'].get('id', '?')}",
         f"params: {run['params_source']}",
         "",
         "| " + " | ".join(header) + " |",
@@ -220,8 +220,8 @@ def _check_run(out: Path, run: dict) -> None:
         differs = [k for k in keys if previous.get(k) != run.get(k)]
         if previous.get("model", {}).get("id") != run["model"].get("id"):
             differs.append("model")
-        if previous.get("scorer", {}).get("mode") != run["scorer"].get("mode"):
-            differs.append("scorer mode")
+        if _scorer_label(previous.get("scorer", {})) != _scorer_label(run["scorer"]):
+            differs.append("scorer or scorer mode")
         if differs:
             raise InputError(
                 f"{out} holds an evaluation with a different {', '.join(differs)}; "
@@ -229,6 +229,11 @@ def _check_run(out: Path, run: dict) -> None:
             )
         return
     _atomic_write(path, json.dumps(run, indent=2, sort_keys=True) + "\n")
+
+
+def _scorer_label(describe: dict) -> str:
+    name, mode = describe.get("scorer", "?"), describe.get("mode")
+    return f"{name} ({mode} mode)" if mode else str(name)
 
 
 def _jsonable(value: Any) -> Any:

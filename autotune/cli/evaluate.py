@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         "--tasks", required=True, help="shapes:<category>, a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv"
     )
     parser.add_argument("--category", help="only tasks of this category (id 0-9 or name, e.g. change_color)")
-    parser.add_argument("--split", default="test", help="split of a generated task world (shapes)")
+    parser.add_argument("--split", default="heldout", help="split of a generated task world (shapes: tune, heldout)")
     parser.add_argument(
         "--preset",
         help="a preset: a style (balanced, conservative, aggressive: each task uses its category's preset), "
