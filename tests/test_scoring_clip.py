@@ -108,7 +108,10 @@ def test_no_or_empty_mask_gives_nan_for_the_edited_region(tiny_clip):
 def test_missing_weights_name_them_and_how_to_supply(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="no file"):
         load_clip("ViT-L-14", str(tmp_path / "clip.safetensors"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(WeightsNotFoundError, match=r"ViT-B-32 / openai.*--clip-weights"):
         load_clip("ViT-B-32", "openai", device="cpu")
 

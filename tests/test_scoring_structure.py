@@ -100,8 +100,11 @@ def test_missing_local_file_names_the_weights(tmp_path):
 
 
 def test_missing_cached_weights_fail_at_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    # an empty, offline hub cache even on a machine that has the real weights cached
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(WeightsNotFoundError, match=r"dino_vitb8_pretrain\.pth.*--dino-weights"):
         load_dino(None, device="cpu", half=False)
