@@ -53,9 +53,9 @@ class EditController:
         self.cross_active = cross_active
         self.self_active = self_active
         self.blend_active = blend_active
-        self._any_cross = cross_active.any(dim=1).tolist()
-        self._any_self = self_active.any(dim=1).tolist()
-        self._any_blend = blend_active.any(dim=1).tolist() if blend_active is not None else None
+        self._any_cross = any_per_step(cross_active)
+        self._any_self = any_per_step(self_active)
+        self._any_blend = any_per_step(blend_active) if blend_active is not None else None
         self.refine = refine
         self.swap = swap
         self.equalizer = equalizer
@@ -119,6 +119,11 @@ class EditController:
         out = latents.clone()
         out[g:] = torch.where(self.blend_active[step][:, None, None, None], blended, target)
         return out
+
+
+def any_per_step(active: torch.Tensor) -> list[bool]:
+    """Which steps have any candidate active; read once per call so the loop never waits on the device."""
+    return active.any(dim=1).tolist()
 
 
 def _normalised_mask(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -77,8 +77,12 @@ class Editor:
         progress: bool = True,
         cache: TensorCache | None = None,
         presets: Any = None,
+        max_batch: int = 16,
     ) -> None:
+        if max_batch < 1:
+            raise InputError(f"max_batch={max_batch} must be >= 1")
         self.components = components
+        self.max_batch = max_batch
         self.progress = progress
         self.cache = cache if cache is not None else TensorCache()
         self.presets = presets
@@ -100,11 +104,13 @@ class Editor:
         cache_items: int = 64,
         cache_dir: str | None = None,
         presets: Any = None,
+        max_batch: int = 16,
     ) -> "Editor":
         """Load a checkpoint. `device` defaults to CUDA when present, `dtype` to fp16 on CUDA and fp32 on CPU;
         `scheduler="piebench"` uses PIE-Bench's DDIM settings instead of the checkpoint's. `presets` is what
         `edit(category=...)` reads: True for the standard lookup order, a directory, a .json file or a Preset.
-        `cache_dir` keeps inversions on disk so that other processes reuse them."""
+        `cache_dir` keeps inversions on disk so that other processes reuse them. `max_batch` caps the target
+        branches per UNet call (lower it if a large batch runs out of GPU memory)."""
         components = load_components(
             model,
             device=device,
@@ -117,7 +123,7 @@ class Editor:
         from autotune.preset_store import open_presets
 
         cache = TensorCache(cache_items, directory=cache_dir)
-        return cls(components, progress=progress, cache=cache, presets=open_presets(presets))
+        return cls(components, progress=progress, cache=cache, presets=open_presets(presets), max_batch=max_batch)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -324,9 +330,11 @@ class Editor:
         for k, cand in enumerate(candidates):
             runs.setdefault((cand.steps, cand.p2p_mode), []).append(k)
         for (steps, mode), idx in runs.items():
-            out = self._run(prepared, source, target, [candidates[k] for k in idx], words, steps, mode)
-            for k, res in zip(idx, out):
-                results[k] = res
+            for at in range(0, len(idx), self.max_batch):
+                chunk = idx[at : at + self.max_batch]
+                out = self._run(prepared, source, target, [candidates[k] for k in chunk], words, steps, mode)
+                for k, res in zip(chunk, out):
+                    results[k] = res
         return results  # type: ignore[return-value]
 
     def _run(
@@ -426,7 +434,7 @@ class Editor:
 
         def window(fractions: list[float]) -> torch.Tensor:
             ends = torch.tensor([int(f * steps) for f in fractions])
-            return (step_ids < ends[None]).to(device)
+            return step_ids < ends[None]
 
         cross_active = window([c.cross_replace for c in candidates])
         self_active = window([c.self_replace for c in candidates])
@@ -450,14 +458,14 @@ class Editor:
             )
             thresholds = torch.tensor([c.blend_threshold for c in candidates], device=device, dtype=torch.float32)
             starts = torch.tensor([int(c.blend_start * steps) for c in candidates])
-            blend_active = (step_ids >= starts[None]).to(device)
+            blend_active = step_ids >= starts[None]
         lat_tokens = int(latent_size[0]) * int(latent_size[1])
         return EditController(
             groups=groups,
             src_of=torch.tensor(src_of, device=device),
-            cross_active=cross_active,
-            self_active=self_active,
-            blend_active=blend_active,
+            cross_active=cross_active.to(device),
+            self_active=self_active.to(device),
+            blend_active=blend_active.to(device) if blend_active is not None else None,
             refine=refine,
             swap=swap,
             equalizer=equalizer,

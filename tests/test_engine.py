@@ -212,3 +212,14 @@ def test_bad_prompts_get_clear_errors(editor, photo, kwargs, message):
 def test_bad_parameters_get_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EditParams(**kwargs)
+
+
+def test_max_batch_splits_candidates_without_changing_results(tiny_model_dir, photo):
+    small = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False, max_batch=2)
+    big = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
+    cands = [EditParams(w_src=0.5, w_tgt=t, steps=4) for t in (2.0, 4.0, 6.0, 8.0, 10.0)]
+    for a, b in zip(
+        small.edit_batch(photo, SRC, TGT, cands, blend_words=WORDS),
+        big.edit_batch(photo, SRC, TGT, cands, blend_words=WORDS),
+    ):
+        torch.testing.assert_close(a.latent, b.latent, rtol=1e-4, atol=1e-4)
