@@ -56,7 +56,7 @@ class PieBenchScorer:
         lpips_net: LPIPS backbone; PIE-Bench uses ``"squeeze"``.
         lpips_weights / dino_weights: local weight files, else the caches (see `docs/metrics.md`).
         clip_model / clip_pretrained: open_clip model name and pretrained tag or local file.
-        half: run DINO and CLIP in float16 (faster on GPUs; see docs/metrics.md for its tolerance).
+        half: run CLIP (and DINO in ``masked`` mode) in float16 on CUDA; not measured against float32 here.
     """
 
     def __init__(
@@ -107,8 +107,10 @@ class PieBenchScorer:
     @property
     def structure(self) -> StructureDistance:
         if self._structure is None:
-            model = load_dino(self.dino_weights, self.device, self.half and self.device.type == "cuda")
             piebench = self.mode == "piebench"
+            # PIE-Bench feeds DINO 0..255 pixels: activations that large may overflow float16, so it stays float32
+            half = self.half and self.device.type == "cuda" and not piebench
+            model = load_dino(self.dino_weights, self.device, half)
             self._structure = StructureDistance(model, pixel_scale=255.0 if piebench else 1.0, antialias=not piebench)
         return self._structure
 
