@@ -139,3 +139,37 @@ def test_missing_weights_fail_at_load_naming_them(tmp_path, monkeypatch):
         PieBenchScorer(device="cpu", metrics=("lpips",)).load()
     with pytest.raises(WeightsNotFoundError, match="DINO"):
         PieBenchScorer(device="cpu", metrics=("structure_distance",), dino_weights=str(tmp_path / "x.pth")).load()
+
+
+def test_background_equals_piebench_replica_on_saved_files(tmp_path):
+    """The scorer on a float edit == PIE-Bench's own recipe on the edit saved as a PNG and read back:
+    mask decoded with the forced border, images as float32 / 255 times (1 - mask), torchmetrics PSNR and MSE,
+    SSIM as the torchmetrics release PIE-Bench ran (the cropped mean, i.e. scikit-image)."""
+    from skimage.metrics import structural_similarity
+    from torchmetrics.image import PeakSignalNoiseRatio
+    from torchmetrics.regression import MeanSquaredError
+
+    from autotune.piebench import decode_mask, encode_mask
+
+    photo = Image.fromarray(data.astronaut())
+    inner = np.zeros((512, 512), dtype=bool)
+    inner[120:330, 140:380] = True
+    mask = decode_mask(encode_mask(inner), (512, 512))  # as the PIE-Bench loader delivers it
+    task = EditTask("p", photo, "a woman", "a robot", "change_object", None, mask)
+    g = torch.Generator().manual_seed(0)
+    src = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255).permute(2, 0, 1)
+    edited = (src + 0.04 * torch.randn(src.shape, generator=g)).clamp(0, 1)
+    row = PieBenchScorer(device="cpu", metrics=("psnr", "mse", "ssim")).score(task, edited[None])[0]
+
+    path = tmp_path / "edit.png"
+    Image.fromarray((edited.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    keep = 1 - mask[:, :, None].repeat(3, axis=2).astype(np.float32)
+    a = np.asarray(photo).astype(np.float32) / 255 * keep
+    b = np.array(Image.open(path)).astype(np.float32) / 255 * keep
+    ta, tb = torch.tensor(a).permute(2, 0, 1), torch.tensor(b).permute(2, 0, 1)
+    assert row["psnr"] == pytest.approx(PeakSignalNoiseRatio(data_range=1.0)(ta[None], tb[None]).item(), abs=1e-4)
+    assert row["mse"] == pytest.approx(MeanSquaredError()(ta.contiguous(), tb.contiguous()).item(), abs=1e-7)
+    want_ssim = structural_similarity(
+        a, b, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert row["ssim"] == pytest.approx(want_ssim, abs=1e-6)
