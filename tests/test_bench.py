@@ -1,0 +1,216 @@
+"""Benchmarks on the tiny pipeline: the figures come from real timings and scores, and BENCHMARKS.md sections are
+rewritten in place. (Not timed tests: the benchmarks themselves run with `autotune bench`.)"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from autotune import bench
+from autotune.params import EditParams
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine the tiny model runs ~10x faster than with two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def editor(tiny_model_dir):
+    from autotune.editor import Editor
+
+    return Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    from autotune.shapes.tasks import shapes_tasks
+
+    return shapes_tasks("change_color", "tune", count=2)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    from autotune.shapes.scoring import ShapesScorer
+
+    return ShapesScorer()
+
+
+def test_write_section_replaces_only_its_own_section_atomically(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    bench.write_section(path, "memory", "## memory\nold memory")
+    bench.write_section(path, "throughput", "## throughput\nfirst")
+    text = path.read_text()
+    assert text.index("autotune-bench:throughput:start") < text.index("autotune-bench:memory:start")
+    path.write_text(text + "\nhand-written note\n")
+    bench.write_section(path, "throughput", "## throughput\nsecond")
+    text = path.read_text()
+    assert "second" in text and "first" not in text and "old memory" in text and "hand-written note" in text
+    assert text.count("autotune-bench:throughput:start") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["BENCHMARKS.md"]  # no temp file left
+
+
+def test_section_names_command_machine_and_a_busy_machine():
+    machine = {"cpu_count": 2, "torch": "2.x", "torch_threads": 2, "device": "cpu", "load_average_1min": 5.0}
+    text = bench.section("T", "autotune bench overhead --model shapes", machine, "| a |\n|---|\n| 1 |")
+    assert "`autotune bench overhead --model shapes`" in text and "2 CPUs" in text and "torch 2.x" in text
+    assert "busy" in text
+    machine["load_average_1min"] = 0.1
+    assert "busy" not in bench.section("T", "c", machine, "x")
+
+
+def test_naive_loop_inverts_every_call(editor, tasks, scorer):
+    params = [EditParams(steps=2, w_src=0.5), EditParams(steps=2, w_src=1.3)]
+    calls = bench.record_unet_calls(editor.components.unet, lambda: bench.naive_loop(editor, tasks, scorer, params))
+    # each (trial, task): 2 inversion steps (w=0.5: one batched call; w=1.3: one call) + 2 sampling steps
+    assert len(calls) == len(params) * len(tasks) * (2 + 2)
+
+
+def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch):
+    edits = []
+    original = editor.edit
+
+    def counting(*a, **k):
+        edits.append(k.get("params") or a[3])
+        return original(*a, **k)
+
+    monkeypatch.setattr(editor, "edit", counting)
+    r = bench.bench_throughput(editor, tasks, scorer, trials=4, batch=2, steps=2, naive_trials=3, sampler="random")
+    assert r.trials == 4 and r.naive_trials == 3 and r.tasks == 2
+    assert len(edits) == 3 * 2  # the naive loop: one edit per (trial, task)
+    assert r.autotune_seconds > 0 and r.naive_seconds > 0
+    assert math.isclose(r.naive_trials_per_min, 60 * 3 / r.naive_seconds)
+    assert math.isclose(r.autotune_trials_per_min, 60 * 4 / r.autotune_seconds)
+    assert math.isclose(r.ratio, r.autotune_trials_per_min / r.naive_trials_per_min)
+    assert r.engine_calls <= 2 * 2 and r.candidate_edits <= 4 * 2
+    assert "Speed-up" in r.markdown()
+
+
+def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
+    r = bench.bench_overhead(editor, tasks[0], EditParams(steps=3), repeats=1)
+    assert r.cold_unet_calls == 3 + 3  # inversion (w=0.5: one call per step) + two-branch sampling
+    assert r.warm_unet_calls == 3
+    assert r.cold_edit_seconds > 0 and r.cold_unet_seconds > 0 and r.warm_unet_seconds > 0
+    assert math.isclose(r.cold_ratio, r.cold_edit_seconds / r.cold_unet_seconds)
+    assert math.isclose(r.warm_ratio, r.warm_edit_seconds / r.warm_unet_seconds)
+
+
+def _table(f, s, w_src=None, w_tgt=None):
+    n = len(f)
+    return bench.GridTable("change_color", w_src or list(np.linspace(0, 2, n)), w_tgt or list(np.linspace(1, 12, n)),
+                           [list(map(float, r)) for r in f], [list(map(float, r)) for r in s],
+                           ["maximize", "maximize"], tasks=1, steps=1)
+
+
+def test_scalarised_scales_each_objective_to_the_grid():
+    t = _table([[10, 20], [30, 40]], [[0, 0], [1, 1]])
+    assert np.allclose(t.scalarised(), [[0, 1 / 6], [5 / 6, 1]])
+    t.directions = ["minimize", "maximize"]
+    assert np.allclose(t.scalarised(), [[0.5, 1 / 3], [2 / 3, 0.5]])
+
+
+def test_trials_to_reach_matches_a_replay_of_the_sampler():
+    n = 15
+    f = np.add.outer(np.arange(n), np.arange(n)).astype(float)  # best only at the far corner
+    table = _table(f, f)
+    needed, frac = bench.trials_to_reach(table, "random", seed=3, budget=200, batch=4)
+    # independent replay: RandomSampler with the same seed asks the same points
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=3))
+    space = bench.SearchSpace({"w_src": {"low": 0.0, "high": 2.0}, "w_tgt": {"low": 1.0, "high": 12.0}})
+    scal = table.scalarised()
+    expected = None
+    for k in range(200):
+        trial = study.ask(space.distributions())
+        i = int(np.argmin(np.abs(np.linspace(0, 2, n) - trial.params["w_src"])))
+        j = int(np.argmin(np.abs(np.linspace(1, 12, n) - trial.params["w_tgt"])))
+        study.tell(trial, [0.0, 0.0])
+        if scal[i, j] >= 0.98:
+            expected = k + 1
+            break
+    assert needed == expected
+    if needed is not None:
+        assert frac >= 0.98
+    flat = _table(np.ones((3, 3)), np.ones((3, 3)))
+    assert bench.trials_to_reach(flat, "tpe", seed=0, budget=5)[0] == 1
+
+
+def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, tasks, scorer):
+    calls = []
+    original = editor.edit_task
+
+    def counting(task, cands):
+        calls.append((task.id, len(cands)))
+        return original(task, cands)
+
+    editor.edit_task = counting
+    try:
+        table = bench.grid_scores(editor, tasks[:1], scorer, points=2, steps=2)
+    finally:
+        del editor.edit_task
+    assert calls == [(tasks[0].id, 2), (tasks[0].id, 2)]
+    assert table.w_src == [0.0, 2.0] and table.w_tgt == [1.0, 12.0]
+    one = editor.edit(tasks[0].image, tasks[0].source_prompt, tasks[0].target_prompt,
+                      EditParams(steps=2, w_src=2.0, w_tgt=1.0), blend_words=tasks[0].blend_words)
+    psnr = scorer.score(tasks[0], one.pixels[None])[0]["background_psnr"]
+    assert table.fidelity[1][0] == pytest.approx(psnr, abs=0.05)
+    res = bench.bench_efficiency([table], samplers=("random",), seeds=2, budget=8, batch=2)
+    assert len(res.rows) == 1 and len(res.rows[0].needed["random"]) == 2
+    assert "random trials to 98%" in res.markdown()
+
+
+def test_quality_rows_and_tuned_pick_from_a_grid(editor, tasks, scorer, tmp_path):
+    table = _table([[30, 20], [25, 10]], [[0, 0.5], [0.2, 1.0]])
+    table.steps = 2
+    params, source = bench.tuned_params(editor, "change_color", table, presets=tmp_path)
+    assert "grid" in source and params.steps == 2
+    assert (params.w_src.start, params.w_tgt.start) in {(0.0, 1.0), (0.0, 12.0), (2.0, 12.0)}  # front points
+    r = bench.bench_quality(editor, scorer, {"change_color": tasks[:1]}, {"change_color": (params, source)})
+    assert [row.setting for row in r.rows] == ["tuned", "SimInversion default", "DDIM-style"]
+    assert [(row.w_src, row.w_tgt) for row in r.rows][1:] == [(0.5, 7.5), (1.0, 7.5)]
+    direct = editor.edit(tasks[0].image, tasks[0].source_prompt, tasks[0].target_prompt,
+                         params.with_(w_src=1.0, w_tgt=7.5), blend_words=tasks[0].blend_words)
+    expect = scorer.score(tasks[0], direct.pixels[None])[0]
+    assert r.rows[2].background_psnr == pytest.approx(expect["background_psnr"], abs=0.05)
+    assert all(0 <= row.edit_success <= 1 for row in r.rows)
+
+
+def test_cli_bench_overhead_writes_its_section(tiny_model_dir, tmp_path, capsys):
+    from autotune.cli import main
+
+    out = tmp_path / "B.md"
+    code = main(["bench", "overhead", "--model", str(tiny_model_dir), "--steps", "2", "--repeats", "1",
+                 "--out", str(out)])
+    assert code == 0
+    text = out.read_text()
+    assert f"autotune bench overhead --model {tiny_model_dir} --device cpu --steps 2" in text
+    assert "| cold (inversion + two-branch edit) | 4 |" in text
+    assert "autotune-bench:overhead:end" in text
+    assert "Engine overhead" in capsys.readouterr().out
+
+
+def test_cli_bench_rejects_a_category_the_world_lacks(capsys):
+    from autotune.cli import main
+
+    assert main(["bench", "quality", "--categories", "change_style"]) == 2
+    assert "change_style" in capsys.readouterr().err
+
+
+def test_memory_measures_child_processes(tiny_model_dir):
+    r = bench.bench_memory(str(tiny_model_dir), "cpu", trials=1, batch=1, tasks=1, steps=1)
+    assert r.load_only_mb > 50 and r.tuning_mb > 50  # torch alone is far above this
+    assert "peak RSS" in r.markdown()
+
+
+def test_machine_info_is_the_running_machine():
+    info = bench.machine_info("cpu")
+    assert info["torch"] == torch.__version__ and info["cpu_count"] >= 1
