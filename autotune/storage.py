@@ -67,6 +67,9 @@ LEASE_ATTR = "autotune:lease"  # system attr: unix time of the last heartbeat (j
 FAIL_KIND_ATTR = "fail_kind"  # user attr: "error" | "nan" | "oom" | "stale" | "interrupted"
 FAIL_REASON_ATTR = "fail_reason"  # user attr: what went wrong, for people
 RETRIED_KINDS = ("stale", "interrupted")  # failures that are re-queued and do not count towards the trial budget
+# (redacted storage URL, trial id) of the trials this process is evaluating right now: a RUNNING trial that
+# claims to be ours but is not in here was left behind by an earlier, failed call in this same process.
+_ACTIVE: set[tuple[str, int]] = set()
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
@@ -178,8 +181,14 @@ class TuneStorage:
     def claim(self, trial: optuna.Trial, seed: int | None) -> None:
         """Mark `trial` as run by this process (host, pid, start, seed) and give it a first heartbeat."""
         ident = dict(self._identity, seed=seed)
+        _ACTIVE.add((self.url, trial._trial_id))
         self._beat([trial._trial_id])  # first, so that a claimed trial always has a heartbeat
         self.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, ident)
+
+    def release(self, trials: Sequence[optuna.Trial]) -> None:
+        """This process no longer evaluates `trials` (told, or abandoned after an error)."""
+        for trial in trials:
+            _ACTIVE.discard((self.url, trial._trial_id))
 
     def _beat(self, trial_ids: Sequence[int]) -> None:
         for trial_id in trial_ids:
@@ -216,7 +225,9 @@ class TuneStorage:
         worker = trial.system_attrs.get(WORKER_ATTR)
         if isinstance(worker, dict) and worker.get("host") == self._identity["host"]:
             if worker.get("pid") == self._identity["pid"] and worker.get("start") == self._identity["start"]:
-                return None  # ours
+                if (self.url, trial._trial_id) in _ACTIVE:
+                    return None  # ours, being evaluated
+                return "this process abandoned it (an earlier run in this process stopped on an error)"
             if not _process_alive(int(worker.get("pid", -1)), worker.get("start")):
                 return f"its worker (pid {worker.get('pid')} on {worker.get('host')}) is gone"
         if self.kind == "rdb" and isinstance(worker, dict):

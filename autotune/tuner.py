@@ -609,6 +609,7 @@ def tune(
                 evaluator.run(asked, refs, lambda: None)
             for cand in asked:
                 _tell(study, cand, objs, signs, ids, sources, artifact_store)
+            store.release([c.trial for c in asked])
             asked = []
             bar.update(study, _budget(study))
     except KeyboardInterrupt:
@@ -624,6 +625,7 @@ def tune(
                                "completed trials are kept: re-run the same command to resume") from exc
         raise
     finally:
+        store.release([c.trial for c in asked])
         bar.close()
 
     # 4. The preset.

@@ -10,8 +10,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune.errors import InputError
+from autotune.errors import InputError, StorageError
 from autotune.search_space import SearchSpace
+from autotune.storage import open_storage
 from autotune.tuner import DominationPruner, tune
 from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks, true_values
 
@@ -21,8 +22,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def run(tmp_path, trials=8, batch=4, tasks=3, editor=None, scorer=None, **kw):
     kw.setdefault("prune", False)
     kw.setdefault("sampler", "random")
+    kw.setdefault("storage", str(tmp_path / "s.journal"))
     return tune(editor or FakeEditor(), make_tasks(tasks), category="change_color", trials=trials, batch=batch,
-                storage=str(tmp_path / "s.journal"), scorer=scorer or FakeScorer(), progress=False,
+                scorer=scorer or FakeScorer(), progress=False,
                 presets_dir=tmp_path / "presets", project_dir=tmp_path, **kw)
 
 
@@ -208,3 +210,63 @@ def test_bad_arguments_are_refused(tmp_path):
         run(tmp_path, objectives=[{"name": "fidelity", "direction": "minimize", "metrics": {"preservation": 1}},
                                   {"name": "edit_strength", "direction": "maximize", "metrics": {"edit_success": 1}}])
     assert math.isfinite(1.0)
+
+
+class InterruptingEditor(FakeEditor):
+    """Ctrl-C arrives during its `at_call`-th engine call."""
+
+    def __init__(self, at_call: int) -> None:
+        super().__init__()
+        self.at_call = at_call
+
+    def edit_task(self, task, candidates):
+        if len(self.calls) == self.at_call:
+            raise KeyboardInterrupt
+        return super().edit_task(task, candidates)
+
+
+def test_ctrl_c_keeps_completed_trials_and_requeues_the_batch(tmp_path):
+    from autotune.preset import presets_from_study
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, trials=8, batch=2, editor=InterruptingEditor(at_call=4))  # batch 2, its second task
+    storage = open_storage(str(tmp_path / "s.journal")).storage
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    states = [t.state for t in study.trials]
+    assert states[:4] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2
+    assert [t.user_attrs["fail_kind"] for t in study.trials[2:4]] == ["interrupted"] * 2
+    assert states[4:] == [TrialState.WAITING] * 2
+    presets = presets_from_study(study)  # a preset from the trials completed so far
+    assert {p.trial for p in presets[0].front} <= {0, 1}
+    result = run(tmp_path, trials=8, batch=2)  # resume
+    assert result.counts == {"complete": 8, "pruned": 0, "failed": 0, "retried": 2}
+    retried = [t for t in result.study.trials if "failed_trial" in t.system_attrs]
+    assert sorted(t.system_attrs["failed_trial"] for t in retried) == [2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in retried)
+
+
+def test_database_lost_mid_study_then_resumed_in_the_same_process(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    finished = {"n": 0}
+    original = RDBStorage.set_trial_state_values
+
+    def flaky(self, trial_id, state, values=None):
+        if state.is_finished():
+            finished["n"] += 1
+            if finished["n"] == 3:
+                raise sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("server closed the connection"))
+        return original(self, trial_id, state, values)
+
+    monkeypatch.setattr(RDBStorage, "set_trial_state_values", flaky)
+    with pytest.raises(StorageError, match="re-run the same command to resume"):
+        run(tmp_path, trials=6, batch=2, storage=url)
+    monkeypatch.setattr(RDBStorage, "set_trial_state_values", original)
+    result = run(tmp_path, trials=6, batch=2, storage=url)
+    trials = result.study.trials
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2  # kept
+    assert [t.user_attrs.get("fail_kind") for t in trials[2:4]] == ["stale", "stale"]  # abandoned, swept
+    assert result.counts["complete"] == 6
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

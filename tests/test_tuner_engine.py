@@ -45,8 +45,12 @@ def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
     assert preset["category"] == "change_color" and preset["steps"] == 3
 
 
-def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys):
+def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from autotune import task_sources
     from autotune.cli import main
+
+    load = task_sources.load_tasks
+    monkeypatch.setattr(task_sources, "load_tasks", lambda *a, **k: load(*a, **k)[:2])  # 2 of the 20 tasks: fast
 
     code = main(["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color",
                  "--trials", "2", "--batch", "2", "--space", "steps=2:2", "--project-dir", str(tmp_path / "proj"),
