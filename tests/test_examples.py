@@ -1,0 +1,64 @@
+"""Each script in examples/ runs end to end (few trials, few tasks, few steps).
+
+They run on the bundled shapes model when it is installed, else on the tiny test pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from autotune.models import SHAPES_MODEL_DIR
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+QUICK = ["--trials", "3", "--tasks", "2", "--steps", "4"]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def model(tiny_model_dir) -> str:
+    return "shapes" if (SHAPES_MODEL_DIR / "model_index.json").is_file() else str(tiny_model_dir)
+
+
+def test_generate_presets(model, tmp_path, capsys):
+    presets = tmp_path / "presets"
+    code = _load("generate_presets").main(
+        [
+            "--model",
+            model,
+            "--categories",
+            "add_object",
+            "--presets-dir",
+            str(presets),
+            "--project-dir",
+            str(tmp_path / "store"),
+            *QUICK,
+        ]
+    )
+    assert code == 0
+    files = sorted(presets.glob("*.json"))
+    assert [json.loads(f.read_text())["category"] for f in files] == ["add_object"]
+
+
+def test_tune_from_python(model, tmp_path, capsys):
+    code = _load("tune_from_python").main(["--model", model, "--out", str(tmp_path), *QUICK])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "balanced" in out and "paper (0.5, 7.5)" in out
+    assert (tmp_path / "balanced.png").is_file()
+
+
+def test_share_presets_in_a_team(model, tmp_path, capsys):
+    code = _load("share_presets_in_a_team").main(["--model", model, "--out", str(tmp_path), *QUICK])
+    assert code == 0
+    assert list((tmp_path / "bob-presets").glob("*.json"))
+    assert list((tmp_path / "alice-presets").glob("*.json"))
