@@ -17,8 +17,9 @@ Fields:
 - ``category`` (required): a PIE-Bench id 0-9 or name (``change_color``, ``change_object``, ...).
 - ``id`` (optional, unique): defaults to ``<file stem>-<line number>``.
 - ``blend_words`` (optional): source and target word for LocalBlend and re-weighting.
-- ``mask`` (optional): an image the size of ``image``, non-zero where the edit should happen; in JSONL
-  also PIE-Bench's run-length list ``[start, length, ...]``.
+- ``mask`` (optional): an image the size of ``image``, white (>= 128) where the edit should happen; in JSONL
+  also PIE-Bench's run-length list ``[start, length, ...]``. A mask that is not black and white (a JPEG, soft
+  edges) is thresholded at 128 with a warning; an empty or full mask is kept with a warning.
 - ``metadata`` (optional, JSONL only): any JSON object, kept with the task.
 
 Errors name the file, the line and the field.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,11 @@ import numpy as np
 from PIL import Image
 
 from autotune.errors import TaskFileError
+from autotune.images import MAX_PIXELS, to_rgb
 from autotune.piebench import decode_mask
 from autotune.tasks import EditTask, category_name
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("id", "image", "source_prompt", "target_prompt", "category", "blend_words", "mask", "metadata")
 REQUIRED = ("image", "source_prompt", "target_prompt", "category")
@@ -48,12 +53,14 @@ def load_task_file(path: str | Path, category: int | str | None = None) -> list[
     if not path.is_file():
         raise TaskFileError(f"{path}: no such task file")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        entries = _read_jsonl(path)
-    elif suffix == ".csv":
-        entries = _read_csv(path)
-    else:
+    if suffix not in (".jsonl", ".ndjson", ".csv"):
         raise TaskFileError(f"{path}: unknown task file type {suffix!r}; use .jsonl or .csv (see docs/metrics.md)")
+    try:
+        entries = _read_csv(path) if suffix == ".csv" else _read_jsonl(path)
+    except UnicodeDecodeError as exc:
+        raise TaskFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise TaskFileError(f"{path}: not valid CSV ({exc})") from None
     wanted = None if category is None else category_name(category)
     tasks, seen = [], {}
     for line, entry in entries:
@@ -117,7 +124,7 @@ def _to_task(path: Path, line: int, entry: dict[str, Any]) -> EditTask:
         category = category_name(entry["category"])
     except ValueError as exc:
         raise TaskFileError(f"{where}, field 'category': {exc}") from None
-    image = _open_image(path, entry["image"], f"{where}, field 'image'").convert("RGB")
+    image = to_rgb(_open_image(path, entry["image"], f"{where}, field 'image'"))
     mask = None
     if entry.get("mask") is not None:
         mask = _mask(path, entry["mask"], image, f"{where}, field 'mask'")
@@ -142,26 +149,41 @@ def _open_image(path: Path, relative: str, where: str) -> Image.Image:
         raise TaskFileError(f"{where}: no image at {image_path}")
     try:
         with Image.open(image_path) as handle:
+            if handle.width * handle.height > MAX_PIXELS:
+                raise TaskFileError(
+                    f"{where}: {image_path} is {handle.width}x{handle.height}, over {MAX_PIXELS:,} pixels; "
+                    "downscale it first"
+                )
             handle.load()
             return handle.copy()
-    except OSError as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise TaskFileError(f"{where}: cannot read {image_path} as an image ({exc})") from None
 
 
 def _mask(path: Path, value: Any, image: Image.Image, where: str) -> np.ndarray:
     if isinstance(value, list):
         try:
-            return decode_mask([int(v) for v in value], (image.height, image.width), border=False)
+            mask = decode_mask([int(v) for v in value], (image.height, image.width), border=False)
         except (TypeError, ValueError) as exc:
             raise TaskFileError(f"{where}: {exc}") from None
-    if not isinstance(value, str):
+    elif isinstance(value, str):
+        mask_image = _open_image(path, value, where)
+        if mask_image.size != image.size:
+            raise TaskFileError(
+                f"{where}: mask is {mask_image.width}x{mask_image.height} but the image is "
+                f"{image.width}x{image.height}"
+            )
+        gray = np.asarray(mask_image.convert("L"))
+        if not np.isin(gray, (0, 255)).all():  # a JPEG's noise or soft edges would mark half the image at > 0
+            log.warning("%s: mask is not black and white; pixels >= 128 count as edited", where)
+        mask = gray >= 128
+    else:
         raise TaskFileError(f"{where}: expected an image path or a run-length list, got {type(value).__name__}")
-    mask_image = _open_image(path, value, where)
-    if mask_image.size != image.size:
-        raise TaskFileError(
-            f"{where}: mask is {mask_image.width}x{mask_image.height} but the image is {image.width}x{image.height}"
-        )
-    return np.asarray(mask_image.convert("L")) > 0
+    if not mask.any():
+        log.warning("%s: mask marks no pixel; the task is scored as if it had no mask", where)
+    elif mask.all():
+        log.warning("%s: mask marks every pixel; background metrics are NaN in masked mode", where)
+    return mask
 
 
 def _blend_words(value: Any, where: str) -> tuple[str, str] | None:
