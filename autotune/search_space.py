@@ -175,9 +175,14 @@ class SearchSpace:
         return out
 
     def suggest(self, trial: optuna.Trial) -> EditParams:
-        """Sample every knob on `trial` and return the full parameters."""
+        """Sample every knob on `trial` (enqueued values come back as they were fixed); the full parameters."""
         for name, dist in self.distributions().items():
-            trial._suggest(name, dist)
+            if isinstance(dist, CategoricalDistribution):
+                trial.suggest_categorical(name, list(dist.choices))
+            elif isinstance(dist, IntDistribution):
+                trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
         return self.to_params(trial.params)
 
     def to_params(self, values: Mapping[str, Any]) -> EditParams:

@@ -230,14 +230,18 @@ class TuneStorage:
                 return "this process abandoned it (an earlier run in this process stopped on an error)"
             if not _process_alive(int(worker.get("pid", -1)), worker.get("start")):
                 return f"its worker (pid {worker.get('pid')} on {worker.get('host')}) is gone"
-        if self.kind == "rdb" and isinstance(worker, dict):
-            return None  # claimed, so it has a heartbeat row: the storage judges it (fail_stale_trials)
-        # Journal leases, and trials whose worker died between `ask` and `claim` (no identity, no heartbeat).
-        last = trial.system_attrs.get(LEASE_ATTR)
-        if not isinstance(last, (int, float)):
+        if not isinstance(worker, dict):
+            # Never claimed: its worker died between `ask` and `claim`, which follow each other within
+            # milliseconds. (Every worker of a study must be an autotune worker.)
             start = trial.datetime_start
-            last = start.timestamp() if start is not None else None
-        if last is not None and now - float(last) > self.grace_period:
+            limit = min(self.grace_period, max(5.0, 2 * self.heartbeat_interval))
+            if start is not None and now - start.timestamp() > limit:
+                return f"never claimed by a worker in {now - start.timestamp():.0f} s"
+            return None
+        if self.kind == "rdb":
+            return None  # claimed, so it has a heartbeat row: the storage judges it (fail_stale_trials)
+        last = trial.system_attrs.get(LEASE_ATTR)
+        if isinstance(last, (int, float)) and now - float(last) > self.grace_period:
             return f"no heartbeat for {now - float(last):.0f} s (grace period {self.grace_period:g} s)"
         return None
 

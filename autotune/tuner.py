@@ -582,7 +582,6 @@ def tune(
     sources = [_thumb(_pil_to_tensor(t.image)) for t in chosen[:ARTIFACT_TASKS]]
     counts = _budget(study)
     bar = _Progress(progress, trials, counts["done"], f"tune {category}")
-    distributions = space.distributions()
     asked: list[_Candidate] = []
     try:
         while True:
@@ -601,10 +600,11 @@ def tune(
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 for _ in range(min(batch, remaining)):
-                    trial = study.ask(distributions)
-                    store.claim(trial, worker_seed)
-                    frozen_attrs = study._storage.get_trial_user_attrs(trial._trial_id)
-                    asked.append(_Candidate(trial, space.to_params(trial.params), frozen_attrs.get("paper_point")))
+                    trial = study.ask()
+                    store.claim(trial, worker_seed)  # at once: an unclaimed RUNNING trial is taken for dead
+                    params = space.suggest(trial)
+                    paper_point = study._storage.get_trial_user_attrs(trial._trial_id).get("paper_point")
+                    asked.append(_Candidate(trial, params, paper_point))
             with store.heartbeat([c.trial for c in asked]):
                 evaluator.run(asked, refs, lambda: None)
             for cand in asked:

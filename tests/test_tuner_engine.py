@@ -60,6 +60,7 @@ def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatc
     assert "paper point siminversion" in out and "preset written to" in out
     assert list((tmp_path / "presets").glob("*change_color*.json"))
     assert (tmp_path / "proj" / "studies.journal").stat().st_size > 0
+    assert list((tmp_path / "proj" / "inversions").glob("*.safetensors"))  # shared with re-runs and workers
 
 
 def test_cli_bad_storage_is_a_clear_error(tmp_path, capsys):

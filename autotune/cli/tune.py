@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", choices=("auto", "piebench", "shapes"), default="auto",
                         help="auto: the shapes world's scorer for shapes tasks, else PIE-Bench's metrics")
     parser.add_argument("--no-prune", action="store_true", help="score every candidate on every task")
+    parser.add_argument("--no-inversion-cache", action="store_true",
+                        help="do not keep inversions in <project-dir>/inversions for re-runs and other workers")
     parser.add_argument("--report", action="store_true", help="print the front and the paper points at the end")
     add_model_arguments(parser)
     parser.set_defaults(handler=run)
@@ -115,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
     tasks = load_tasks(args.tasks, category, args.split)
     editor = load_editor(args)
+    if not args.no_inversion_cache and getattr(getattr(editor, "cache", None), "directory", 1) is None:
+        from pathlib import Path
+
+        from autotune.cache import TensorCache
+
+        # Inversions on disk: re-runs, retries and other workers on this machine reuse them.
+        editor.cache = TensorCache(directory=Path(args.project_dir) / "inversions")
     scorer = _scorer(args, editor)
     result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
