@@ -648,6 +648,16 @@ def _pil_to_tensor(image: Any) -> Any:
 def _tell(study: optuna.Study, cand: _Candidate, objs: Objectives, signs: np.ndarray, task_ids: Sequence[str],
           sources: list[np.ndarray], artifact_store: Any) -> None:
     """Record a candidate's outcome on its trial (attrs first: a finished trial takes no more attrs)."""
+    try:
+        _record(study, cand, objs, signs, task_ids, sources, artifact_store)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another worker's sweep took this trial for dead (a heartbeat lost for longer than the grace period)
+        # and re-queued it; its retry will record the result.
+        logger.warning("trial %d was failed by another worker's sweep before it could be told", cand.trial.number)
+
+
+def _record(study: optuna.Study, cand: _Candidate, objs: Objectives, signs: np.ndarray, task_ids: Sequence[str],
+            sources: list[np.ndarray], artifact_store: Any) -> None:
     trial = cand.trial
     trial.set_user_attr("params", cand.params.to_dict())
     seen = [tid for tid in task_ids if tid in cand.per_task]
@@ -659,28 +669,23 @@ def _tell(study: optuna.Study, cand: _Candidate, objs: Objectives, signs: np.nda
             means[m] = float(np.mean(vals))
     trial.set_user_attr("metrics", _jsonable(means))
     trial.set_user_attr("per_task", _jsonable(cand.per_task))
-    try:
-        if cand.state == "failed":
-            trial.set_user_attr(FAIL_KIND_ATTR, cand.fail_kind)
-            trial.set_user_attr(FAIL_REASON_ATTR, cand.fail_reason)
-            logger.warning("trial %d failed (%s): %s", trial.number, cand.fail_kind, cand.fail_reason)
-            study.tell(trial, state=TrialState.FAIL)
-        elif cand.state == "pruned":
-            trial.set_user_attr("pruned_after_tasks", len(seen))
-            trial.set_user_attr("pruned_by_trial", cand.pruned_by)
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            values = list(objs.values(means))
-            if artifact_store is not None and not any(_dominates(t.values, values, signs) for t in study.best_trials):
-                try:
-                    _save_artifact(study, trial, cand, sources, artifact_store)
-                except Exception as exc:  # noqa: BLE001 - images are a convenience, the values are the result
-                    logger.warning("could not store the images of trial %d: %s", trial.number, exc)
-            study.tell(trial, values)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        # Another worker's sweep took this trial for dead (a heartbeat lost for longer than the grace period)
-        # and re-queued it; its retry will record the result.
-        logger.warning("trial %d was failed by another worker's sweep before it could be told", trial.number)
+    if cand.state == "failed":
+        trial.set_user_attr(FAIL_KIND_ATTR, cand.fail_kind)
+        trial.set_user_attr(FAIL_REASON_ATTR, cand.fail_reason)
+        logger.warning("trial %d failed (%s): %s", trial.number, cand.fail_kind, cand.fail_reason)
+        study.tell(trial, state=TrialState.FAIL)
+    elif cand.state == "pruned":
+        trial.set_user_attr("pruned_after_tasks", len(seen))
+        trial.set_user_attr("pruned_by_trial", cand.pruned_by)
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        values = list(objs.values(means))
+        if artifact_store is not None and not any(_dominates(t.values, values, signs) for t in study.best_trials):
+            try:
+                _save_artifact(study, trial, cand, sources, artifact_store)
+            except Exception as exc:  # noqa: BLE001 - images are a convenience, the values are the result
+                logger.warning("could not store the images of trial %d: %s", trial.number, exc)
+        study.tell(trial, values)
 
 
 def load_tasks_arg(text: str) -> list[EditTask]:
