@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
     tasks = load_tasks(args.tasks, category, args.split)
     editor = load_editor(args)
+    editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it
     if not args.no_inversion_cache and getattr(getattr(editor, "cache", None), "directory", 1) is None:
         from pathlib import Path
 
