@@ -198,6 +198,10 @@ def test_sigkill_mid_trial_then_resume(storage_url, tmp_path):
             assert retries[0].params == trials[number].params
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert result.counts["complete"] == budget
+    from autotune.preset import presets_from_study
+
+    preset = presets_from_study(result.study)[0]  # the final preset sees every completed trial
+    assert preset.provenance["n_complete"] == budget
 
 
 def test_stale_trial_of_another_host_is_swept_after_the_grace_period(storage_url, tmp_path):
