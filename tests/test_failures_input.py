@@ -496,3 +496,51 @@ def test_evaluate_method_and_preset_together(tiny_model_dir, photo_path, tmp_pat
                     str(tiny_model_dir), "--device", "cpu", "-q", "--preset", "balanced", "--method", "ddim")
     assert_refused(code, err, "either --method or --preset")
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Security: nothing in autotune's own code can run code from data or weights
+
+
+def _calls(tree):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            owner = getattr(func.value, "id", "?") if isinstance(func, ast.Attribute) else ""  # "" = a bare name
+            yield node, owner, name
+
+
+def test_no_code_runs_from_data_or_weights():
+    """trust_remote_code is never set, torch.load always has weights_only=True, no eval/exec/pickle.load(s)/yaml.load,
+    and the only unpickler is LPIPS's numpy-only one (tests/test_scoring_lpips.py checks it)."""
+    import ast
+    from pathlib import Path
+
+    import autotune
+
+    problems, torch_loads = [], 0
+    for path in sorted(Path(autotune.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node, owner, name in _calls(tree):
+            where = f"{path.name}:{node.lineno}"
+            keywords = {k.arg: k.value for k in node.keywords}
+            remote = keywords.get("trust_remote_code")
+            if remote is not None and not (isinstance(remote, ast.Constant) and remote.value is False):
+                problems.append(f"{where}: trust_remote_code")
+            if (owner, name) == ("torch", "load"):
+                torch_loads += 1
+                safe = keywords.get("weights_only")
+                if not (isinstance(safe, ast.Constant) and safe.value is True):
+                    problems.append(f"{where}: torch.load without weights_only=True")
+            if (owner, name) in (("pickle", "load"), ("pickle", "loads"), ("yaml", "load"), ("", "eval"),
+                                 ("", "exec"), ("marshal", "loads")):
+                problems.append(f"{where}: {owner + '.' if owner else ''}{name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any("Unpickler" in ast.unparse(b) for b in node.bases):
+                if path.name != "lpips_weights.py":
+                    problems.append(f"{path.name}:{node.lineno}: an unpickler")
+    assert torch_loads >= 2  # the scan sees the calls it is meant to check
+    assert problems == []
