@@ -319,8 +319,9 @@ def _open_study(store: TuneStorage, name: str, directions: list[str], sampler: o
                                        sampler=sampler, load_if_exists=False), True
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=name, storage=store.storage, sampler=sampler)
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise StorageError(f"storage {store.url} failed while opening study {name!r}: {exc}") from exc
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(f"storage {store.url} failed while opening study {name!r}: {first}") from exc
     wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
               for d in directions]
     if list(study.directions) != wanted:
@@ -620,7 +621,8 @@ def tune(
     except Exception as exc:
         import sqlalchemy.exc
 
-        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        # Optuna's RDB storage re-raises SQLAlchemy's errors as StorageInternalError.
+        if isinstance(exc, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
             raise StorageError(f"lost the storage {store.url} during the study ({str(exc).splitlines()[0]}); "
                                "completed trials are kept: re-run the same command to resume") from exc
         raise
