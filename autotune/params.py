@@ -70,8 +70,9 @@ class EditParams:
             raise InputError(f"reweight={self.reweight!r} must be a number >= 0 (1 = no re-weighting)")
         if self.p2p_mode not in P2P_MODES:
             raise InputError(f"p2p_mode={self.p2p_mode!r}: use 'refine' (PIE-Bench) or 'replace' (word swap)")
-        if self.null_text_iterations < 0:
-            raise InputError("null_text_iterations must be >= 0")
+        iterations = self.null_text_iterations
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise InputError(f"null_text_iterations={iterations!r} must be a whole number >= 0 (the paper uses 10)")
 
     @property
     def source_scale(self) -> GuidanceSchedule:

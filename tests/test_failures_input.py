@@ -19,6 +19,7 @@ from skimage import data
 from autotune.cli import main
 from autotune.errors import InputError
 from autotune.images import MAX_PIXELS, load_image
+from autotune.params import EditParams
 from autotune.taskfile import load_task_file
 
 SRC, TGT = "a woman in a space suit", "a man in a space suit"
@@ -472,6 +473,23 @@ def test_bad_edit_parameters_fail_before_the_model_loads(photo_path, tmp_path, c
             "--target-prompt", TGT, "--out", str(tmp_path / "o.png"), f"--{option.replace('_', '-')}", value]
     assert_refused(*cli(capsys, *args), message)  # the model name is bogus: the parameters were checked first
 
+
+
+@pytest.mark.parametrize("value", ["3", 2.5, -1, True])
+def test_bad_null_text_iterations_name_the_field(value):
+    with pytest.raises(InputError, match=f"null_text_iterations={value!r} must be a whole number >= 0"):
+        EditParams(null_text_iterations=value)
+
+
+def test_bad_parameter_in_a_preset_names_the_pick_and_field(tmp_path):
+    from autotune.errors import PresetError
+    from autotune.preset import Preset
+
+    preset = _preset_dict("org/model")
+    preset.pop("content_hash")
+    preset["picks"]["balanced"]["params"]["null_text_iterations"] = "3"
+    with pytest.raises(PresetError, match=r"p\.json: picks\.balanced\.params: null_text_iterations='3'"):
+        Preset.loads(json.dumps(preset), source="p.json")
 
 @pytest.mark.parametrize("space, message", [
     ("w_src=2:1", "search space: w_src has low=2.0 > high=1.0"),
