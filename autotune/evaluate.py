@@ -86,7 +86,10 @@ def evaluate(
 ) -> Evaluation:
     """Edit every task, score it, write images and tables into `out_dir` (see module docstring)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"output folder {out}: cannot create it ({exc.strerror or exc})") from None
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
         raise InputError("task ids must be unique within an evaluation; a task source returned duplicates")

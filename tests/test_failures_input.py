@@ -174,6 +174,32 @@ def test_odd_image_modes_still_edit_end_to_end(edit_args, tmp_path, capsys):
     assert Image.open(tmp_path / "out.png").mode == "RGB"
 
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Output paths: checked before the model loads, so no edit is computed and then lost
+
+
+@pytest.mark.parametrize("out, message", [
+    ("blocker/edited.png", "exists and is not a directory"),
+    ("/proc/autotune-no/edited.png", "cannot create the folder /proc/autotune-no"),
+    (".", "must end in .png"),
+    ("folder.png", "is a directory"),
+])
+def test_unwritable_edit_output_fails_before_the_model_loads(photo_path, tmp_path, capsys, monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    (tmp_path / "folder.png").mkdir()
+    args = ["edit", "--model", "no/such-model", "--image", str(photo_path), "--source-prompt", SRC,
+            "--target-prompt", TGT, "--out", out]
+    assert_refused(*cli(capsys, *args), "--out", message)  # the bogus model shows nothing was loaded
+
+
+def test_evaluate_output_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "results").write_text("not a folder")
+    code, err = cli(capsys, "evaluate", "--tasks", "shapes:change_color", "--out", str(tmp_path / "results"),
+                    "--model", "no/such-model")
+    assert_refused(code, err, f"--out: {tmp_path / 'results'} exists and is not a directory")
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Task files and masks: `autotune evaluate` reads the tasks before it loads a model
 

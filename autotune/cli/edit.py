@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from autotune.errors import InputError
@@ -93,6 +94,19 @@ def param_overrides(args: argparse.Namespace) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def ensure_output_dir(folder: Path, option: str) -> None:
+    """Create `folder` (an output directory) or fail now, before hours of work are spent on results that
+    could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{option}: {folder} exists and is not a directory") from None
+    except OSError as exc:
+        raise InputError(f"{option}: cannot create the folder {folder} ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option}: the folder {folder} is not writable")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "edit",
@@ -133,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise InputError(f"--out {out} must end in .png, .jpg or .webp")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give a file name ending in .png")
+    ensure_output_dir(out.parent, "--out")
     torch.manual_seed(args.seed)
     overrides = param_overrides(args)
     EditParams(**overrides)  # check the parameters before loading a model
@@ -141,10 +158,12 @@ def run(args: argparse.Namespace) -> int:
     if overrides:
         params = params.with_(**overrides)
     result = editor.edit(args.image, args.source_prompt, args.target_prompt, params, blend_words=args.blend_words)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result.image.save(out)
-    if args.save_source:
-        result.source_image.save(out.with_name(out.stem + ".source" + out.suffix))
+    try:
+        result.image.save(out)
+        if args.save_source:
+            result.source_image.save(out.with_name(out.stem + ".source" + out.suffix))
+    except OSError as exc:
+        raise InputError(f"--out {out}: could not write the edited image ({exc.strerror or exc})") from None
     print(f"wrote {out} ({params.method}, w_src={params.w_src}, w_tgt={params.w_tgt}, {params.steps} steps)")
     return 0
 

@@ -114,11 +114,14 @@ def _scorer(args: argparse.Namespace, editor):
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli.edit import load_editor
+    from pathlib import Path
+
+    from autotune.cli.edit import ensure_output_dir, load_editor
     from autotune.evaluate import evaluate
     from autotune.task_sources import load_tasks
 
     tasks = load_tasks(args.tasks, args.category, args.split)
+    ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
     try:
         source, style = _params_source(args, editor)
