@@ -299,3 +299,22 @@ def test_postgres_server_lost_mid_study_then_back_resumes(private_postgres, tmp_
     lost = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in lost] == [2, 3]  # the batch cut short: failed and retried
     assert {t.user_attrs.get("fail_kind") for t in lost} == {"stale"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The presets directory cannot be written when the study ends
+
+
+def test_unwritable_presets_dir_after_a_study_keeps_the_study(tmp_path, capsys):
+    from autotune.cli import main
+    from autotune.errors import PresetError
+
+    (tmp_path / "blocker").write_text("a file where the presets folder should be")
+    journal = tmp_path / "s.journal"
+    with pytest.raises(PresetError, match="cannot write the preset in .*blocker/presets.*nothing was written"):
+        tune(FakeEditor(), make_tasks(2), category="change_color", trials=4, batch=2, scorer=FakeScorer(),
+             storage=str(journal), progress=False, presets_dir=tmp_path / "blocker" / "presets", project_dir=tmp_path)
+    study = _load_only_study(journal)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4  # the study is whole
+    assert main(["presets", "from-study", "--storage", str(journal), "--out", str(tmp_path / "presets")]) == 0
+    assert len(list((tmp_path / "presets").glob("*.json"))) == 1
