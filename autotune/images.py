@@ -1,7 +1,7 @@
 """Reading images of any kind and fitting them to a model's working size.
 
-Policy: the image is converted to RGB (transparency composited on white, 16-bit and grayscale
-scaled to 8-bit RGB, the first frame of an animation), then, unless it already has the model's
+Policy: the image is converted to RGB (transparency composited on white, 16-bit, 32-bit float and
+grayscale scaled to 8-bit RGB, the first frame of an animation), then, unless it already has the model's
 native size, resized with Lanczos so that its long side equals the model's resolution and each side
 is rounded to a multiple the UNet can divide down (64 px for Stable Diffusion). Aspect ratio is
 kept to within that rounding; nothing is cropped.
@@ -61,7 +61,7 @@ def load_image(image: ImageInput, what: str = "image") -> Image.Image:
         raise InputError(f"{what} must be a path, a PIL image or a numpy array, got {type(image).__name__}")
     if pil.width == 0 or pil.height == 0:
         raise InputError(f"{what} has zero size ({pil.width}x{pil.height})")
-    return to_rgb(pil)
+    return to_rgb(pil, what)
 
 
 def _from_array(array: np.ndarray, what: str) -> Image.Image:
@@ -73,18 +73,35 @@ def _from_array(array: np.ndarray, what: str) -> Image.Image:
         array = np.repeat(array, 3, axis=-1)
     if array.size == 0:
         raise InputError(f"{what} array is empty (shape {array.shape})")
-    if np.issubdtype(array.dtype, np.floating):
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise InputError(f"{what} array holds NaN or infinite values")
         array = np.clip(array, 0.0, 1.0) * 255.0 + 0.5
     elif array.dtype == np.uint16:
         array = array / 257.0 + 0.5
+    elif array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise InputError(f"{what} array has dtype {array.dtype}; use uint8, uint16 or floats in 0..1")
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:  # a cast to uint8 would wrap around (300 -> 44, -5 -> 251)
+            raise InputError(
+                f"{what} array of dtype {array.dtype} has values {low}..{high}, outside 0..255; "
+                "give uint8 (0..255), uint16 (0..65535) or floats (0..1)"
+            )
     return Image.fromarray(array.astype(np.uint8), "RGBA" if array.shape[-1] == 4 else "RGB")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
     if image.mode == "RGB":
         return image
+    if image.mode == "F":  # 32-bit float: 0..1 when it fits there (as float arrays), else 0..255
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise InputError(f"{what} is a 32-bit float image with NaN or infinite values")
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        return Image.fromarray((np.clip(array / top, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if array.max() > 255 else 255.0

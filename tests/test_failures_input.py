@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import struct
 import zlib
 
@@ -155,6 +156,30 @@ def test_16_bit_image_in_a_task_file_is_scaled_not_clipped(tmp_path):
     task = load_task_file(tmp_path / "t.jsonl")[0]
     assert np.asarray(task.image)[0, 0].tolist() == [128, 128, 128]  # PIL's convert("RGB") would give 255
 
+
+
+def test_32_bit_float_image_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(path)
+    assert Image.open(path).mode == "F"
+    assert np.asarray(load_image(path))[0, 0].tolist() == [128, 128, 128]  # PIL's convert("RGB") gives 0
+
+
+@pytest.mark.parametrize("array, expected", [
+    (np.full((4, 4, 3), 300, np.int64), "dtype int64 has values 300..300, outside 0..255"),
+    (np.full((4, 4, 3), -5, np.int16), "dtype int16 has values -5..-5, outside 0..255"),
+    (np.full((4, 4, 3), 1 + 1j), "dtype complex128; use uint8, uint16 or floats"),
+    (np.full((4, 4, 3), np.nan), "NaN or infinite"),
+    (np.zeros((4, 4, 2), np.uint8), "must be HxW, HxWx3 or HxWx4"),
+])
+def test_image_arrays_that_would_wrap_or_make_no_sense_are_refused(array, expected):
+    with pytest.raises(InputError, match=re.escape(expected)):
+        load_image(array)
+
+
+def test_image_arrays_of_other_integer_types_and_bools_in_range_are_accepted():
+    assert np.asarray(load_image(np.full((4, 4, 3), 200, np.int32)))[0, 0].tolist() == [200, 200, 200]
+    assert np.asarray(load_image(np.ones((4, 4), bool)))[0, 0].tolist() == [255, 255, 255]
 
 def test_animated_image_uses_the_first_frame_with_a_warning(tmp_path, caplog):
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
