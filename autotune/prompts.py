@@ -50,6 +50,16 @@ def tokenize_prompt(tokenizer, text: str, role: str = "prompt") -> TokenizedProm
     return TokenizedPrompt(text, ids, spans)
 
 
+def contains_words(text: str, words: str) -> bool:
+    """Whether `words` appear, consecutively, among the whitespace words of `text`, matched as the engine matches
+    blend words (case and punctuation ignored); lets task files be checked without a tokenizer."""
+    wanted = [_norm(w) for w in words.split()]
+    have = [_norm(w) for w in text.split()]
+    return bool(wanted) and all(wanted) and any(
+        have[i : i + len(wanted)] == wanted for i in range(len(have) - len(wanted) + 1)
+    )
+
+
 def word_token_indices(prompt: TokenizedPrompt, words: str, role: str = "prompt") -> list[int]:
     """Token positions of `words` (one or more whitespace-separated words) in the prompt."""
     wanted = [_norm(w) for w in words.split()]

@@ -39,6 +39,7 @@ from PIL import Image
 from autotune.errors import TaskFileError
 from autotune.images import MAX_PIXELS, to_rgb
 from autotune.piebench import decode_mask
+from autotune.prompts import contains_words
 from autotune.tasks import EditTask, category_name
 
 log = logging.getLogger(__name__)
@@ -131,13 +132,21 @@ def _to_task(path: Path, line: int, entry: dict[str, Any]) -> EditTask:
     metadata = entry.get("metadata", {})
     if not isinstance(metadata, dict):
         raise TaskFileError(f"{where}, field 'metadata': expected an object, got {type(metadata).__name__}")
+    blend_words = _blend_words(entry.get("blend_words"), f"{where}, field 'blend_words'")
+    if blend_words is not None:  # the engine would refuse the task mid-run; refuse the file now
+        for word, role in zip(blend_words, ("source_prompt", "target_prompt"), strict=True):
+            if not contains_words(entry[role], word):
+                raise TaskFileError(
+                    f"{where}, field 'blend_words': {word!r} does not appear in the {role} {entry[role]!r}; "
+                    "blend words are a word of the source prompt and a word of the target prompt"
+                )
     return EditTask(
         id=task_id,
         image=image,
         source_prompt=entry["source_prompt"].strip(),
         target_prompt=entry["target_prompt"].strip(),
         category=category,
-        blend_words=_blend_words(entry.get("blend_words"), f"{where}, field 'blend_words'"),
+        blend_words=blend_words,
         mask=mask,
         metadata={"source": str(path), "line": line, **metadata},
     )

@@ -269,6 +269,18 @@ def test_task_file_unknown_category(photo_path, tmp_path, capsys):
     assert_refused(*evaluate(capsys, tmp_path, path), "field 'category'", "unknown edit category")
 
 
+
+@pytest.mark.parametrize("words, where", [("cat dog", "'cat' does not appear in the source_prompt"),
+                                          ("woman dog", "'dog' does not appear in the target_prompt")])
+def test_task_file_blend_word_absent_from_its_prompt(photo_path, tmp_path, capsys, words, where):
+    path = jsonl(tmp_path, dict(GOOD_ROW, blend_words=words))
+    assert_refused(*evaluate(capsys, tmp_path, path), f"{path}, line 1 (task 't1'), field 'blend_words': {where}")
+
+
+def test_task_file_blend_words_match_like_the_engine(photo_path, tmp_path):
+    row = dict(GOOD_ROW, source_prompt="A Woman, in a space suit.", blend_words=["woman", "man"])
+    assert load_task_file(jsonl(tmp_path, row))[0].blend_words == ("woman", "man")
+
 def test_task_file_not_utf8(tmp_path, capsys):
     path = tmp_path / "tasks.jsonl"
     path.write_bytes(b"\xff\xfe" + json.dumps(GOOD_ROW).encode("utf-16-le") + b"\n")
