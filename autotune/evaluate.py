@@ -105,6 +105,7 @@ def evaluate(
     rows = _read_rows(out / RESULTS)
     done = {row["task_id"] for row in rows}
     todo = [t for t in tasks if t.id not in done]
+    _check_prompts(editor, todo)
 
     from tqdm.auto import tqdm
 
@@ -128,6 +129,22 @@ def evaluate(
     summary = summarize(selected, metric_names)
     _write_summary(out, summary, metric_names, run)
     return Evaluation(out, selected, summary, skipped=len(tasks) - len(todo))
+
+
+def _check_prompts(editor: Any, tasks: Sequence[EditTask]) -> None:
+    """Refuse a task whose prompt the model cannot read (past 77 tokens) before the first edit, not when the
+    run reaches it."""
+    tokenizer = getattr(getattr(editor, "components", None), "tokenizer", None)
+    if tokenizer is None:
+        return
+    from autotune.prompts import tokenize_prompt
+
+    for task in tasks:
+        where = f"task {task.id!r}"
+        if "source" in task.metadata and "line" in task.metadata:
+            where += f" ({task.metadata['source']}, line {task.metadata['line']})"
+        for role, text in (("source prompt", task.source_prompt), ("target prompt", task.target_prompt)):
+            tokenize_prompt(tokenizer, text, f"{where}: {role}")
 
 
 def summarize(rows: Sequence[dict[str, Any]], metric_names: Sequence[str]) -> list[dict[str, Any]]:

@@ -368,6 +368,15 @@ def test_run_length_mask_with_an_odd_count(tmp_path, capsys):
     assert_refused(*evaluate(capsys, tmp_path, path), "field 'mask'", "odd number of values")
 
 
+
+def test_task_prompt_past_77_tokens_stops_evaluate_before_the_first_edit(tiny_model_dir, photo_path, tmp_path, capsys):
+    path = jsonl(tmp_path, dict(GOOD_ROW, id="ok"), dict(GOOD_ROW, id="long", target_prompt="a man " + "word " * 80))
+    out = tmp_path / "eval"
+    code, err = cli(capsys, "evaluate", "--tasks", str(path), "--out", str(out), "--model", str(tiny_model_dir),
+                    "--device", "cpu", "-q", "--steps", "2", "--scorer", "shapes")
+    assert_refused(code, err, f"task 'long' ({path}, line 2): target prompt is 82 tokens long", "at most 75")
+    assert not list(out.rglob("*.png"))  # refused before any edit, not when the run reached the task
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Prompts
 
