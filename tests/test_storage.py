@@ -48,11 +48,13 @@ def _study(url: str, name: str) -> optuna.Study:
 
 
 def _worker(url: str, name: str, trials: int, *, batch: int = 2, delay: float = 0.0, seed: int = 0,
-            project_dir: Path | None = None) -> subprocess.Popen:
+            project_dir: Path | None = None, start_file: Path | None = None) -> subprocess.Popen:
     cmd = [sys.executable, str(REPO / "tests" / "test_tuner_fakes.py"), "--storage", url, "--study", name,
            "--trials", str(trials), "--batch", str(batch), "--delay", str(delay), "--seed", str(seed)]
     if project_dir is not None:
         cmd += ["--project-dir", str(project_dir)]
+    if start_file is not None:
+        cmd += ["--start-file", str(start_file)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -141,7 +143,13 @@ def test_study_records_redacted_storage(storage_url, tmp_path):
 def test_two_workers_one_study_every_trial_once(storage_url, tmp_path):
     name = f"two-{uuid.uuid4().hex[:8]}"
     budget = 12
-    procs = [_worker(storage_url, name, budget, batch=2, delay=0.02, seed=s, project_dir=tmp_path) for s in (0, 1)]
+    go = tmp_path / "go"
+    procs = [_worker(storage_url, name, budget, batch=2, delay=0.05, seed=s, project_dir=tmp_path, start_file=go)
+             for s in (0, 1)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("go.*.ready"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    go.touch()  # both are imported and waiting: start them together
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     study = _study(storage_url, name)

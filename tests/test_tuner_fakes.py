@@ -123,7 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--project-dir", default=None)
     ap.add_argument("--sampler", default="random")
+    ap.add_argument("--start-file", help="after the imports, write <this>.<pid>.ready and wait for this file")
     args = ap.parse_args(argv)
+    if args.start_file:  # a start line, so that slow imports do not let one worker finish before the other begins
+        import os
+
+        open(f"{args.start_file}.{os.getpid()}.ready", "w").close()
+        while not os.path.exists(args.start_file):
+            time.sleep(0.05)
     store = open_storage(args.storage, project_dir=args.project_dir, heartbeat_interval=1, grace_period=3)
     result = tune(FakeEditor(delay=args.delay), make_tasks(args.tasks), category="change_color", trials=args.trials,
                   batch=args.batch, storage=store, study_name=args.study, sampler=args.sampler, seed=args.seed,
