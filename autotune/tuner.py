@@ -536,6 +536,7 @@ def tune(
     objs = Objectives.from_spec(objectives) if objectives is not None else default_objectives(scorer.metrics())
     objs.check_against(scorer.metrics())
     pruner = prune if isinstance(prune, DominationPruner) else (DominationPruner() if prune else None)
+    _check_prompts(editor, chosen)
 
     # 2. Storage, study, contract.
     store = open_storage(storage, project_dir=project_dir)
@@ -640,6 +641,32 @@ def tune(
                       {k: counts[k] for k in ("complete", "pruned", "failed", "retried")})
 
 
+def _check_prompts(editor: Any, tasks: Sequence[EditTask]) -> None:
+    """Refuse a prompt the model cannot read (past 77 tokens) now, not when a batch reaches its task."""
+    tokenizer = getattr(getattr(editor, "components", None), "tokenizer", None)
+    if tokenizer is None:
+        return
+    from autotune.prompts import tokenize_prompt
+
+    for task in tasks:
+        for role, text in (("source prompt", task.source_prompt), ("target prompt", task.target_prompt)):
+            tokenize_prompt(tokenizer, text, f"task {task.id!r}: {role}")
+
+
+def check_presets_dir(folder: Path) -> None:
+    """Create the presets folder or fail now, before hours of trials whose preset could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"presets folder {folder} exists and is not a directory; choose another --presets-dir") \
+            from None
+    except OSError as exc:
+        raise InputError(f"cannot create the presets folder {folder} ({exc.strerror or exc}); choose another "
+                         "--presets-dir") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"the presets folder {folder} is not writable; choose another --presets-dir")
+
+
 def _pil_to_tensor(image: Any) -> Any:
     import torch
 
@@ -700,5 +727,5 @@ def load_tasks_arg(text: str) -> list[EditTask]:
     return list(loader(text))
 
 
-__all__ = ["DEFAULT_SAMPLER", "SAMPLERS", "DominationPruner", "TuneResult", "load_tasks_arg", "make_sampler",
-           "task_fingerprint", "tune"]
+__all__ = ["DEFAULT_SAMPLER", "SAMPLERS", "DominationPruner", "TuneResult", "check_presets_dir", "load_tasks_arg",
+           "make_sampler", "task_fingerprint", "tune"]

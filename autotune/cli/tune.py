@@ -111,16 +111,18 @@ def run(args: argparse.Namespace) -> int:
         category = category_name(category)
     except ValueError as exc:
         raise InputError(f"--category: {exc}") from None
+    from pathlib import Path
+
     from autotune.storage import open_storage
+    from autotune.tuner import check_presets_dir
 
     space = _space(args)
+    check_presets_dir(Path(args.presets_dir))  # found now, not when the preset is written hours later
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
     tasks = load_tasks(args.tasks, category, args.split)
     editor = load_editor(args)
     editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it
     if not args.no_inversion_cache and getattr(getattr(editor, "cache", None), "directory", 1) is None:
-        from pathlib import Path
-
         from autotune.cache import TensorCache
 
         # Inversions on disk: re-runs, retries and other workers on this machine reuse them.
