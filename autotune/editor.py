@@ -207,21 +207,34 @@ class Editor:
     def _trajectory(
         self, prepared: _Prepared, source: TokenizedPrompt, schedule: GuidanceSchedule, steps: int
     ) -> torch.Tensor:
-        key = cache_key("inversion", prepared.digest, source.text, self._model_key(), steps, schedule.to_dict())
-        trajectory = self.cache.get(key, self.device)
-        if trajectory is None:
-            grid = self._grid(steps)
-            trajectory = ddim_invert(
+        return self._trajectories(prepared, source, [schedule], steps)[0]
+
+    def _trajectories(
+        self, prepared: _Prepared, source: TokenizedPrompt, schedules: list[GuidanceSchedule], steps: int
+    ) -> list[torch.Tensor]:
+        """Inversions under each schedule: cached ones looked up, the missing ones inverted together in one batch."""
+        keys = [
+            cache_key("inversion", prepared.digest, source.text, self._model_key(), steps, s.to_dict())
+            for s in schedules
+        ]
+        found = {key: self.cache.get(key, self.device) for key in dict.fromkeys(keys)}
+        missing = [key for key, value in found.items() if value is None]
+        if missing:
+            todo = [schedules[keys.index(key)].scales(steps) for key in missing]
+            computed = ddim_invert(
                 self.components.unet,
-                grid,
+                self._grid(steps),
                 prepared.latent,
                 self.encode_prompt(source.text),
                 self.encode_prompt(""),
-                schedule.scales(steps),
+                todo,
                 progress=self.progress,
             )
-            self.cache.put(key, trajectory)
-        return trajectory.to(self.device, self.dtype)
+            for key, trajectory in zip(missing, computed):
+                trajectory = trajectory.contiguous()
+                self.cache.put(key, trajectory)
+                found[key] = trajectory
+        return [found[key].to(self.device, self.dtype) for key in keys]
 
     def _null_text(
         self, prepared: _Prepared, source: TokenizedPrompt, params: EditParams, trajectory: torch.Tensor
@@ -364,7 +377,7 @@ class Editor:
                 group_keys.append(key)
             src_of.append(group_keys.index(key))
         group_params = [candidates[src_of.index(g)] for g in range(len(group_keys))]
-        trajectories = [self._trajectory(prepared, source, p.inversion_scale, steps) for p in group_params]
+        trajectories = self._trajectories(prepared, source, [p.inversion_scale for p in group_params], steps)
         uncond_by_group: list[torch.Tensor] = []
         for p, traj in zip(group_params, trajectories):
             if p.method == "null_text":

@@ -67,19 +67,39 @@ def ddim_invert(
     image_latent: torch.Tensor,
     cond: torch.Tensor,
     uncond: torch.Tensor,
-    scales: list[float],
+    scales: list[float] | list[list[float]],
     progress: bool = True,
 ) -> torch.Tensor:
-    """Run DDIM backwards from the image latent to noise; returns (steps+1, C, h, w) in denoising order."""
+    """Run DDIM backwards from the image latent to noise, for one guidance schedule (`scales`, one value per
+    denoising step) or several at once (a list of them, inverted together in one batch).
+
+    Returns (steps+1, C, h, w), or (G, steps+1, C, h, w) for G schedules, in denoising order.
+    """
+    many = bool(scales) and isinstance(scales[0], (list, tuple))
+    per_row = [list(s) for s in scales] if many else [list(scales)]  # type: ignore[arg-type]
+    rows = len(per_row)
     n = grid.steps
-    x = image_latent[None]
-    trajectory = [x[0]]
+    x = image_latent[None].expand(rows, *image_latent.shape).clone()
+    cond_rows, uncond_rows = cond.expand(rows, -1, -1), uncond.expand(rows, -1, -1)
+    table = torch.tensor(per_row, dtype=x.dtype, device=x.device).T  # (steps, rows)
+    trajectory = [x]
     for j in tqdm(range(n), desc="invert", disable=not progress, leave=False):
         i = n - 1 - j  # the denoising step with this timestep
-        eps = guided_eps(unet, x, grid.timesteps[i], cond, uncond, scales[i], grid.alphas[i], grid.prediction_type)
+        at_step = {row[i] for row in per_row}
+        if len(at_step) == 1:  # one scale for every row: guided_eps may skip a branch
+            scale = at_step.pop()
+            eps = guided_eps(
+                unet, x, grid.timesteps[i], cond_rows, uncond_rows, scale, grid.alphas[i], grid.prediction_type
+            )
+        else:
+            x_in = torch.cat([x, x])
+            out = unet(x_in, grid.timesteps[i], encoder_hidden_states=torch.cat([uncond_rows, cond_rows])).sample
+            eps_u, eps_c = to_epsilon(out, x_in, grid.alphas[i], grid.prediction_type).chunk(2)
+            eps = eps_u + table[i][:, None, None, None] * (eps_c - eps_u)
         x = ddim_move(eps, x, grid.alphas_prev[i], grid.alphas[i])
-        trajectory.append(x[0])
-    return torch.stack(trajectory[::-1])
+        trajectory.append(x)
+    stacked = torch.stack(trajectory[::-1], dim=1)  # (rows, steps+1, C, h, w)
+    return stacked if many else stacked[0]
 
 
 def null_text_optimise(

@@ -223,3 +223,19 @@ def test_max_batch_splits_candidates_without_changing_results(tiny_model_dir, ph
         big.edit_batch(photo, SRC, TGT, cands, blend_words=WORDS),
     ):
         torch.testing.assert_close(a.latent, b.latent, rtol=1e-4, atol=1e-4)
+
+
+def test_inversions_under_several_guidances_are_batched_and_equal_single_ones(tiny_model_dir, photo, monkeypatch):
+    fresh = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
+    calls = []
+    unet = fresh.components.unet
+    real_forward = unet.forward
+    monkeypatch.setattr(unet, "forward", lambda *a, **k: calls.append(a[0].shape[0]) or real_forward(*a, **k))
+    cands = [EditParams(w_src=w, steps=5) for w in (0.25, 0.5, 1.5)]
+    fresh.edit_batch(photo, SRC, TGT, cands, blend_words=WORDS)
+    assert calls[:5] == [6] * 5  # 3 inversions x (uncond + cond) in one batch per step
+    single = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
+    for cand in cands:
+        together = fresh.invert(photo, SRC, w_inv=cand.w_src, steps=5)  # from the cache of the batched run
+        alone = single.invert(photo, SRC, w_inv=cand.w_src, steps=5)
+        torch.testing.assert_close(together.latents, alone.latents, rtol=1e-4, atol=1e-5)
