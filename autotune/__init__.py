@@ -1,11 +1,40 @@
-"""autotune: tune the source/target guidance of inversion-based image editing, per edit category."""
+"""autotune: tune the source/target guidance of inversion-based image editing, per edit category.
 
-from autotune.editor import Editor, EditResult
+The public API is below; heavy modules (diffusers, optuna) load on first use, so `import autotune` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from autotune.guidance import GuidanceSchedule
-from autotune.inversion import Inversion
 from autotune.params import EditParams
 from autotune.tasks import CATEGORIES, EditTask
 
 __version__ = "0.1.0"
 
-__all__ = ["CATEGORIES", "EditParams", "EditResult", "EditTask", "Editor", "GuidanceSchedule", "Inversion", "__version__"]
+_LAZY = {
+    "Editor": "autotune.editor",
+    "EditResult": "autotune.editor",
+    "Inversion": "autotune.inversion",
+    "tune": "autotune.tuner",
+    "TuneResult": "autotune.tuner",
+    "Preset": "autotune.preset",
+    "load_tasks": "autotune.task_sources",
+    "evaluate": "autotune.evaluate",
+}
+
+__all__ = ["CATEGORIES", "EditParams", "EditTask", "GuidanceSchedule", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'autotune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
