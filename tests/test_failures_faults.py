@@ -322,11 +322,6 @@ def test_unwritable_presets_dir_after_a_study_keeps_the_study(tmp_path, capsys):
 # A task the model cannot read, given to the tuner
 
 
-@pytest.mark.xfail(strict=True, reason="autotune/tuner.py does not check the tasks' prompts before the study starts: "
-                   "the first batch is asked and claimed, then the engine refuses the task mid-batch (InputError) "
-                   "and the claimed trials are left RUNNING for the next run to sweep. Wanted: tune() tokenizes "
-                   "every task's prompts with the editor's tokenizer (autotune.prompts.tokenize_prompt, as "
-                   "autotune.evaluate._check_prompts does) before the first study.ask")
 def test_task_prompt_past_77_tokens_is_refused_before_the_study_starts(tiny_model_dir, tmp_path):
     from dataclasses import replace
 
@@ -349,10 +344,6 @@ def test_task_prompt_past_77_tokens_is_refused_before_the_study_starts(tiny_mode
     assert study is None or not [t for t in study.trials if t.state != TrialState.WAITING]  # no trial was started
 
 
-@pytest.mark.xfail(strict=True, reason="autotune/cli/tune.py (or tuner.tune) does not check --presets-dir before the "
-                   "study: a folder that cannot be created is found only when the preset is written at the end. "
-                   "Wanted: create/check it (as autotune.cli.edit.ensure_output_dir does for --out) before the "
-                   "first trial")
 def test_unwritable_presets_dir_is_refused_before_the_study(tmp_path, capsys, monkeypatch):
     import autotune.cli.edit
     import autotune.cli.tune
