@@ -58,15 +58,39 @@ SCHEDULER_STRICT_KEYS = (
 SCHEDULER_LOOSE_KEYS = ("steps_offset", "timestep_spacing", "set_alpha_to_one", "clip_sample", "_class_name")
 
 _TOP_KEYS = {
-    "schema_version", "category", "model", "method", "steps", "default_style", "picks", "front",
-    "references", "objectives", "scorer", "provenance", "content_hash",
+    "schema_version",
+    "category",
+    "model",
+    "method",
+    "steps",
+    "default_style",
+    "picks",
+    "front",
+    "references",
+    "objectives",
+    "scorer",
+    "provenance",
+    "content_hash",
 }
 _MODEL_KEYS = {"id", "revision", "file_hash", "applies_to", "scheduler", "scheduler_mode", "notes"}
 _POINT_KEYS = {"params", "values", "metrics", "trial", "paper_point"}
 _PICK_KEYS = {"params", "front_index"}
 _PROVENANCE_KEYS = {
-    "kind", "autotune_version", "study", "sampler", "n_trials", "n_complete", "task_fingerprint", "task_count",
-    "created", "author", "citation", "notes", "search_space", "base_params", "migrated_from",
+    "kind",
+    "autotune_version",
+    "study",
+    "sampler",
+    "n_trials",
+    "n_complete",
+    "task_fingerprint",
+    "task_count",
+    "created",
+    "author",
+    "citation",
+    "notes",
+    "search_space",
+    "base_params",
+    "migrated_from",
 }
 
 
@@ -105,8 +129,9 @@ def redact_url(url: str | None) -> str | None:
 
 def has_password(url: str | None) -> bool:
     text = str(url or "")
-    return any(m["password"] not in ("", "***") for pattern in (_URL_PASSWORD, _QUERY_PASSWORD)
-               for m in pattern.finditer(text))
+    return any(
+        m["password"] not in ("", "***") for pattern in (_URL_PASSWORD, _QUERY_PASSWORD) for m in pattern.finditer(text)
+    )
 
 
 def current_author() -> str:
@@ -133,7 +158,12 @@ def make_provenance(kind: str = "tuned", **fields_: Any) -> dict[str, Any]:
     """Provenance with the autotune version, creation date (UTC) and author filled in; storage URLs redacted."""
     from autotune import __version__
 
-    out: dict[str, Any] = {"kind": kind, "autotune_version": __version__, "created": utc_now(), "author": current_author()}
+    out: dict[str, Any] = {
+        "kind": kind,
+        "autotune_version": __version__,
+        "created": utc_now(),
+        "author": current_author(),
+    }
     out.update({k: v for k, v in fields_.items() if v is not None})
     study = out.get("study")
     if isinstance(study, dict) and "storage" in study:
@@ -178,7 +208,10 @@ def _write_error(exc: OSError, directory: Path, what: str) -> str:
         hint = "the disk is full: free space and try again"
     else:
         hint = exc.strerror or type(exc).__name__
-    return f"cannot write the {what} in {directory}: {hint} ({exc.strerror}); nothing was written, any previous file is unchanged"
+    return (
+        f"cannot write the {what} in {directory}: {hint} ({exc.strerror}); "
+        "nothing was written, any previous file is unchanged"
+    )
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -271,7 +304,9 @@ def migrate(data: dict[str, Any], source: str = "<preset>") -> dict[str, Any]:
     """Bring a parsed preset dict up to SCHEMA_VERSION, one step at a time."""
     version = data.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise PresetError(f"{source}: schema_version must be a whole number (this autotune writes {SCHEMA_VERSION}), got {version!r}")
+        raise PresetError(
+            f"{source}: schema_version must be a whole number (this autotune writes {SCHEMA_VERSION}), got {version!r}"
+        )
     if version > SCHEMA_VERSION:
         raise PresetError(
             f"{source}: schema_version {version} was written by a newer autotune (this one reads up to "
@@ -373,7 +408,9 @@ class FrontPoint:
             values = _dict(values, source, f"{where}.values")
             bad = sorted(set(values) - set(OBJECTIVES))
             if bad:
-                raise _fail(source, f"{where}.values", f"unknown objective(s) {', '.join(bad)}; use {', '.join(OBJECTIVES)}")
+                raise _fail(
+                    source, f"{where}.values", f"unknown objective(s) {', '.join(bad)}; use {', '.join(OBJECTIVES)}"
+                )
             values = {k: _number(v, source, f"{where}.values.{k}") for k, v in values.items()}
         metrics = _dict(data.get("metrics") or {}, source, f"{where}.metrics")
         metrics = {str(k): _number(v, source, f"{where}.metrics.{k}", allow_null=True) for k, v in metrics.items()}
@@ -659,7 +696,9 @@ class Preset:
         picks_raw = _dict(data.get("picks"), source, "picks")
         missing = [s for s in STYLES if s not in picks_raw]
         if missing:
-            raise _fail(source, "picks", f"missing pick(s) {', '.join(missing)}; a preset names all of {', '.join(STYLES)}")
+            raise _fail(
+                source, "picks", f"missing pick(s) {', '.join(missing)}; a preset names all of {', '.join(STYLES)}"
+            )
         picks: dict[str, dict[str, Any]] = {}
         for style, raw in picks_raw.items():
             where = f"picks.{style}"
@@ -673,10 +712,15 @@ class Preset:
             index = raw.get("front_index")
             if index is not None:
                 if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(front):
-                    raise _fail(source, f"{where}.front_index", f"{index!r} is not an index into the front (0..{len(front) - 1})")
+                    raise _fail(
+                        source,
+                        f"{where}.front_index",
+                        f"{index!r} is not an index into the front (0..{len(front) - 1})",
+                    )
                 if front[index].params != params:
                     warnings.warn(
-                        f"{source}: {where}: params differ from front[{index}] (edited by hand?); the pick's params are used",
+                        f"{source}: {where}: params differ from front[{index}] (edited by hand?); "
+                        "the pick's params are used",
                         PresetWarning,
                         stacklevel=3,
                     )
@@ -688,7 +732,9 @@ class Preset:
         chosen = picks[default_style]["params"]
         for key, actual in (("method", chosen.method), ("steps", chosen.steps)):
             if key in data and data[key] != actual:
-                raise _fail(source, key, f"says {data[key]!r} but the {default_style} pick uses {actual!r}; make them agree")
+                raise _fail(
+                    source, key, f"says {data[key]!r} but the {default_style} pick uses {actual!r}; make them agree"
+                )
 
         provenance = _check_provenance(data.get("provenance"), source)
         if original_version != SCHEMA_VERSION:
@@ -856,7 +902,12 @@ def _model_record(model: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _same_setting(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return a == b
 
@@ -898,6 +949,8 @@ def _check_provenance(value: Any, source: str) -> dict[str, Any]:
             _dict(prov[key], source, f"provenance.{key}")
     study = prov.get("study") or {}
     if has_password(study.get("storage")):
-        warnings.warn(f"{source}: provenance.study.storage holds a password; it is redacted", PresetWarning, stacklevel=4)
+        warnings.warn(
+            f"{source}: provenance.study.storage holds a password; it is redacted", PresetWarning, stacklevel=4
+        )
         prov["study"] = {**study, "storage": redact_url(study["storage"])}
     return {k: v for k, v in prov.items() if k in _PROVENANCE_KEYS}

@@ -121,8 +121,9 @@ def _point(trial: FrozenTrial, base: Mapping[str, Any], study_name: str) -> Fron
     try:
         params = EditParams.from_dict(raw)
     except (ValueError, TypeError) as exc:
-        warnings.warn(f"study {study_name!r} trial {trial.number}: unusable params ({exc}); skipped", PresetWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"study {study_name!r} trial {trial.number}: unusable params ({exc}); skipped", PresetWarning, stacklevel=3
+        )
         return None
     metrics = {
         str(k): (float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None)
@@ -137,8 +138,9 @@ def _point(trial: FrozenTrial, base: Mapping[str, Any], study_name: str) -> Fron
     )
 
 
-def presets_from_storage(storage: Any, study_names: list[str] | None = None,
-                         storage_label: str | None = None) -> list[Preset]:
+def presets_from_storage(
+    storage: Any, study_names: list[str] | None = None, storage_label: str | None = None
+) -> list[Preset]:
     """Presets from the named studies (default: every study in the storage written by `autotune tune`)."""
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     by_name = {s.study_name: s for s in summaries}
@@ -146,7 +148,9 @@ def presets_from_storage(storage: Any, study_names: list[str] | None = None,
         unknown = [n for n in study_names if n not in by_name]
         if unknown:
             known = ", ".join(sorted(by_name)) or "none"
-            raise PresetError(f"no study named {', '.join(map(repr, unknown))} in {storage_label}; studies there: {known}")
+            raise PresetError(
+                f"no study named {', '.join(map(repr, unknown))} in {storage_label}; studies there: {known}"
+            )
         names = list(study_names)
     else:
         names = [n for n, s in sorted(by_name.items()) if study_is_autotune(s.user_attrs)]

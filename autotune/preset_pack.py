@@ -299,7 +299,9 @@ def verify_pack(pack: str | Path) -> PackReport:
                 data = reader.read(name, MAX_PRESET_BYTES)
                 actual = hashlib.sha256(data).hexdigest()
                 if actual != expected:
-                    raise PresetError(f"sha256 mismatch: the index says {expected[:12]}..., the file is {actual[:12]}...")
+                    raise PresetError(
+                        f"sha256 mismatch: the index says {expected[:12]}..., the file is {actual[:12]}..."
+                    )
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError:

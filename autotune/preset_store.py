@@ -153,7 +153,9 @@ class PresetStore:
                 here = exact or here
             elif len({e.preset.model.get("id") for e in here}) > 1:  # type: ignore[union-attr]
                 models = ", ".join(sorted({str(e.preset.model.get("id")) for e in here}))  # type: ignore[union-attr]
-                raise PresetError(f"{directory} holds {category} presets for several models ({models}): say which model")
+                raise PresetError(
+                    f"{directory} holds {category} presets for several models ({models}): say which model"
+                )
             if here:
                 return here[0]
         raise PresetError(self._not_found(category, model, entries))
@@ -216,7 +218,9 @@ class PresetStore:
                 if force:
                     preset.save(path)
                     return InstallResult("replaced", path, f"forced; the existing file did not load: {exc}")
-                return InstallResult("kept", path, f"the existing file does not load ({exc}); use --force to replace it")
+                return InstallResult(
+                    "kept", path, f"the existing file does not load ({exc}); use --force to replace it"
+                )
             if existing.content_hash == preset.content_hash:
                 return InstallResult("unchanged", path, "identical content")
             if force:
@@ -340,11 +344,19 @@ def paper_default_presets() -> list[Preset]:
     `python -c "from autotune.preset_store import write_paper_defaults; write_paper_defaults('presets')"`).
     """
     params = EditParams(
-        method="siminversion", w_src=0.5, w_tgt=7.5, steps=50, cross_replace=0.4, self_replace=0.6, reweight=2.0,
+        method="siminversion",
+        w_src=0.5,
+        w_tgt=7.5,
+        steps=50,
+        cross_replace=0.4,
+        self_replace=0.6,
+        reweight=2.0,
         blend_threshold=0.3,
     )
-    notes = ("Untuned: the published defaults, the same for every category and every pick. Tune on your own tasks "
-             "(`autotune tune`) to get a measured front and real conservative/balanced/aggressive picks.")
+    notes = (
+        "Untuned: the published defaults, the same for every category and every pick. Tune on your own tasks "
+        "(`autotune tune`) to get a measured front and real conservative/balanced/aggressive picks."
+    )
     return [Preset.paper_default(category, SD1_MODEL, params, SD1_CITATION, notes) for category in CATEGORIES.values()]
 
 

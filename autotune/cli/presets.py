@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="the presets found, in lookup order")
     p.add_argument("--model", help="only presets made for this model id")
     p.add_argument("--category", help="only this edit category")
-    p.add_argument("--dir", action="append", type=Path, help="list this directory instead of the lookup path (repeatable)")
+    p.add_argument(
+        "--dir", action="append", type=Path, help="list this directory instead of the lookup path (repeatable)"
+    )
     p.set_defaults(handler=cmd_list)
 
     p = sub.add_parser("show", help="one preset: picks, front and provenance")
@@ -143,7 +145,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     prov = preset.provenance
     print(f"preset      {preset.label}")
     print(f"category    {preset.category}")
-    print(f"model       {preset.model['id']}  revision={preset.model.get('revision')}  weights={preset.model.get('file_hash')}")
+    print(
+        f"model       {preset.model['id']}  revision={preset.model.get('revision')}  "
+        f"weights={preset.model.get('file_hash')}"
+    )
     if preset.model.get("applies_to"):
         print(f"applies to  {', '.join(preset.model['applies_to'])}")
     print(f"scheduler   {json.dumps(preset.model.get('scheduler', {}), sort_keys=True)}")
@@ -151,8 +156,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     study = prov.get("study") or {}
     if study:
         print(f"study       {study.get('name')} @ {redact_url(study.get('storage'))}")
-    for key in ("sampler", "n_trials", "n_complete", "task_fingerprint", "task_count", "created", "author",
-                "autotune_version"):
+    for key in (
+        "sampler",
+        "n_trials",
+        "n_complete",
+        "task_fingerprint",
+        "task_count",
+        "created",
+        "author",
+        "autotune_version",
+    ):
         if prov.get(key) is not None:
             print(f"{key:11s} {prov[key] if not isinstance(prov[key], dict) else json.dumps(prov[key])}")
     for objective in preset.objectives:
@@ -166,12 +179,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         for i, point in enumerate(preset.front):
             values = point.values or {}
             tags = [n for n, p in preset.picks.items() if p.get("front_index") == i]
-            print(f"  [{i}] fidelity={values.get('fidelity'):.4g} edit_strength={values.get('edit_strength'):.4g}  "
-                  f"{_params_brief(point.params)}  trial {point.trial}" + (f"  <- {', '.join(tags)}" if tags else ""))
+            print(
+                f"  [{i}] fidelity={values.get('fidelity'):.4g} edit_strength={values.get('edit_strength'):.4g}  "
+                f"{_params_brief(point.params)}  trial {point.trial}" + (f"  <- {', '.join(tags)}" if tags else "")
+            )
     for point in preset.references:
         values = point.values or {}
-        print(f"  reference {point.paper_point}: fidelity={values.get('fidelity'):.4g} "
-              f"edit_strength={values.get('edit_strength'):.4g}")
+        print(
+            f"  reference {point.paper_point}: fidelity={values.get('fidelity'):.4g} "
+            f"edit_strength={values.get('edit_strength'):.4g}"
+        )
     print(f"content     {preset.content_hash}")
     return 0
 
@@ -267,7 +284,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     preset = Preset.load(file, strict=True)
                 entry = load_entry(file, "verify")  # collect warnings (unknown keys, ...) to show them
                 note = "; ".join(entry.warnings)
-                print(f"ok        {file}  ({preset.category}, {preset.model['id']})" + (f"  warning: {note}" if note else ""))
+                print(
+                    f"ok        {file}  ({preset.category}, {preset.model['id']})"
+                    + (f"  warning: {note}" if note else "")
+                )
             except PresetError as exc:
                 bad += 1
                 print(f"rejected  {file}  ({exc})")
@@ -316,4 +336,3 @@ def cmd_from_study(args: argparse.Namespace) -> int:
             result = store.add(preset, args.out, force=args.force)
             print(f"{result}  [study {preset.provenance.get('study', {}).get('name')}]")
     return 0
-
