@@ -78,7 +78,19 @@ def _marker(name: str, end: bool = False) -> str:
 def write_section(path: str | Path, name: str, body: str) -> Path:
     """Replace benchmark `name`'s section of the markdown file (kept between markers), or add it in the order of
     `BENCHMARKS`; other sections are left as they are. Written atomically (temp file + os.replace)."""
+    import fcntl
+
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)  # lock the directory: two benchmark processes may write at once
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _rewrite_section(path, name, body)
+    finally:
+        os.close(fd)
+
+
+def _rewrite_section(path: Path, name: str, body: str) -> Path:
     text = path.read_text(encoding="utf-8") if path.is_file() else (
         "# Benchmarks\n\nMeasured with `autotune bench`; each section is rewritten by its own command.\n")
     block = f"{_marker(name)}\n{body.strip()}\n{_marker(name, end=True)}"
@@ -93,7 +105,6 @@ def write_section(path: str | Path, name: str, body: str) -> Path:
             text = text[:at] + block + "\n\n" + text[at:]
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -33,7 +33,9 @@ from autotune.tasks import EditTask
 
 STYLES = ("conservative", "balanced", "aggressive")
 PICK_COLORS = {"conservative": "#1b9e77", "balanced": "#7570b3", "aggressive": "#d95f02"}
+PICK_SIZES = {"conservative": 300, "balanced": 170, "aggressive": 70}  # nested rings stay visible when picks coincide
 PAPER_COLORS = {"siminversion": "#e7298a", "ddim": "#444444"}
+PAPER_SIZES = {"siminversion": 380, "ddim": 150}
 
 
 @dataclass
@@ -191,11 +193,11 @@ def plot_front(study: optuna.Study, picks: Sequence[Pick], path: Path) -> Path:
         if p.values is None:
             continue
         if p.kind == "paper":
-            ax.scatter([p.values[0]], [p.values[1]], marker="*", s=220, c=PAPER_COLORS.get(p.name, "k"),
-                       edgecolors="white", linewidths=0.8, zorder=4,
+            ax.scatter([p.values[0]], [p.values[1]], marker="*", s=PAPER_SIZES.get(p.name, 220),
+                       c=PAPER_COLORS.get(p.name, "k"), edgecolors="white", linewidths=0.8, zorder=4,
                        label=f"paper point {p.name} ({p.params.w_src.start:g}, {p.params.w_tgt.start:g})")
         else:
-            ax.scatter([p.values[0]], [p.values[1]], marker="o", s=150, facecolors="none",
+            ax.scatter([p.values[0]], [p.values[1]], marker="o", s=PICK_SIZES[p.name], facecolors="none",
                        edgecolors=PICK_COLORS[p.name], linewidths=2.2, zorder=3,
                        label=f"{p.name} pick ({p.params.w_src.start:.3g}, {p.params.w_tgt.start:.3g})")
     ax.set_xlabel(labels[0])
