@@ -53,7 +53,9 @@ def test_splits_are_deterministic_and_disjoint():
     assert [t.source_prompt for t in a] == [t.source_prompt for t in b]
     assert all((x.mask == y.mask).all() for x, y in zip(a, b))
     held = shapes_tasks("delete_object", "heldout", count=30, seed=1)
-    key = lambda t: repr(t.metadata["source"])
+    def key(t):
+        return repr(t.metadata["source"])
+
     assert not {key(t) for t in a} & {key(t) for t in held}
     other_seed = shapes_tasks("delete_object", "tune", count=30, seed=2)
     assert [key(t) for t in other_seed] != [key(t) for t in a]
