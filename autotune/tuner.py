@@ -490,6 +490,7 @@ def tune(
     artifacts: Any = None,
     project_dir: str | os.PathLike | None = None,
     save_preset: bool = True,
+    task_source: Mapping[str, str] | None = None,
 ) -> TuneResult:
     """Tune the editing parameters for one category: a two-objective study, resumable and shareable.
 
@@ -509,6 +510,8 @@ def tune(
         prune: True (a `DominationPruner()`), False, or a configured pruner.
         artifacts: None (a `FileSystemArtifactStore` in `<project_dir>/artifacts`), False (off), a directory,
             or any Optuna artifact store.
+        task_source: where the tasks came from, e.g. {"spec": "shapes:change_color", "split": "tune"}; recorded
+            so that `autotune report` and `presets from-study` can reload the same tasks.
     """
     # 1. Check inputs.
     category = category_name(category)
@@ -561,6 +564,7 @@ def tune(
         "autotune.task_count": len(chosen),
         "autotune.sampler": {"name": sampler, "seed": seed},
         "autotune.storage": store.url,
+        **({"autotune.task_source": dict(task_source)} if task_source else {}),
     }, store)
     if created:
         for point, values in space.paper_points():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -61,6 +62,9 @@ def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatc
     assert list((tmp_path / "presets").glob("*change_color*.json"))
     assert (tmp_path / "proj" / "studies.journal").stat().st_size > 0
     assert list((tmp_path / "proj" / "inversions").glob("*.safetensors"))  # shared with re-runs and workers
+    index = Path(out.split("report: ", 1)[1].split()[0])  # --report writes the visual report and names it
+    assert index.name == "index.html" and index.parent.parent == tmp_path / "proj" / "reports"
+    assert {"front.png", "slices.png", "edits.png"} <= {p.name for p in index.parent.iterdir()}
 
 
 def test_cli_bad_storage_is_a_clear_error(tmp_path, capsys):

@@ -48,7 +48,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-prune", action="store_true", help="score every candidate on every task")
     parser.add_argument("--no-inversion-cache", action="store_true",
                         help="do not keep inversions in <project-dir>/inversions for re-runs and other workers")
-    parser.add_argument("--report", action="store_true", help="print the front and the paper points at the end")
+    parser.add_argument("--report", action="store_true",
+                        help="at the end, compare the front with the paper points and write the visual report "
+                        "(front, slices, edit grid, index.html) to <project-dir>/reports/<study>; print its path")
     add_model_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -131,8 +133,15 @@ def run(args: argparse.Namespace) -> int:
     result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
                   objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,
-                  progress=not args.quiet, prune=not args.no_prune, project_dir=args.project_dir)
+                  progress=not args.quiet, prune=not args.no_prune, project_dir=args.project_dir,
+                  task_source={"spec": args.tasks, "split": args.split})
     print(report(result) if args.report else result.summary())
     if result.preset_path is None:
         print("no trial completed: no preset written")
+    elif args.report:
+        from autotune.report import write_report
+
+        out = Path(args.project_dir) / "reports" / result.study.study_name
+        index = write_report(result.study, out, editor=editor, tasks=tasks)
+        print(f"report: {index}")
     return 0
