@@ -93,7 +93,11 @@ def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch)
     assert math.isclose(r.autotune_trials_per_min, 60 * 4 / r.autotune_seconds)
     assert math.isclose(r.ratio, r.autotune_trials_per_min / r.naive_trials_per_min)
     assert r.engine_calls <= 2 * 2 and r.candidate_edits <= 4 * 2
-    assert "Speed-up" in r.markdown()
+    # UNet calls: naive, per (trial, task) 2 inversion + 2 sampling steps; autotune, per (batch of 2, task) the same
+    assert r.naive_unet_calls == 3 * 2 * (2 + 2)
+    assert 0 < r.autotune_unet_calls <= 2 * 2 * (2 + 2)
+    assert r.autotune_unet_rows >= r.autotune_unet_calls and r.naive_unet_rows >= r.naive_unet_calls
+    assert "Speed-up" in r.markdown() and "fewer sequential UNet calls" in r.markdown()
 
 
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
