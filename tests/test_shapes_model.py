@@ -1,0 +1,74 @@
+"""The shipped shapes model, checked on small samples (the full measurement is `python -m autotune.shapes.measure`,
+its figures are in docs/shapes.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from autotune.models import SHAPES_MODEL_DIR
+from autotune.shapes.measure import load_pipeline, text_to_image_table
+from autotune.shapes.reader import read_scene
+from autotune.shapes.world import caption, random_scene, render_array
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline(SHAPES_MODEL_DIR)
+
+
+def test_the_shapes_model_is_a_standard_pipeline_folder_of_safetensors():
+    from diffusers import DDIMScheduler
+
+    files = [p for p in SHAPES_MODEL_DIR.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth")]
+    assert {p.parent.name for p in weights} == {"unet", "vae", "text_encoder"}
+    assert all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in files) < 30 * 2**20
+    assert DDIMScheduler.from_pretrained(SHAPES_MODEL_DIR / "scheduler").config.prediction_type == "epsilon"
+
+
+def test_text_to_image_follows_captions_and_guidance_matters(pipe):
+    # 24 captions (the 200-sample figures in docs/shapes.md: colour 80%, shape 61%, whole scene 51% at 7.5;
+    # 77%, 37%, 25% at 1). Bounds leave room for sampling noise on a small sample.
+    _, rates = text_to_image_table(pipe, samples=24, steps=20, seed=0)
+    at_7_5, at_1 = rates[7.5], rates[1.0]
+    assert at_7_5["colour"] >= 0.7 and at_7_5["shape"] >= 0.35 and at_7_5["background"] >= 0.95
+    assert at_7_5["background"] >= at_1["background"] + 0.15
+    assert at_7_5["exact"] >= at_1["exact"] + 0.15
+
+
+def test_edit_from_the_cli_changes_the_colour_and_keeps_the_scene(tmp_path, capsys):
+    from autotune.cli import main
+    from autotune.shapes.world import Obj, Scene
+
+    scene = Scene("white", (Obj("square", "red", 4, 8, 14),))
+    source = tmp_path / "red_square.png"
+    Image.fromarray(render_array(scene)).save(source)
+    out = tmp_path / "blue_square.png"
+    code = main(["edit", "--model", "shapes", "--device", "cpu", "--image", str(source),
+                 "--source-prompt", caption(scene), "--target-prompt", "a blue square on a white background",
+                 "--blend-words", "red blue", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    read = read_scene(np.asarray(Image.open(out).convert("RGB")))
+    assert read.background == "white"
+    assert [(o.color, o.shape) for o in read.objects] == [("blue", "square")]
+
+
+def test_reconstruction_is_close_at_low_guidance_and_worse_at_7_5():
+    from autotune import Editor, EditParams
+
+    editor = Editor.from_pretrained("shapes", device="cpu", progress=False)
+    rng = np.random.default_rng(7)
+    scene = random_scene(rng)
+    image = render_array(scene)
+    prompt = caption(scene)
+
+    def psnr(w: float) -> float:
+        result = editor.edit(Image.fromarray(image), prompt, prompt, EditParams(w_src=w, w_tgt=w, steps=20))
+        rec = result.source_pixels.float().cpu().permute(1, 2, 0).numpy()
+        return float(10 * np.log10(1.0 / ((rec - image / 255.0) ** 2).mean()))
+
+    low, high = psnr(0.5), psnr(7.5)
+    assert low > 20.0 and low > high + 3.0
