@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autotune import atomic
 from autotune.params import EditParams
 from autotune.search_space import PAPER_POINTS, SearchSpace
 from autotune.tasks import EditTask
@@ -105,15 +106,7 @@ def _rewrite_section(path: Path, name: str, body: str) -> Path:
             text = text[:at] + block + "\n\n" + text[at:]
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic.write_text(path, text)
 
 
 def section(title: str, command: str, machine: dict[str, Any], table: str, notes: str = "") -> str:
@@ -558,10 +551,7 @@ def cached_grid(editor: Any, tasks: Sequence[EditTask], scorer: Any, cache_dir: 
     if path.is_file():
         return GridTable.from_json(path.read_text(encoding="utf-8"))
     table = grid_scores(editor, tasks, scorer, points=points, steps=steps)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(table.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, table.to_json())
     return table
 
 

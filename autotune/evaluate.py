@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune import atomic
 from autotune.errors import InputError
 from autotune.params import EditParams
 from autotune.scoring.base import Scorer, metric_info
@@ -204,7 +205,7 @@ def _write_rows(path: Path, rows: Sequence[dict[str, Any]], metric_names) -> Non
     writer = csv.DictWriter(buffer, fieldnames=_columns(metric_names), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
 
 
 def _write_summary(out: Path, summary, metric_names, run) -> None:
@@ -213,7 +214,7 @@ def _write_summary(out: Path, summary, metric_names, run) -> None:
     writer.writerow(["category", "n", *[metric_info(m).column for m in metric_names]])
     for entry in summary:
         writer.writerow([entry["category"], entry["n"], *[_fmt(entry[m]) for m in metric_names]])
-    _atomic_write(out / SUMMARY_CSV, buffer.getvalue())
+    atomic.write_text(out / SUMMARY_CSV, buffer.getvalue())
     header = ["category", "n", *[metric_info(m).column for m in metric_names]]
     lines = [
         f"scorer: {_scorer_label(run['scorer'])}; model: {run['model'].get('id', '?')}",
@@ -225,7 +226,7 @@ def _write_summary(out: Path, summary, metric_names, run) -> None:
     for entry in summary:
         cells = [entry["category"], str(entry["n"]), *[_fmt(entry[m]) for m in metric_names]]
         lines.append("| " + " | ".join(cells) + " |")
-    _atomic_write(out / SUMMARY_MD, "\n".join(lines) + "\n")
+    atomic.write_text(out / SUMMARY_MD, "\n".join(lines) + "\n")
 
 
 def _fmt(value: float) -> str:
@@ -248,7 +249,7 @@ def _check_run(out: Path, run: dict) -> None:
                 "use a new --out directory (or delete this one) so results do not mix"
             )
         return
-    _atomic_write(path, json.dumps(run, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(path, json.dumps(run, indent=2, sort_keys=True) + "\n")
 
 
 def _scorer_label(describe: dict) -> str:
@@ -266,7 +267,3 @@ def _save_image(image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -26,13 +26,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune import atomic
 from autotune.errors import PresetError
 from autotune.params import EditParams
 from autotune.tasks import category_name
@@ -172,33 +172,13 @@ def make_provenance(kind: str = "tuned", **fields_: Any) -> dict[str, Any]:
 
 
 def atomic_write_text(path: str | Path, text: str, what: str = "file") -> Path:
-    """Write `text` to `path` so that readers only ever see the old or the new file, never a partial one.
-
-    A temporary file is written in the same directory, fsync'ed, then renamed over `path` (os.replace is
-    atomic on POSIX and Windows). On any failure the temporary file is removed and `path` is untouched.
-    """
+    """Write `text` atomically (`autotune.atomic`); a failure is a PresetError saying what and where, and
+    leaves `path` untouched."""
     path = Path(path)
-    directory = path.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        return atomic.write_text(path, text)
     except OSError as exc:
-        raise PresetError(_write_error(exc, directory, what)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise PresetError(_write_error(exc, directory, what)) from None
-        raise
-    _fsync_directory(directory)
-    return path
+        raise PresetError(_write_error(exc, path.parent, what)) from None
 
 
 def _write_error(exc: OSError, directory: Path, what: str) -> str:
@@ -212,16 +192,6 @@ def _write_error(exc: OSError, directory: Path, what: str) -> str:
         f"cannot write the {what} in {directory}: {hint} ({exc.strerror}); "
         "nothing was written, any previous file is unchanged"
     )
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (POSIX); best effort elsewhere."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_capped(path: str | Path, limit: int, what: str) -> bytes:

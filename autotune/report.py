@@ -27,6 +27,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune import atomic
 from autotune.params import EditParams
 from autotune.search_space import PAPER_POINTS
 from autotune.tasks import EditTask
@@ -360,17 +361,6 @@ def _html(study: optuna.Study, picks: Sequence[Pick], images: dict[str, str], no
     return "\n".join(parts)
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_report(study: optuna.Study, out_dir: str | os.PathLike, *, editor: Any = None,
                  tasks: Sequence[EditTask] | None = None, edit_tasks: int = 4, edits: bool = True,
                  device: str | None = None) -> Path:
@@ -415,7 +405,7 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *, editor: Any
         "images": images,
         "notes": notes,
     }
-    _write_text(out / "figures.json", json.dumps(figures, indent=2, default=str) + "\n")
+    atomic.write_text(out / "figures.json", json.dumps(figures, indent=2, default=str) + "\n")
     index = out / "index.html"
-    _write_text(index, _html(study, picks, images, notes, figures["importances"]))
+    atomic.write_text(index, _html(study, picks, images, notes, figures["importances"]))
     return index

@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(parts)
     print(report)
     if args.out:
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(report + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
+        from autotune import atomic
+
+        atomic.write_text(args.out, report + "\n")
     return 0
 
 
