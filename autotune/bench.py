@@ -144,7 +144,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_space(steps: int) -> SearchSpace:
-    """The tuner's default search space (w_src in [0, 2], w_tgt in [1, 12]) with `steps` DDIM steps."""
+    """The tuner's default search space (w_src in [0, 2] step 0.1, w_tgt in [1, 12]) with `steps` DDIM steps."""
     return SearchSpace.default(base=EditParams(steps=steps))
 
 

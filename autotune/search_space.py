@@ -2,8 +2,11 @@
 
 By default the tuner searches the guidance pair only:
 
-- `w_src` in [0, 2]: the source-branch scale, which SimInversion also uses for inversion. Its analysis puts the
-  optimum near 0.5 (plain DDIM inversion sits at 1, or 0); above 2 the inversion drifts badly.
+- `w_src` in [0, 2] in steps of 0.1: the source-branch scale, which SimInversion also uses for inversion. Its
+  analysis puts the optimum near 0.5 (plain DDIM inversion sits at 1, or 0); above 2 the inversion drifts badly.
+  The step is what makes the inversion cache pay: an inversion depends on the task and w_src only, so trials
+  (and workers) that share a w_src share it, and candidates of one batch that share it share one source branch.
+  Reconstruction error varies smoothly with w_src (docs/shapes.md), so 0.1 loses nothing that matters.
 - `w_tgt` in [1, 12]: the target-branch scale; 7.5 is the usual Stable Diffusion default, 1 means no guidance.
 
 Any other field of `EditParams` can be opened: `method` and `p2p_mode` (choices), `steps` (integer range),
@@ -34,7 +37,10 @@ from autotune.errors import InputError
 from autotune.guidance import GuidanceSchedule
 from autotune.params import METHODS, P2P_MODES, EditParams
 
-DEFAULT_RANGES: dict[str, tuple[float, float]] = {"w_src": (0.0, 2.0), "w_tgt": (1.0, 12.0)}
+DEFAULT_RANGES: dict[str, dict[str, float]] = {
+    "w_src": {"low": 0.0, "high": 2.0, "step": 0.1},  # on a grid: inversions are reused across trials
+    "w_tgt": {"low": 1.0, "high": 12.0},
+}
 
 # Paper points enqueued first in every study (name -> guidance pair), so each study reports how far tuning moved.
 PAPER_POINTS: dict[str, dict[str, float]] = {
@@ -141,7 +147,7 @@ def _parse_knob(name: str, spec: Any) -> Knob:
 class SearchSpace:
     """The knobs a study searches (`knobs`) and the `EditParams` every other knob keeps (`base`)."""
 
-    knobs: dict[str, Knob] = field(default_factory=lambda: {k: Range(*v) for k, v in DEFAULT_RANGES.items()})
+    knobs: dict[str, Knob] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RANGES.items()})
     base: EditParams = field(default_factory=EditParams)
 
     def __post_init__(self) -> None:
@@ -157,7 +163,7 @@ class SearchSpace:
     @classmethod
     def default(cls, base: EditParams | None = None, **overrides: Any) -> SearchSpace:
         """The default (w_src, w_tgt) space, with `overrides` knob -> range/choices added or replaced."""
-        knobs: dict[str, Any] = {k: {"low": lo, "high": hi} for k, (lo, hi) in DEFAULT_RANGES.items()}
+        knobs: dict[str, Any] = {k: dict(v) for k, v in DEFAULT_RANGES.items()}
         knobs.update(overrides)
         return cls(knobs, base or EditParams())
 

@@ -505,7 +505,7 @@ def tune(
             the study, else derived from `seed`, host and pid (each worker its own seed).
         scorer: a `Scorer` (metrics / score / describe).
         objectives: see `autotune.objectives`; default chosen from the scorer's metrics.
-        search_space: a `SearchSpace` or its dict; default w_src in [0, 2], w_tgt in [1, 12].
+        search_space: a `SearchSpace` or its dict; default w_src in [0, 2] in steps of 0.1, w_tgt in [1, 12].
         presets_dir: where the preset is written (default `./presets`).
         prune: True (a `DominationPruner()`), False, or a configured pruner.
         artifacts: None (a `FileSystemArtifactStore` in `<project_dir>/artifacts`), False (off), a directory,

@@ -15,10 +15,20 @@ from autotune.search_space import PAPER_POINTS, SearchSpace, parse_knob_arg
 
 def test_default_space_is_the_guidance_pair():
     space = SearchSpace.default()
-    assert space.to_dict() == {"w_src": {"low": 0.0, "high": 2.0}, "w_tgt": {"low": 1.0, "high": 12.0}}
+    assert space.to_dict() == {"w_src": {"low": 0.0, "high": 2.0, "step": 0.1}, "w_tgt": {"low": 1.0, "high": 12.0}}
     assert PAPER_POINTS == {"siminversion": {"w_src": 0.5, "w_tgt": 7.5}, "ddim": {"w_src": 1.0, "w_tgt": 7.5}}
     assert space.paper_points() == [("siminversion", {"w_src": 0.5, "w_tgt": 7.5}),
                                     ("ddim", {"w_src": 1.0, "w_tgt": 7.5})]
+
+
+def test_default_w_src_is_sampled_on_its_grid_so_inversions_repeat():
+    import optuna
+
+    space = SearchSpace.default()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = [study.ask(space.distributions()).params["w_src"] for _ in range(60)]
+    assert all(abs(v * 10 - round(v * 10)) < 1e-9 and 0 <= v <= 2 for v in values)
+    assert len(set(values)) < len(values)  # 60 draws from 21 values: the cache gets hits
 
 
 @pytest.mark.parametrize("knobs, match", [

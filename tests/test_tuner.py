@@ -55,7 +55,8 @@ def test_study_contract(tmp_path):
     json.dumps(attrs)  # plain JSON
     assert attrs["autotune.category"] == "change_color"
     assert attrs["autotune.model"]["id"] == "fake/editor"
-    assert attrs["autotune.search_space"] == {"w_src": {"low": 0.0, "high": 2.0}, "w_tgt": {"low": 1.0, "high": 12.0}}
+    assert attrs["autotune.search_space"] == {"w_src": {"low": 0.0, "high": 2.0, "step": 0.1},
+                                              "w_tgt": {"low": 1.0, "high": 12.0}}
     assert attrs["autotune.base_params"]["method"] == "siminversion"
     assert [o["name"] for o in attrs["autotune.objectives"]] == ["fidelity", "edit_strength"]
     assert attrs["autotune.objectives"][0] == {"name": "fidelity", "direction": "maximize",

@@ -39,8 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("--presets-dir", default="presets", help="where the preset is written")
     parser.add_argument("--project-dir", default=".autotune", help="embedded storage and artifacts")
     parser.add_argument("--space", action="append", default=[], metavar="KNOB=RANGE",
-                        help="search a knob: w_src=0:2, w_tgt=1:12, steps=10:50:10, cross_replace=0.2:0.8, "
-                        "method=siminversion,ddim (repeatable; w_src and w_tgt are searched by default)")
+                        help="search a knob: w_src=0:2:0.1 (the default), w_tgt=1:12, steps=10:50:10, "
+                        "cross_replace=0.2:0.8, method=siminversion,ddim (repeatable; w_src and w_tgt are searched "
+                        "by default)")
     parser.add_argument("--fidelity", metavar="DIR:METRIC[=W],...", help="e.g. minimize:structure_distance=1,lpips=1")
     parser.add_argument("--strength", metavar="DIR:METRIC[=W],...", help="e.g. maximize:clip_edited")
     parser.add_argument("--scorer", choices=("auto", "piebench", "shapes"), default="auto",
