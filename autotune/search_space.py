@@ -194,6 +194,10 @@ class SearchSpace:
     def to_params(self, values: Mapping[str, Any]) -> EditParams:
         """Map sampled knob values to an `EditParams` (base values for everything not searched)."""
         values = dict(values)
+        for name, knob in self.knobs.items():
+            if isinstance(knob, Range) and knob.step and isinstance(values.get(name), float):
+                # Optuna returns low + k * step in floating point (0.6000000000000001); presets should read 0.6
+                values[name] = round(knob.low + round((values[name] - knob.low) / knob.step) * knob.step, 10)
         changes: dict[str, Any] = {k: v for k, v in values.items() if k in EditParams.__dataclass_fields__}
         for g in ("w_src", "w_tgt"):
             base: GuidanceSchedule = getattr(self.base, g)

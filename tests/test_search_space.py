@@ -29,6 +29,7 @@ def test_default_w_src_is_sampled_on_its_grid_so_inversions_repeat():
     values = [study.ask(space.distributions()).params["w_src"] for _ in range(60)]
     assert all(abs(v * 10 - round(v * 10)) < 1e-9 and 0 <= v <= 2 for v in values)
     assert len(set(values)) < len(values)  # 60 draws from 21 values: the cache gets hits
+    assert space.to_params({"w_src": 0.6000000000000001, "w_tgt": 7.5}).w_src.start == 0.6  # what presets show
 
 
 @pytest.mark.parametrize("knobs, match", [
