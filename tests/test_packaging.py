@@ -1,0 +1,17 @@
+"""pyproject.toml lists the packages by hand (the shipped presets install as autotune._presets): none is missing."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_subpackage_is_listed_and_the_data_is_included():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "autotune").rglob("__init__.py")}
+    assert found - set(config["packages"]) == set(), "add these to [tool.setuptools] packages"
+    assert config["package-dir"]["autotune._presets"] == "presets"
+    assert "models/shapes/**/*" in config["package-data"]["autotune"]
+    assert list((ROOT / "presets").glob("*.json")), "the shipped presets"
