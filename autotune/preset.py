@@ -546,7 +546,7 @@ class Preset:
         `points` carry `values={"fidelity": f, "edit_strength": e}`; `objectives` give each objective's
         direction and metric weights (the study's `autotune.objectives`). The front is stored best-fidelity
         first. Picks: `conservative` = highest fidelity, `aggressive` = highest edit strength, `balanced` =
-        the knee (see `pick_indices`).
+        the point nearest the ideal after scaling, the knee of a bulging front (see `pick_indices`).
         """
         objectives = tuple(dict(o) for o in objectives)
         directions = _directions(objectives, "objectives")
@@ -789,11 +789,11 @@ def pick_indices(values: Sequence[Mapping[str, float]], directions: tuple[str, s
     """Indices of the three picks in a front.
 
     conservative: the highest fidelity (ties: higher edit strength). aggressive: the highest edit strength
-    (ties: higher fidelity). balanced, the knee: scale each objective to [0, 1] over the front (1 = best);
-    the extremes then sit at (fidelity 1, strength 0) and (0, 1) and the chord between them is x + y = 1.
-    The knee is the point farthest beyond that chord, i.e. with the largest x + y; ties go to the point
-    nearest the ideal (1, 1), then to higher fidelity. With one or two points there is no bulge and the
-    rule picks the conservative end for two points that tie.
+    (ties: higher fidelity). balanced, the compromise: scale each objective to [0, 1] over the front (1 = best),
+    so the extremes sit at (fidelity 1, strength 0) and (0, 1); take the point nearest the ideal (1, 1), ties
+    going to the larger x + y, then to higher fidelity. On a bulging front that is the knee; on a straight or
+    slightly sagging one it is the middle, not an end (the largest-x + y rule picked an end there, so
+    `balanced` equalled `conservative`). A two-point front has no middle: `balanced` = `conservative`.
     """
     oriented = [_orient(v, directions) for v in values]
     n = len(oriented)
@@ -805,12 +805,11 @@ def pick_indices(values: Sequence[Mapping[str, float]], directions: tuple[str, s
         scaled.append([(o[axis] - lo) / (hi - lo) if hi > lo else 1.0 for o in oriented])
     fid, strength = scaled
 
-    def knee_key(i: int) -> tuple[float, float, float]:
-        beyond = round(fid[i] + strength[i], 12)
+    def compromise_key(i: int) -> tuple[float, float, float]:
         nearness = -round(math.hypot(1 - fid[i], 1 - strength[i]), 12)
-        return (beyond, nearness, oriented[i][0])
+        return (nearness, round(fid[i] + strength[i], 12), oriented[i][0])
 
-    balanced = max(range(n), key=knee_key)
+    balanced = max(range(n), key=compromise_key)
     return {"conservative": conservative, "balanced": balanced, "aggressive": aggressive}
 
 

@@ -69,7 +69,7 @@ def test_front_drops_dominated_points_and_picks_the_knee():
     assert [p.values["fidelity"] for p in preset.front] == [1.0, 0.9, 0.5, 0.0]
     assert preset.params("conservative").w_tgt.start == 3.0
     assert preset.params("aggressive").w_tgt.start == 12.0
-    # Normalised (fidelity + strength): 1.0, 1.5, 1.4, 1.0 -> the knee is (0.9, 0.6).
+    # Normalised, the point nearest the ideal (1, 1) is (0.9, 0.6), the knee (also the largest x + y: 1.5).
     assert preset.params().w_tgt.start == 7.5
     assert preset.params("balanced") == preset.params()
 
@@ -89,6 +89,13 @@ def test_two_point_front_ties_go_to_fidelity_and_collinear_to_the_middle():
     assert pick_indices(two, ("maximize", "maximize"))["balanced"] == 0
     line = [{"fidelity": 1 - x, "edit_strength": x} for x in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert pick_indices(line, ("maximize", "maximize"))["balanced"] == 2
+
+
+def test_a_slightly_sagging_front_is_balanced_in_the_middle_not_at_an_end():
+    # The shipped shapes add_object front: scaled (1, 0), (0.498, 0.5), (0, 1). The middle lies a hair below
+    # the chord x + y = 1, but it is the point nearest the ideal (distance 0.71 against 1 for both ends).
+    front = [{"fidelity": f, "edit_strength": e} for f, e in [(19.70, 0.35), (17.56, 0.40), (15.44, 0.45)]]
+    assert pick_indices(front, ("maximize", "maximize")) == {"conservative": 0, "balanced": 1, "aggressive": 2}
 
 
 def test_preset_is_frozen():
