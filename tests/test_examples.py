@@ -62,3 +62,13 @@ def test_share_presets_in_a_team(model, tmp_path, capsys):
     assert code == 0
     assert list((tmp_path / "bob-presets").glob("*.json"))
     assert list((tmp_path / "alice-presets").glob("*.json"))
+
+
+def test_shapes_gallery(tmp_path, capsys):
+    from PIL import Image
+
+    code = _load("shapes_gallery").main(["--out", str(tmp_path), "--steps", "3", "--count", "2"])
+    assert code == 0
+    t2i, edits = Image.open(tmp_path / "shapes_text_to_image.png"), Image.open(tmp_path / "shapes_edits.png")
+    assert t2i.size[0] > 200 and edits.size[1] > edits.size[0]  # one row per category
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes_edits.png", "shapes_text_to_image.png"]
