@@ -71,3 +71,27 @@ def test_cuda_request_without_cuda_is_a_clear_error(tiny_model_dir):
 def test_short_names_resolve():
     assert SHORT_NAMES["sd15"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert SHORT_NAMES["shapes"].endswith("models/shapes")
+
+
+def test_weights_fingerprint_changes_with_the_values_not_only_the_shapes(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    from autotune import models
+
+    def fingerprint_of(values: torch.Tensor) -> str:
+        folder = tmp_path / "m"
+        folder.mkdir(exist_ok=True)
+        save_file({"w": values}, str(folder / "model.safetensors"))
+        return models.weights_fingerprint(folder)
+
+    base = torch.zeros(64 * 1024)
+    retrained = base.clone()
+    retrained[40_000] = 1.0  # same names, shapes and header: only one value differs
+    assert fingerprint_of(base) == fingerprint_of(base.clone())
+    assert fingerprint_of(base) != fingerprint_of(retrained)
+    # Large files are sampled: a change everywhere (retraining) is still seen.
+    monkeypatch.setattr(models, "FINGERPRINT_FULL_BYTES", 1024)
+    monkeypatch.setattr(models, "FINGERPRINT_BLOCKS", 8)
+    monkeypatch.setattr(models, "FINGERPRINT_BLOCK", 256)
+    assert fingerprint_of(base) != fingerprint_of(base + 1e-3)
