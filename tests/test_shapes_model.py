@@ -72,3 +72,15 @@ def test_reconstruction_is_close_at_low_guidance_and_worse_at_7_5():
 
     low, high = psnr(0.5), psnr(7.5)
     assert low > 20.0 and low > high + 3.0
+
+
+def test_the_shipped_shapes_presets_fit_the_shipped_model():
+    from autotune import Editor
+    from autotune.shapes.tasks import SHAPES_CATEGORIES
+
+    editor = Editor.from_pretrained("shapes", device="cpu", progress=False, presets=True)
+    for category in SHAPES_CATEGORIES:
+        entry = editor.presets.find(category, editor.model_info())
+        assert entry.preset.kind == "tuned" and entry.path.name == f"shapes__{category}.json"
+        entry.preset.check_compatible(editor.model_info())  # same weights fingerprint, same scheduler
+        assert editor.presets.params_for(category, "balanced", editor.model_info()).steps == 50
