@@ -165,6 +165,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         "created",
         "author",
         "autotune_version",
+        "notes",
     ):
         if prov.get(key) is not None:
             print(f"{key:11s} {prov[key] if not isinstance(prov[key], dict) else json.dumps(prov[key])}")
