@@ -173,6 +173,14 @@ class ThroughputResult:
     naive_unet_calls: int = 0
     naive_unet_rows: int = 0
 
+    @property
+    def ceiling_without_pruning(self) -> float:
+        """Naive UNet samples per trial over the samples no loop can skip when it runs every task of a trial:
+        each task's target branch, 2 rows (unconditional, conditional) per step. Where time follows samples (a
+        CPU), no caching or batching can beat this ratio; only pruning can."""
+        floor = 2 * self.steps * self.tasks
+        return self.naive_unet_rows / max(self.naive_trials, 1) / floor
+
     def markdown(self) -> str:
         def per_trial(value: int, trials: int) -> float:
             return value / max(trials, 1)
@@ -194,7 +202,9 @@ class ThroughputResult:
             work = (f" Work per trial: {naive_calls / auto_calls:.2f}x fewer sequential UNet calls, "
                     f"{naive_rows / auto_rows:.2f}x fewer UNet samples (batch rows). On a CPU the time follows the "
                     "samples; on a GPU a batched call costs little more than a single one until the device is "
-                    "full, so there the calls count (not measured here: no GPU).")
+                    "full, so there the calls count (not measured here: no GPU). "
+                    f"Ceiling on a CPU without pruning: {self.ceiling_without_pruning:.2f}x (the naive samples per "
+                    "trial over the target branches' 2 samples per step and task, which every loop must compute).")
         return (table + f"\n\n**Speed-up: {self.ratio:.2f}x** trials per minute (target >= 5x). "
                 f"{self.tasks} tasks, {self.steps} DDIM steps, sampler {self.sampler}, batch {self.batch}; "
                 f"{self.pruned} of {self.trials} trials pruned. Both loops ran the same trial parameters." + work)

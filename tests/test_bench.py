@@ -98,6 +98,9 @@ def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch)
     assert 0 < r.autotune_unet_calls <= 2 * 2 * (2 + 2)
     assert r.autotune_unet_rows >= r.autotune_unet_calls and r.naive_unet_rows >= r.naive_unet_calls
     assert "Speed-up" in r.markdown() and "fewer sequential UNet calls" in r.markdown()
+    # The ceiling: naive samples per trial over the target branches' 2 rows per step and task.
+    assert math.isclose(r.ceiling_without_pruning, r.naive_unet_rows / 3 / (2 * 2 * 2))
+    assert 1.0 < r.ceiling_without_pruning and "Ceiling on a CPU without pruning" in r.markdown()
 
 
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):

@@ -32,7 +32,8 @@ def test_tasks_are_consistent_with_their_images(category):
         assert read.attributes() == [(o["color"], o["shape"]) for o in source["objects"]]
         # The target prompt names exactly the expected scene.
         expected = task.expected
-        phrases = " and ".join(f"a {o['color']} {o['shape']}" for o in expected["objects"])
+        phrases = " and ".join(f"{'an' if o['color'] == 'orange' else 'a'} {o['color']} {o['shape']}"
+                               for o in expected["objects"])
         assert task.target_prompt == f"{phrases} on a {expected['background']} background"
 
 

@@ -49,6 +49,8 @@ def test_render_paints_exact_palette_colours_where_the_objects_are():
     blue = (image == OBJECT_COLORS["blue"]).all(-1)
     assert (blue == object_mask(scene.objects[1])).all()
     assert caption(scene) == "a red square and a blue circle on a white background"
+    assert caption(Scene("gray").with_objects([Obj("triangle", "orange", 2, 3, 10)])) == (
+        "an orange triangle on a gray background")
     assert render(scene).size == (SIZE, SIZE)
 
 

@@ -67,6 +67,27 @@ def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatc
     assert {"front.png", "slices.png", "edits.png"} <= {p.name for p in index.parent.iterdir()}
 
 
+def test_cli_tune_report_failure_keeps_the_study_and_says_how_to_redraw(tiny_model_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    from autotune import report, task_sources
+    from autotune.cli import main
+
+    load = task_sources.load_tasks
+    monkeypatch.setattr(task_sources, "load_tasks", lambda *a, **k: load(*a, **k)[:1])
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    code = main(["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color",
+                 "--trials", "2", "--batch", "2", "--space", "steps=2:2", "--project-dir", str(tmp_path / "proj"),
+                 "--presets-dir", str(tmp_path / "presets"), "--quiet", "--report", "--study", "s1"])
+    captured = capsys.readouterr()
+    assert code == 1 and "preset written to" in captured.out
+    assert "OSError: disk full" in captured.err and "autotune report --study s1" in captured.err
+    assert list((tmp_path / "presets").glob("*change_color*.json"))  # nothing computed was lost
+
+
 def test_cli_bad_storage_is_a_clear_error(tmp_path, capsys):
     from autotune.cli import main
 

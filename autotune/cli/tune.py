@@ -10,6 +10,7 @@ Run the same command again to resume: completed trials are kept, the study conti
 from __future__ import annotations
 
 import argparse
+import sys
 
 from autotune.errors import InputError
 
@@ -142,7 +143,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.report:
         from autotune.report import write_report
 
-        out = Path(args.project_dir) / "reports" / result.study.study_name
-        index = write_report(result.study, out, editor=editor, tasks=tasks)
+        name = result.study.study_name
+        out = Path(args.project_dir) / "reports" / name
+        try:
+            index = write_report(result.study, out, editor=editor, tasks=tasks)
+        except Exception as exc:  # the study and preset are saved; say so rather than end on a traceback
+            storage = f" --storage {args.storage}" if args.storage else f" --project-dir {args.project_dir}"
+            print(f"error: the report could not be drawn ({type(exc).__name__}: {exc}). The study and the preset "
+                  f"are saved; draw the report again with: autotune report --study {name}{storage} --out {out}",
+                  file=sys.stderr)
+            return 1
         print(f"report: {index}")
     return 0

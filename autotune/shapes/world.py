@@ -99,7 +99,8 @@ def render(scene: Scene, size: int = SIZE) -> Image.Image:
 
 
 def object_phrase(obj: Obj) -> str:
-    return f"a {obj.color} {obj.shape}"
+    article = "an" if obj.color[0] in "aeiou" else "a"
+    return f"{article} {obj.color} {obj.shape}"
 
 
 def caption(scene: Scene) -> str:
