@@ -44,3 +44,17 @@ def test_training_is_deterministic_from_the_seed(tmp_path):
     a = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_min_snr_weights_cap_the_low_noise_steps():
+    from diffusers import DDPMScheduler
+
+    alphas = DDPMScheduler(**train.NOISE).alphas_cumprod
+    w = train.min_snr_weights(alphas, 5.0)
+    snr = alphas / (1 - alphas)
+    noisy = snr <= 5.0  # high-noise steps keep the plain epsilon loss
+    assert noisy.any() and (~noisy).any()
+    assert torch.allclose(w[noisy], torch.ones(int(noisy.sum())))
+    assert torch.allclose(w[~noisy] * snr[~noisy], torch.full((int((~noisy).sum()),), 5.0))
+    assert w[0] < 0.01  # t = 0, SNR about 1,170: its weight about 5 / 1,170
+    assert torch.equal(train.min_snr_weights(alphas, 0.0), torch.ones_like(alphas))  # 0 turns it off
