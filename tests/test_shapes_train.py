@@ -23,7 +23,12 @@ def test_a_few_training_steps_give_a_standard_pipeline_folder(tmp_path):
     meta = json.loads((out / "training.json").read_text())
     assert meta["steps_done"] == 3 and meta["seed"] == 0
 
+    from safetensors.torch import load_file
+
+    stored = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in stored.values()} == {torch.float16}  # stored half: half the package size
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.float32  # and loaded back as float32
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.scheduler.config.beta_schedule == "scaled_linear"
     assert (pipe.scheduler.config.beta_start, pipe.scheduler.config.beta_end) == (0.00085, 0.012)
