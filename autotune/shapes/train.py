@@ -84,7 +84,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR per timestep.
-    Nearly noiseless steps stop dominating the gradient, which speeds up convergence severalfold; 0 turns it off."""
+    Nearly noiseless steps stop dominating the gradient (the paper reports 3.4x faster convergence); 0 turns it off."""
     if gamma <= 0:
         return torch.ones_like(alphas_cumprod)
     snr = alphas_cumprod / (1 - alphas_cumprod)
