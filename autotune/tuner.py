@@ -6,8 +6,8 @@ One round of the loop (ask-and-tell, so the GPU engine sees batches):
 2. Ask K trials at once (`batch`); the paper points, enqueued when the study was created, come out first.
 3. For each task, in a fixed order (sorted by id): one `editor.edit_task(task, [K params])` call, then one
    `scorer.score(task, [K, 3, H, W])` call; per-task metrics are kept for every candidate.
-4. After each task, prune: a candidate stops when a trial of the current Pareto front beats it on both
-   objectives over the tasks seen so far (see `DominationPruner`). Once every candidate of the batch has stopped,
+4. After each task, prune: a candidate stops when a trial of the current Pareto front dominates it with
+   confidence over the tasks seen so far (see `DominationPruner`). Once every candidate of the batch has stopped,
    the remaining tasks cost no engine call at all.
 5. Tell: COMPLETE with values [fidelity, edit_strength] (means over all tasks); PRUNED with the partial means;
    FAIL with `fail_kind` / `fail_reason` user attrs for an exception, NaN metric or out-of-memory error. The
@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune.errors import AutotuneError, InputError, StorageError
 from autotune.objectives import Objectives, default_objectives
 from autotune.params import EditParams
+from autotune.pruning import DominationPruner
 from autotune.search_space import SearchSpace
 from autotune.storage import (
     FAIL_KIND_ATTR,
@@ -85,44 +86,6 @@ def make_sampler(name: str, seed: int, space: SearchSpace, batch: int = 4) -> op
     if name == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     raise InputError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)} (default {DEFAULT_SAMPLER})")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Pruning
-
-
-@dataclass
-class DominationPruner:
-    """Stop a candidate that a Pareto-front trial clearly beats on both objectives, task by task.
-
-    After `t >= min_tasks` tasks (and before the last), for the candidate c and each front trial r measured on the
-    same tasks, take the paired per-task differences of each objective, oriented so that positive means "r is
-    better". c is pruned when, for both objectives, the mean difference exceeds its one-sided Student-t bound:
-    mean > t_{confidence, t-1} * sd / sqrt(t) + min_gap. That is the "optimistic running aggregate" test: even
-    giving c the benefit of the task-to-task noise, r dominates it on the tasks seen, with a margin. Pairing over
-    tasks removes the (large) task-to-task variation that both share. Paper points are never pruned.
-    """
-
-    confidence: float = 0.95
-    min_tasks: int = 2
-    min_gap: float = 0.0
-
-    def dominated_by(self, cand: np.ndarray, refs: Mapping[int, np.ndarray], signs: np.ndarray) -> int | None:
-        """`cand`: [t, 2] objective values per task so far; `refs`: trial number -> [t, 2]. Returns the number of
-        a front trial that dominates the candidate, or None."""
-        t = cand.shape[0]
-        if t < max(2, self.min_tasks):
-            return None
-        from scipy.stats import t as student_t
-
-        quantile = float(student_t.ppf(self.confidence, t - 1))
-        for number, ref in refs.items():
-            diff = (ref[:t] - cand) * signs  # positive: the reference is better
-            mean = diff.mean(axis=0)
-            bound = quantile * diff.std(axis=0, ddof=1) / math.sqrt(t) + self.min_gap
-            if np.all(mean > bound):
-                return number
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

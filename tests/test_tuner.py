@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.errors import InputError, StorageError
+from autotune.pruning import replay
 from autotune.search_space import SearchSpace
 from autotune.storage import open_storage
 from autotune.tuner import DominationPruner, tune
@@ -137,6 +138,85 @@ def test_pruner_is_a_paired_test():
     tradeoff = ref + np.array([[-0.1, 0.1], [-0.1, 0.1], [0, 0]])  # worse fidelity, better strength
     assert pruner.dominated_by(tradeoff[:2], {7: ref}, signs) is None
     assert pruner.dominated_by(worse[:1], {7: ref}, signs) is None  # never on one task
+    assert pruner.dominated_by(worse, {7: ref}, signs) is None  # nor once every task is seen
+
+
+def test_pruner_bound_matches_scipy_one_sided_interval():
+    """The pruning bound is the lower end of scipy's one-sided t confidence interval of the paired differences."""
+    from scipy.stats import ttest_1samp
+
+    rng = np.random.default_rng(0)
+    signs = np.array([1.0, -1.0])  # maximise fidelity, minimise the second objective
+    pruner = DominationPruner(confidence=0.9, min_tasks=2, min_effect=0.0)
+    decided = {True: 0, False: 0}
+    for _ in range(200):
+        ref = rng.normal(size=(8, 2))
+        cand = ref[:4] - signs * rng.normal(0.4, 0.5, size=(4, 2))  # worse on average, with noise
+        diff = (ref[:4] - cand) * signs
+        lows = [ttest_1samp(diff[:, j], 0.0, alternative="greater").confidence_interval(0.9).low for j in range(2)]
+        expected = all(low >= 0 for low in lows) and any(low > 0 for low in lows)
+        assert (pruner.dominated_by(cand, {3: ref}, signs) == 3) is expected
+        decided[expected] += 1
+    assert decided[True] > 20 and decided[False] > 20  # both outcomes exercised
+
+
+def test_pruner_treats_pass_fail_ties_by_what_is_left_to_see():
+    """Both succeed on the tasks seen (a tie with no spread), the front trial has better fidelity: whether that
+    tie is trusted depends on whether the front trial also succeeds on every task not yet seen."""
+    pruner = DominationPruner()
+    signs = np.array([1.0, 1.0])  # (fidelity dB, edit success)
+    cand = np.array([[20.0, 1.0], [24.0, 1.0], [18.0, 1.0]])
+    always = np.array([[26.0, 1], [30.0, 1], [25.0, 1], [28.0, 1], [27.0, 1], [29.0, 1]])
+    assert pruner.dominated_by(cand, {4: always}, signs) == 4  # c cannot out-succeed r anywhere
+    sometimes = always.copy()
+    sometimes[4, 1] = 0.0  # r fails on a task still to come, where c might succeed
+    assert pruner.dominated_by(cand, {4: sometimes}, signs) is None
+    # the same fidelity gap without a tie: c fails where r succeeds, so r is better on both
+    failing = cand.copy()
+    failing[:, 1] = 0.0
+    assert pruner.dominated_by(failing, {4: sometimes}, signs) == 4
+
+
+def test_pruner_keeps_near_duplicates():
+    signs = np.array([1.0, 1.0])
+    ref = np.array([[10.9, 1], [12.5, 1], [11.8, 1], [17.1, 1], [8.0, 1], [39.4, 1], [42.4, 1], [36.0, 1]])
+    twin = ref[:4] - np.array([[0.05, 0], [0.03, 0], [0.15, 0], [0.07, 0]])  # a hair worse, consistently
+    assert DominationPruner(min_effect=0.0).dominated_by(twin, {1: ref}, signs) == 1
+    assert DominationPruner().dominated_by(twin, {1: ref}, signs) is None  # 0.075 dB < 0.05 x 13 dB spread
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"confidence": 1.0}, "confidence"), ({"confidence": 0.2}, "confidence"),
+    ({"min_tasks": 1}, "min_tasks"), ({"min_effect": -1.0}, "min_effect"),
+    ({"min_effect": float("nan")}, "min_effect"),
+])
+def test_pruner_refuses_bad_settings(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        DominationPruner(**kwargs)
+
+
+def test_replay_predicts_the_live_pruning_exactly(tmp_path):
+    """The random sampler draws the same parameters with or without pruning, so replaying the pruner on the
+    unpruned study must stop the same trials after the same tasks, by the same front trials."""
+    kw = {"trials": 24, "batch": 4, "tasks": 6, "sampler": "random", "seed": 3}
+    plain = run(tmp_path / "a", **kw)
+    live = run(tmp_path / "b", prune=True, **kw)
+    stopped = {t.number: (t.user_attrs["pruned_after_tasks"], t.user_attrs["pruned_by_trial"])
+               for t in live.study.get_trials(states=(TrialState.PRUNED,))}
+    replayed = replay(plain.study, batch=4)
+    assert stopped and replayed.stopped == stopped
+    assert (replayed.edits, replayed.full_edits) == (live.candidate_edits, plain.candidate_edits)
+    assert replayed.cost == pytest.approx(live.candidate_edits / plain.candidate_edits)
+    assert replayed.front_cut == [] and replayed.front
+    assert replay(plain.study, DominationPruner(min_effect=100.0)).cost == 1.0  # a pruner that never stops
+
+
+def test_replay_refuses_a_study_it_cannot_read(tmp_path):
+    bare = optuna.create_study(directions=["maximize", "maximize"])
+    with pytest.raises(InputError, match="autotune.objectives"):
+        replay(bare)
+    with pytest.raises(InputError, match="batch"):
+        replay(bare, batch=0)
 
 
 def test_resume_never_redoes_completed_trials(tmp_path):

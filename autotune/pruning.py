@@ -1,0 +1,148 @@
+"""Pruning across tasks for a two-objective study, and its replay on a finished study.
+
+A candidate is measured task by task; `DominationPruner` stops it once a Pareto-front trial dominates it with
+confidence on the tasks seen. `replay` asks what a pruner would have done on a study run without pruning (every
+trial measured on every task): how many candidate-task edits it would have saved, and whether it would have
+stopped a trial of the final front. That is how the pruner's defaults were chosen and checked (docs/tuning.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from autotune.errors import InputError
+from autotune.objectives import Objectives
+
+
+@dataclass
+class DominationPruner:
+    """Stop a candidate that a Pareto-front trial dominates with confidence on the tasks seen so far.
+
+    After `t >= min_tasks` tasks (and before the last), the candidate c is compared with each front trial r on the
+    same tasks: per objective, the paired per-task differences d, oriented so that positive means "r is better",
+    and their one-sided Student-t lower bound L = mean(d) - t_{confidence, t-1} * sd(d) / sqrt(t). c is pruned
+    when r is no worse on every objective (L >= 0) and better on at least one (L > 0, with a mean difference of
+    at least `min_effect` times r's own task-to-task spread, so that near-duplicates are kept): Pareto dominance
+    with the noise allowance on c's side. Pairing removes the task-to-task variation both share.
+
+    Pass/fail metrics on a few tasks often give d the same value on every task (sd = 0, e.g. both succeed twice);
+    that certainty is spurious, so a zero sd is replaced by the spread of r's values on the tasks not yet seen,
+    how far the comparison can still move. If r succeeds on every remaining task the tie stands (c cannot beat
+    it there); if r fails on some, c is kept. Paper points are never pruned.
+    """
+
+    confidence: float = 0.9
+    min_tasks: int = 2
+    min_effect: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1:
+            raise InputError(f"pruning confidence={self.confidence} must be in [0.5, 1)")
+        if self.min_tasks < 2:
+            raise InputError(f"pruning min_tasks={self.min_tasks} must be >= 2 (one task has no spread)")
+        if not self.min_effect >= 0:
+            raise InputError(f"pruning min_effect={self.min_effect} must be >= 0")
+
+    def dominated_by(self, cand: np.ndarray, refs: Mapping[int, np.ndarray], signs: np.ndarray) -> int | None:
+        """`cand`: [t, m] objective values per task so far; `refs`: trial number -> [n, m] on all n tasks, in the
+        same task order. Returns the number of a front trial that dominates the candidate, or None."""
+        t = cand.shape[0]
+        if t < self.min_tasks:
+            return None
+        from scipy.stats import t as student_t
+
+        quantile = float(student_t.ppf(self.confidence, t - 1))
+        for number, ref in refs.items():
+            if ref.shape[0] <= t:
+                continue  # every task seen: nothing left to save
+            oriented = ref * signs
+            diff = oriented[:t] - cand * signs  # positive: the reference is better
+            mean = diff.mean(axis=0)
+            spread = diff.std(axis=0, ddof=1)
+            unseen = oriented[t:]
+            unseen_spread = unseen.std(axis=0, ddof=1) if len(unseen) >= 2 else np.zeros_like(mean)
+            spread = np.where(spread > 0, spread, unseen_spread)
+            lower = mean - quantile * spread / math.sqrt(t)
+            effect = self.min_effect * oriented.std(axis=0, ddof=1)
+            if np.all(lower >= 0) and np.any((lower > 0) & (mean >= effect)):
+                return number
+        return None
+
+
+@dataclass
+class PruningReplay:
+    """What a pruner would have done on a finished study (see `replay`)."""
+
+    trials: int  # trials replayed (COMPLETE, measured on every task)
+    tasks: int
+    stopped: dict[int, tuple[int, int]] = field(default_factory=dict)  # trial -> (after tasks, by trial)
+    front: list[int] = field(default_factory=list)  # the study's final front among the replayed trials
+    edits: int = 0  # candidate-task edits with pruning
+    full_edits: int = 0  # without
+
+    @property
+    def cost(self) -> float:
+        """Edits with pruning over edits without: the fraction of the engine's work that is left."""
+        return self.edits / self.full_edits if self.full_edits else 1.0
+
+    @property
+    def front_cut(self) -> list[int]:
+        """Trials of the final front that the pruner would have stopped (the pruner's mistakes)."""
+        return [n for n in self.front if n in self.stopped]
+
+
+def replay(study: optuna.Study, pruner: DominationPruner | None = None, batch: int = 4) -> PruningReplay:
+    """Replay `pruner` on `study`'s trials as the tuner would have run them, `batch` at a time in trial order.
+
+    Each trial is compared with the front of the trials of earlier batches (trial number // batch), task by task
+    in id order, using its recorded per-task metrics; the study must have been run without pruning
+    (`--no-prune`) so that every trial was measured on every task. Paper points are never stopped, as in `tune`.
+    """
+    if batch < 1:
+        raise InputError(f"batch={batch} must be >= 1")
+    pruner = pruner or DominationPruner()
+    spec = study.user_attrs.get("autotune.objectives")
+    if spec is None:
+        raise InputError(f"study {study.study_name!r} has no autotune.objectives attr; replay needs an autotune study")
+    objectives = Objectives.from_spec(spec)
+    signs = np.array([1.0 if d == "maximize" else -1.0 for d in objectives.directions])
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    task_ids = sorted(set().union(*[(t.user_attrs.get("per_task") or {}).keys() for t in finished]))
+    rows = {
+        t.number: np.array([objectives.values(t.user_attrs["per_task"][tid]) for tid in task_ids], dtype=float)
+        for t in finished
+        if task_ids and all(tid in (t.user_attrs.get("per_task") or {}) for tid in task_ids)
+    }
+    if not rows:
+        raise InputError(f"study {study.study_name!r} has no trial measured on every task; run it with --no-prune")
+    paper = {t.number for t in finished if t.user_attrs.get("paper_point")}
+    out = PruningReplay(trials=len(rows), tasks=len(task_ids))
+    out.front = _front({n: r.mean(axis=0) * signs for n, r in rows.items()})
+    for number in sorted(rows):
+        earlier = {n: rows[n].mean(axis=0) * signs for n in rows if n // batch < number // batch}
+        refs = {n: rows[n] for n in _front(earlier)}
+        seen = len(task_ids)
+        if number not in paper and refs:
+            for t in range(pruner.min_tasks, len(task_ids)):
+                by = pruner.dominated_by(rows[number][:t], refs, signs)
+                if by is not None:
+                    out.stopped[number], seen = (t, by), t
+                    break
+        out.edits += seen
+        out.full_edits += len(task_ids)
+    return out
+
+
+def _front(points: Mapping[int, np.ndarray]) -> list[int]:
+    """Numbers of the non-dominated points (oriented: larger is better on every axis)."""
+    return [n for n, p in points.items()
+            if not any(np.all(q >= p) and np.any(q > p) for m, q in points.items() if m != n)]
+
+
+__all__ = ["DominationPruner", "PruningReplay", "replay"]
