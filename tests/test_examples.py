@@ -72,3 +72,18 @@ def test_shapes_gallery(tmp_path, capsys):
     t2i, edits = Image.open(tmp_path / "shapes_text_to_image.png"), Image.open(tmp_path / "shapes_edits.png")
     assert t2i.size[0] > 200 and edits.size[1] > edits.size[0]  # one row per category
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes_edits.png", "shapes_text_to_image.png"]
+
+
+def test_replay_pruning(tmp_path, capsys):
+    from autotune.tuner import tune
+    from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
+
+    journal = tmp_path / "s.journal"
+    tune(FakeEditor(), make_tasks(6), category="change_color", trials=16, batch=4, sampler="random", seed=3,
+         scorer=FakeScorer(), storage=str(journal), prune=False, progress=False, save_preset=False,
+         project_dir=tmp_path)
+    code = _load("replay_pruning").main(["--storage", str(journal)])
+    assert code == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| fake"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == ["16", "6"] and int(cells[3]) > 0 and float(cells[4]) < 1.0 and cells[6] == "none"

@@ -1,0 +1,51 @@
+"""Replay the tuner's pruning on a study run without it: the work it would save, and what it would have cut.
+
+Run a study with every trial measured on every task, then replay:
+
+    autotune tune --model shapes --tasks shapes:change_color --trials 32 --no-prune --project-dir runs
+    python examples/replay_pruning.py --storage runs/studies.journal
+    python examples/replay_pruning.py --storage runs/studies.journal --confidence 0.95 --min-effect 0.1
+
+Each trial is compared, task by task, with the front of the trials finished before its batch, as `tune` does.
+"Edits left" is the candidate-task edits the pruned run would have made over the unpruned run's; "front cut" lists
+trials of the study's final front that the pruner would have stopped (its mistakes; the tuner would then have
+lost them).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import optuna
+
+from autotune.pruning import DominationPruner, replay
+from autotune.storage import open_storage
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--storage", required=True, help="a .journal path or a postgresql:// URL")
+    parser.add_argument("--study", action="append", help="study name (repeatable); default: every study there")
+    parser.add_argument("--batch", type=int, default=4, help="the batch the study was tuned with")
+    defaults = DominationPruner()
+    parser.add_argument("--confidence", type=float, default=defaults.confidence)
+    parser.add_argument("--min-tasks", type=int, default=defaults.min_tasks)
+    parser.add_argument("--min-effect", type=float, default=defaults.min_effect)
+    args = parser.parse_args(argv)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(args.storage).storage
+    names = args.study or [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    pruner = DominationPruner(args.confidence, args.min_tasks, args.min_effect)
+    print(f"pruner: confidence {pruner.confidence}, min_tasks {pruner.min_tasks}, min_effect {pruner.min_effect}")
+    print("| study | trials | tasks | stopped | edits left | final front | front cut |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        result = replay(optuna.load_study(study_name=name, storage=storage), pruner, batch=args.batch)
+        print(f"| {name} | {result.trials} | {result.tasks} | {len(result.stopped)} | {result.cost:.2f} | "
+              f"{result.front} | {result.front_cut or 'none'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
