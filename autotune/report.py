@@ -60,6 +60,27 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
             if t.values and len(t.values) == 2 and all(math.isfinite(v) for v in t.values)]
 
 
+def _pruned_points(study: optuna.Study) -> list[tuple[float, float]]:
+    """Pruned trials at their partial means (the tasks seen before they stopped), where the study says how."""
+    from autotune.errors import AutotuneError
+    from autotune.objectives import Objectives
+
+    try:
+        objectives = Objectives.from_spec(study.user_attrs.get("autotune.objectives"))
+    except (AutotuneError, TypeError, AttributeError):
+        return []
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        metrics = t.user_attrs.get("metrics") or {}
+        try:
+            values = objectives.values(metrics)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            points.append((float(values[0]), float(values[1])))
+    return points
+
+
 def _objective_labels(study: optuna.Study) -> list[str]:
     labels = []
     objectives = study.user_attrs.get("autotune.objectives") or []
@@ -175,7 +196,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_front(study: optuna.Study, picks: Sequence[Pick], path: Path) -> Path:
-    """Every COMPLETE trial, the Pareto front, the paper points and the preset picks."""
+    """Every COMPLETE trial, the pruned ones at their partial means, the Pareto front, the paper points and the
+    preset picks."""
     from matplotlib.figure import Figure
 
     trials = _complete(study)
@@ -183,6 +205,10 @@ def plot_front(study: optuna.Study, picks: Sequence[Pick], path: Path) -> Path:
     labels = _objective_labels(study)
     fig = Figure(figsize=(7.5, 5.5))
     ax = fig.subplots()
+    pruned = _pruned_points(study)
+    if pruned:
+        ax.scatter([p[0] for p in pruned], [p[1] for p in pruned], s=16, marker="x", c="#d0a0a0", linewidths=1,
+                   label=f"pruned ({len(pruned)}), mean over the tasks seen", zorder=0)
     xs = [t.values[0] for t in trials]
     ys = [t.values[1] for t in trials]
     ax.scatter(xs, ys, s=18, c="#bbbbbb", label=f"trials ({len(trials)} complete)", zorder=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -130,3 +131,28 @@ def test_report_without_task_source_says_what_is_missing(tuned, tmp_path):
     text = index.read_text()
     assert "No edit grid" in text and "autotune.task_source" in text
     assert not (tmp_path / "n" / "edits.png").exists()
+
+
+def test_front_plot_shows_pruned_trials_at_their_partial_means(tmp_path):
+    from optuna.trial import TrialState
+
+    from autotune.report import _pruned_points, plot_front, study_picks
+    from autotune.tuner import tune
+    from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
+
+    result = tune(FakeEditor(), make_tasks(6), category="change_color", trials=24, batch=4, sampler="random", seed=3,
+                  scorer=FakeScorer(), storage=str(tmp_path / "s.journal"), prune=True, progress=False,
+                  save_preset=False, project_dir=tmp_path)
+    pruned = result.study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned
+    spec = result.study.user_attrs["autotune.objectives"]
+    expected = []
+    for t in pruned:  # the objectives' weighted metrics, averaged over the tasks the trial saw
+        seen = list(t.user_attrs["per_task"].values())
+        assert len(seen) == t.user_attrs["pruned_after_tasks"] < 6
+        expected.append(tuple(sum(w * sum(m[k] for m in seen) / len(seen) for k, w in o["metrics"].items())
+                              for o in spec))
+    got = _pruned_points(result.study)
+    assert np.allclose(np.array(got), np.array(expected))
+    path = plot_front(result.study, study_picks(result.study), tmp_path / "front.png")
+    assert Image.open(path).size[0] > 300
