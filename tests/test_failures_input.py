@@ -573,6 +573,11 @@ def test_bad_search_ranges(tmp_path, capsys, space, message):
     assert_refused(*cli(capsys, *tune_args(tmp_path, "--space", space)), message)
 
 
+@pytest.mark.parametrize("value", ["1", "0.2", "nan"])
+def test_bad_prune_confidence_fails_before_the_model_loads(tmp_path, capsys, value):
+    assert_refused(*cli(capsys, *tune_args(tmp_path, "--prune-confidence", value)), "pruning confidence")
+
+
 def test_bad_trial_budget_and_batch(tiny_model_dir, tmp_path, capsys):
     base = ["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color", "-q",
             "--project-dir", str(tmp_path / "proj"), "--presets-dir", str(tmp_path / "presets")]

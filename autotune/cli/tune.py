@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", choices=("auto", "piebench", "shapes"), default="auto",
                         help="auto: the shapes world's scorer for shapes tasks, else PIE-Bench's metrics")
     parser.add_argument("--no-prune", action="store_true", help="score every candidate on every task")
+    parser.add_argument("--prune-confidence", type=float, default=0.9, metavar="C",
+                        help="stop a candidate once a front trial dominates it with this confidence (0.5-1; higher "
+                             "stops later and cuts fewer front trials; docs/tuning.md)")
     parser.add_argument("--no-inversion-cache", action="store_true",
                         help="do not keep inversions in <project-dir>/inversions for re-runs and other workers")
     parser.add_argument("--report", action="store_true",
@@ -104,10 +107,12 @@ def report(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from autotune.cli.edit import load_editor
+    from autotune.pruning import DominationPruner
     from autotune.task_sources import load_tasks
     from autotune.tasks import category_name
     from autotune.tuner import tune
 
+    pruner = None if args.no_prune else DominationPruner(confidence=args.prune_confidence)
     category = args.category or (args.tasks.partition(":")[2] if args.tasks.startswith("shapes:") else None)
     if not category:
         raise InputError("--category is required (an id 0-9 or a name such as change_color)")
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
                   objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,
-                  progress=not args.quiet, prune=not args.no_prune, project_dir=args.project_dir,
+                  progress=not args.quiet, prune=pruner or False, project_dir=args.project_dir,
                   task_source={"spec": args.tasks, "split": args.split})
     print(report(result) if args.report else result.summary())
     if result.preset_path is None:
