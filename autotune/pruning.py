@@ -9,7 +9,7 @@ stopped a trial of the final front. That is how the pruner's defaults were chose
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +85,7 @@ class PruningReplay:
     front: list[int] = field(default_factory=list)  # the study's final front among the replayed trials
     edits: int = 0  # candidate-task edits with pruning
     full_edits: int = 0  # without
+    means: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # trial -> mean objectives, larger=better
 
     @property
     def cost(self) -> float:
@@ -96,13 +97,29 @@ class PruningReplay:
         """Trials of the final front that the pruner would have stopped (the pruner's mistakes)."""
         return [n for n in self.front if n in self.stopped]
 
+    @property
+    def hypervolume_kept(self) -> float:
+        """Hypervolume of the trials not stopped over that of all replayed trials (each objective min-max scaled
+        over the replayed trials, reference point at their minimum): 1.0 when no front trial is cut."""
+        values = np.array(list(self.means.values()))
+        low, span = values.min(axis=0), np.ptp(values, axis=0)
+        span[span == 0] = 1.0
+        scaled = {n: (v - low) / span for n, v in self.means.items()}
+        full = _hypervolume(list(scaled.values()))
+        kept = _hypervolume([v for n, v in scaled.items() if n not in self.stopped])
+        return kept / full if full > 0 else 1.0
 
-def replay(study: optuna.Study, pruner: DominationPruner | None = None, batch: int = 4) -> PruningReplay:
+
+def replay(
+    study: optuna.Study, pruner: DominationPruner | None = None, batch: int = 4, order: Sequence[int] | None = None
+) -> PruningReplay:
     """Replay `pruner` on `study`'s trials as the tuner would have run them, `batch` at a time in trial order.
 
     Each trial is compared with the front of the trials of earlier batches (trial number // batch), task by task
     in id order, using its recorded per-task metrics; the study must have been run without pruning
     (`--no-prune`) so that every trial was measured on every task. Paper points are never stopped, as in `tune`.
+    `order` (a permutation of the task positions) replays the tasks in another order, to see how much the
+    outcome owes to the one the study ran in.
     """
     if batch < 1:
         raise InputError(f"batch={batch} must be >= 1")
@@ -121,9 +138,14 @@ def replay(study: optuna.Study, pruner: DominationPruner | None = None, batch: i
     }
     if not rows:
         raise InputError(f"study {study.study_name!r} has no trial measured on every task; run it with --no-prune")
+    if order is not None:
+        if sorted(order) != list(range(len(task_ids))):
+            raise InputError(f"order must be a permutation of 0..{len(task_ids) - 1}, got {list(order)}")
+        rows = {n: r[list(order)] for n, r in rows.items()}
     paper = {t.number for t in finished if t.user_attrs.get("paper_point")}
     out = PruningReplay(trials=len(rows), tasks=len(task_ids))
-    out.front = _front({n: r.mean(axis=0) * signs for n, r in rows.items()})
+    out.means = {n: r.mean(axis=0) * signs for n, r in rows.items()}
+    out.front = _front(out.means)
     for number in sorted(rows):
         earlier = {n: rows[n].mean(axis=0) * signs for n in rows if n // batch < number // batch}
         refs = {n: rows[n] for n in _front(earlier)}
@@ -143,6 +165,16 @@ def _front(points: Mapping[int, np.ndarray]) -> list[int]:
     """Numbers of the non-dominated points (oriented: larger is better on every axis)."""
     return [n for n, p in points.items()
             if not any(np.all(q >= p) and np.any(q > p) for m, q in points.items() if m != n)]
+
+
+def _hypervolume(points: Sequence[np.ndarray]) -> float:
+    """Area dominated by 2-D points (larger is better) above the reference point (-0.01, -0.01)."""
+    area, best_y = 0.0, -0.01
+    for x, y in sorted((tuple(p) for p in points), key=lambda p: -p[0]):
+        if y > best_y:
+            area += (x + 0.01) * (y - best_y)
+            best_y = y
+    return area
 
 
 __all__ = ["DominationPruner", "PruningReplay", "replay"]

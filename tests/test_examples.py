@@ -82,8 +82,10 @@ def test_replay_pruning(tmp_path, capsys):
     tune(FakeEditor(), make_tasks(6), category="change_color", trials=16, batch=4, sampler="random", seed=3,
          scorer=FakeScorer(), storage=str(journal), prune=False, progress=False, save_preset=False,
          project_dir=tmp_path)
-    code = _load("replay_pruning").main(["--storage", str(journal)])
+    code = _load("replay_pruning").main(["--storage", str(journal), "--shuffles", "3"])
     assert code == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| fake"))
+    out = capsys.readouterr().out
+    assert "shuffled task orders: 3 replays" in out
+    row = next(line for line in out.splitlines() if line.startswith("| fake"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:3] == ["16", "6"] and int(cells[3]) > 0 and float(cells[4]) < 1.0 and cells[6] == "none"

@@ -211,6 +211,26 @@ def test_replay_predicts_the_live_pruning_exactly(tmp_path):
     assert replay(plain.study, DominationPruner(min_effect=100.0)).cost == 1.0  # a pruner that never stops
 
 
+def test_replay_in_another_task_order_and_its_hypervolume(tmp_path):
+    from optuna._hypervolume import compute_hypervolume
+
+    from autotune.pruning import _hypervolume
+
+    points = np.random.default_rng(0).random((12, 2))
+    assert _hypervolume(list(points)) == pytest.approx(compute_hypervolume(-points, np.array([0.01, 0.01])))
+    plain = run(tmp_path, trials=24, batch=4, tasks=6, sampler="random", seed=3)
+    same = replay(plain.study, order=list(range(6)))
+    assert same.stopped == replay(plain.study).stopped
+    assert same.hypervolume_kept == pytest.approx(1.0)  # no front trial cut: every kept trial's area is there
+    backwards = replay(plain.study, order=[5, 4, 3, 2, 1, 0])
+    assert backwards.front == same.front and backwards.full_edits == same.full_edits
+    everything = replay(plain.study, DominationPruner(confidence=0.5, min_effect=0.0))
+    everything.stopped.update({n: (2, -1) for n in everything.front})  # pretend the front was cut too
+    assert everything.hypervolume_kept < 1.0
+    with pytest.raises(InputError, match="permutation"):
+        replay(plain.study, order=[0, 0, 1, 2, 3, 4])
+
+
 def test_replay_refuses_a_study_it_cannot_read(tmp_path):
     bare = optuna.create_study(directions=["maximize", "maximize"])
     with pytest.raises(InputError, match="autotune.objectives"):
