@@ -20,6 +20,7 @@ _LAZY = {
     "Inversion": "autotune.inversion",
     "tune": "autotune.tuner",
     "TuneResult": "autotune.tuner",
+    "DominationPruner": "autotune.pruning",
     "Preset": "autotune.preset",
     "load_tasks": "autotune.task_sources",
     "evaluate": "autotune.evaluate",
