@@ -521,7 +521,7 @@ class Preset:
         for axis in range(2):
             lo, hi = min(p[axis] for p in both), max(p[axis] for p in both)
             ref.append(lo - (0.1 * (hi - lo) if hi > lo else 1.0))
-        hv_mine, hv_theirs = _hypervolume(mine, ref), _hypervolume(theirs, ref)
+        hv_mine, hv_theirs = hypervolume(mine, ref), hypervolume(theirs, ref)
         if hv_mine > hv_theirs * (1 + 1e-12):
             return True, f"same task set, larger front hypervolume ({hv_mine:.6g} > {hv_theirs:.6g})"
         return False, f"same task set, front hypervolume not larger ({hv_mine:.6g} <= {hv_theirs:.6g})"
@@ -820,7 +820,7 @@ def _oriented(preset: Preset) -> list[tuple[float, float]]:
     return [_orient(p.values, directions) for p in preset.front if p.values]  # type: ignore[arg-type]
 
 
-def _hypervolume(points: list[tuple[float, float]], ref: list[float]) -> float:
+def hypervolume(points: Sequence[Sequence[float]], ref: Sequence[float]) -> float:
     """Area dominated by `points` (both axes maximised) above the reference point."""
     area, best_y = 0.0, ref[1]
     for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):

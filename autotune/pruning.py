@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from autotune.errors import InputError
 from autotune.objectives import Objectives
+from autotune.preset import hypervolume
 
 
 @dataclass
@@ -105,8 +106,9 @@ class PruningReplay:
         low, span = values.min(axis=0), np.ptp(values, axis=0)
         span[span == 0] = 1.0
         scaled = {n: (v - low) / span for n, v in self.means.items()}
-        full = _hypervolume(list(scaled.values()))
-        kept = _hypervolume([v for n, v in scaled.items() if n not in self.stopped])
+        ref = (-0.01, -0.01)  # just below every scaled point, so each one counts
+        full = hypervolume(list(scaled.values()), ref)
+        kept = hypervolume([v for n, v in scaled.items() if n not in self.stopped], ref)
         return kept / full if full > 0 else 1.0
 
 
@@ -165,16 +167,6 @@ def _front(points: Mapping[int, np.ndarray]) -> list[int]:
     """Numbers of the non-dominated points (oriented: larger is better on every axis)."""
     return [n for n, p in points.items()
             if not any(np.all(q >= p) and np.any(q > p) for m, q in points.items() if m != n)]
-
-
-def _hypervolume(points: Sequence[np.ndarray]) -> float:
-    """Area dominated by 2-D points (larger is better) above the reference point (-0.01, -0.01)."""
-    area, best_y = 0.0, -0.01
-    for x, y in sorted((tuple(p) for p in points), key=lambda p: -p[0]):
-        if y > best_y:
-            area += (x + 0.01) * (y - best_y)
-            best_y = y
-    return area
 
 
 __all__ = ["DominationPruner", "PruningReplay", "replay"]

@@ -214,10 +214,11 @@ def test_replay_predicts_the_live_pruning_exactly(tmp_path):
 def test_replay_in_another_task_order_and_its_hypervolume(tmp_path):
     from optuna._hypervolume import compute_hypervolume
 
-    from autotune.pruning import _hypervolume
+    from autotune.preset import hypervolume
 
     points = np.random.default_rng(0).random((12, 2))
-    assert _hypervolume(list(points)) == pytest.approx(compute_hypervolume(-points, np.array([0.01, 0.01])))
+    assert hypervolume(list(points), (-0.01, -0.01)) == pytest.approx(
+        compute_hypervolume(-points, np.array([0.01, 0.01])))
     plain = run(tmp_path, trials=24, batch=4, tasks=6, sampler="random", seed=3)
     same = replay(plain.study, order=list(range(6)))
     assert same.stopped == replay(plain.study).stopped
