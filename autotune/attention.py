@@ -6,6 +6,10 @@ its target branch takes the source branch's attention maps: cross-attention thro
 mapper (refine or word swap) and re-weighting, self-attention as is at low resolutions. LocalBlend
 reads the accumulated cross-attention of the blend words and keeps the source latent outside them.
 Layers and steps that need no control run the fused SDPA kernel.
+
+Source branches can also come from records of earlier runs (`autotune.source_record`): their maps
+are recomputed from the recorded queries and keys and their latents read back, so the batch holds
+only the live source branches and the target branches.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from autotune.source_record import SourceRecord, SourceRecorder
 
 
 @dataclass
@@ -30,7 +36,10 @@ class BlendSpec:
 
 
 class EditController:
-    """State of one batched edit, shared by every processor of the UNet."""
+    """State of one batched edit, shared by every processor of the UNet.
+
+    `groups` live source branches lead the batch; `recorded` source branches follow them in the numbering
+    that `src_of` uses, and `recorder` (if any) records the live ones."""
 
     def __init__(
         self,
@@ -46,8 +55,12 @@ class EditController:
         blend: BlendSpec | None,
         thresholds: torch.Tensor | None,
         self_max_tokens: int,
+        recorded: list[SourceRecord] | None = None,
+        recorder: SourceRecorder | None = None,
     ) -> None:
         self.groups = groups
+        self.recorded = recorded or []
+        self.recorder = recorder
         self.src_of = src_of
         # Per step and candidate, on the compute device; the Python copies decide which kernel to run.
         self.cross_active = cross_active
@@ -76,16 +89,37 @@ class EditController:
         return self.blend is not None and n_query == self.blend_tokens and place != "mid"
 
     # -- the control itself
-    def control(self, probs: torch.Tensor, is_cross: bool, n_query: int, place: str) -> torch.Tensor:
+    def control(
+        self,
+        attn: Attention,
+        name: str,
+        probs: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        is_cross: bool,
+        n_query: int,
+        place: str,
+    ) -> torch.Tensor:
+        """Edit the target rows of `probs` in place; `query` and `key` are the layer's projections of the
+        whole batch (unconditional rows, then conditional), for recording and recomputing source maps."""
         g = self.groups
-        rows = probs.shape[0]
-        heads = rows // (2 * (g + len(self.src_of)))
+        live_rows = g + len(self.src_of)
+        heads = probs.shape[0] // (2 * live_rows)
         view = probs.view(2, -1, heads, *probs.shape[1:])
         cond = view[1]
-        base = cond[:g].index_select(0, self.src_of)
         target = cond[g:]
         step = self.step
-        if is_cross and self._any_cross[step]:
+        inject_cross = is_cross and self._any_cross[step]
+        inject_self = not is_cross and self._any_self[step] and n_query <= self.self_max_tokens
+        if inject_cross or inject_self:
+            if self.recorder is not None and g:
+                rows = slice(live_rows, live_rows + g)  # the live source branches' conditional rows
+                self.recorder.attention(name, is_cross, query[rows], key[rows])
+            sources = cond[:g]
+            if self.recorded:
+                sources = torch.cat([sources, self._recorded_maps(attn, name, is_cross, heads)])
+            base = sources.index_select(0, self.src_of)
+        if inject_cross:
             if self.refine is not None:
                 mapper, alphas = self.refine
                 new = base.index_select(-1, mapper) * alphas + target * (1 - alphas)
@@ -94,12 +128,26 @@ class EditController:
             if self.equalizer is not None:
                 new = new * self.equalizer[:, None, None, :]
             cond[g:] = torch.where(self.cross_active[step][:, None, None, None], new, target)
-        elif not is_cross and self._any_self[step] and n_query <= self.self_max_tokens:
+        elif inject_self:
             cond[g:] = torch.where(self.self_active[step][:, None, None, None], base, target)
         if is_cross and self._stores(n_query, place):
             maps = cond.sum(dim=1).float()  # (G+K, pixels, tokens), summed over heads
             self.store = maps if self.store is None else self.store + maps
         return probs
+
+    def _recorded_maps(self, attn: Attention, name: str, is_cross: bool, heads: int) -> torch.Tensor:
+        """The recorded source branches' maps at this layer and step: (recorded, heads, q, k)."""
+        step = self.step
+        query = torch.stack([r.queries[name][step] for r in self.recorded])
+        key = torch.stack([r.keys[name] if is_cross else r.keys[name][step] for r in self.recorded])
+        probs = attn.get_attention_scores(attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), None)
+        return probs.view(len(self.recorded), heads, *probs.shape[1:])
+
+    def after_step(self, latents: torch.Tensor, step: int) -> torch.Tensor:
+        """Record the live source branches' step, then run LocalBlend."""
+        if self.recorder is not None and self.groups:
+            self.recorder.after_step(latents, self.store)
+        return self.blend_latents(latents, step)
 
     def blend_latents(self, latents: torch.Tensor, step: int) -> torch.Tensor:
         """LocalBlend after a denoising step: keep the source latent outside the blend-word regions."""
@@ -107,13 +155,17 @@ class EditController:
             return latents
         g = self.groups
         h, w = self.blend.map_size
-        src_maps = self.store[:g][..., self.blend.source_tokens].sum(-1).view(g, 1, h, w)
+        src_store, source_latents = self.store[:g], latents[:g]
+        if self.recorded:
+            src_store = torch.cat([src_store, torch.stack([r.store[step] for r in self.recorded])])
+            source_latents = torch.cat([source_latents, torch.stack([r.latents[step] for r in self.recorded])])
+        src_maps = src_store[..., self.blend.source_tokens].sum(-1).view(-1, 1, h, w)
         tgt_maps = self.store[g:][..., self.blend.target_tokens].sum(-1).view(-1, 1, h, w)
         src_mask = _normalised_mask(src_maps, self.blend.latent_size).index_select(0, self.src_of)
         tgt_mask = _normalised_mask(tgt_maps, self.blend.latent_size)
         th = self.thresholds[:, None, None, None]
         mask = ((src_mask > th) | (tgt_mask > th)).to(latents.dtype)
-        source = latents[:g].index_select(0, self.src_of)
+        source = source_latents.index_select(0, self.src_of)
         target = latents[g:]
         blended = source + mask * (target - source)
         out = latents.clone()
@@ -136,8 +188,9 @@ def _normalised_mask(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class ControlledAttnProcessor:
     """Runs SDPA, or explicit softmax attention routed through the controller when it asks for it."""
 
-    def __init__(self, controller: EditController, place: str, is_cross: bool) -> None:
+    def __init__(self, controller: EditController, name: str, place: str, is_cross: bool) -> None:
         self.controller = controller
+        self.name = name
         self.place = place
         self.is_cross = is_cross
         self.fast = AttnProcessor2_0()
@@ -171,10 +224,10 @@ class ControlledAttnProcessor:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        key = attn.to_k(encoder_hidden_states)
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(attn.head_to_batch_dim(query), key, attention_mask)
-        probs = self.controller.control(probs, self.is_cross, n_query, self.place)
+        probs = attn.get_attention_scores(attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attention_mask)
+        probs = self.controller.control(attn, self.name, probs, query, key, self.is_cross, n_query, self.place)
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
@@ -194,7 +247,7 @@ def attention_control(unet, controller: EditController | None) -> Iterator[None]
     processors = {}
     for name in original:
         place = "down" if name.startswith("down_blocks") else "up" if name.startswith("up_blocks") else "mid"
-        processors[name] = ControlledAttnProcessor(controller, place, is_cross=name.endswith("attn2.processor"))
+        processors[name] = ControlledAttnProcessor(controller, name, place, is_cross=name.endswith("attn2.processor"))
     unet.set_attn_processor(processors)
     try:
         yield

@@ -4,9 +4,10 @@ baseline run in the same process, on the same machine, at the same moment.
 Each `bench_*` function returns a small dataclass of figures whose `markdown()` is a table; `autotune bench`
 (autotune/cli/bench.py) prints it and rewrites that benchmark's section of BENCHMARKS.md.
 
-1. `bench_throughput`: the tuner's loop (`tune`: batched `edit_task`, inversion cache, pruning) against the loop a
-   user would write (each trial edits each task alone, cache cleared: a fresh inversion every time, no batching,
-   no pruning), on the trial parameters the tuner asked: trials per minute and the ratio.
+1. `bench_throughput`: the tuner's loop (`tune`: batched `edit_task`, cached inversions and source branches,
+   pruning) against the loop a user would write (each trial edits each task alone, cache cleared: a fresh
+   inversion every time, no batching, no pruning), on the trial parameters the tuner asked: trials per minute
+   and the ratio.
 2. `bench_overhead`: one candidate edit against the UNet forward passes it cannot avoid: the same calls (shapes,
    timesteps, batch sizes, recorded by a forward hook during the edit) replayed alone with the default attention.
 3. `bench_efficiency`: per category, a dense w_src x w_tgt grid is edited and scored once; TPE, GP and random
@@ -227,8 +228,8 @@ def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequ
 def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, trials: int = 16, batch: int = 4,
                      steps: int = 50, sampler: str = "tpe", seed: int = 0, naive_trials: int | None = None,
                      prune: bool = True) -> ThroughputResult:
-    """Run `tune` for `trials` trials, then the naive loop on the first `naive_trials` (default all) of the same
-    trial parameters, in this process. The naive loop's cost per trial is constant, so a subset gives its rate."""
+    """Run `tune` for `trials` trials, then the naive loop on `naive_trials` (default all) of the same trial
+    parameters, spread evenly over the study, in this process: the subset's rate stands for the whole study's."""
     import optuna
 
     from autotune.tuner import tune
@@ -254,8 +255,10 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
         done = [t for t in result.study.trials if "params" in t.user_attrs]
     params = [EditParams.from_dict(t.user_attrs["params"]) for t in done]
     n_naive = len(params) if naive_trials is None else max(1, min(naive_trials, len(params)))
+    # Spread over the study: a trial's cost depends on its parameters (guidance 0 or 1 skips half a branch).
+    subset = [params[round(i * len(params) / n_naive)] for i in range(n_naive)]
     timed: list[float] = []
-    naive_calls = record_unet_calls(unet, lambda: timed.append(naive_loop(editor, tasks, scorer, params[:n_naive])))
+    naive_calls = record_unet_calls(unet, lambda: timed.append(naive_loop(editor, tasks, scorer, subset)))
     naive_seconds = timed[0]
     auto_rate = 60.0 * len(done) / auto_seconds
     naive_rate = 60.0 * n_naive / naive_seconds
@@ -291,7 +294,7 @@ class OverheadResult:
             [["cold (inversion + two-branch edit)", self.cold_unet_calls, self.cold_edit_seconds,
               self.cold_unet_seconds, self.cold_ratio,
               (self.cold_edit_seconds - self.vae_seconds) / self.cold_unet_seconds],
-             ["warm (inversion from the cache)", self.warm_unet_calls, self.warm_edit_seconds,
+             ["warm (inversion and source branch from the cache)", self.warm_unet_calls, self.warm_edit_seconds,
               self.warm_unet_seconds, self.warm_ratio,
               (self.warm_edit_seconds - self.vae_seconds) / self.warm_unet_seconds]])
         return (table + f"\n\nTarget: ratio <= 1.2. Medians of {self.repeats} runs, {self.steps} DDIM steps; the "
@@ -341,7 +344,8 @@ def replay_unet_calls(unet: Any, calls: Sequence[tuple[torch.Size, Any, torch.Si
 
 def bench_overhead(editor: Any, task: EditTask, params: EditParams | None = None, repeats: int = 3
                    ) -> OverheadResult:
-    """Time one candidate edit (cold: cache cleared; warm: inversion cached) against its own UNet calls alone."""
+    """Time one candidate edit (cold: cache cleared, so it inverts and records its source branch; warm: both from the
+    cache, only the target branch runs) against its own UNet calls alone."""
     params = params or EditParams()
     unet, device, dtype = editor.components.unet, torch.device(editor.device), editor.dtype
 

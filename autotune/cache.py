@@ -1,8 +1,9 @@
-"""A bounded cache of inversion trajectories, in memory and optionally on disk.
+"""A bounded cache of inversion trajectories (and source branch records), in memory and optionally on disk.
 
 Inverting is a full sampling pass, and a tuning run asks for the same (image, prompt, guidance,
 steps) inversion for every candidate; the cache makes that a look-up. With a directory, workers on
 one machine (or a shared file system) reuse each other's inversions, stored as safetensors.
+Source branch records (`autotune.source_record`) are bigger and kept in memory only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,10 +23,18 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-class TensorCache:
-    """LRU over tensors by count and bytes; `directory` adds a persistent second level."""
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return int(value.nbytes)
 
-    def __init__(self, max_items: int = 64, max_bytes: int = 2 << 30, directory: str | Path | None = None) -> None:
+
+class TensorCache:
+    """LRU by count and bytes over tensors (or objects with `nbytes`); `directory` adds a persistent second
+    level for tensors."""
+
+    def __init__(self, max_items: int = 4096, max_bytes: int = 2 << 30, directory: str | Path | None = None
+                 ) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory else None
@@ -36,7 +46,7 @@ class TensorCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: str, device: torch.device | None = None) -> torch.Tensor | None:
+    def get(self, key: str, device: torch.device | None = None) -> Any:
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
@@ -55,9 +65,10 @@ class TensorCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, tensor: torch.Tensor) -> None:
+    def put(self, key: str, tensor: Any, persist: bool = True) -> None:
+        """Keep `tensor`; on disk too when the cache has a directory and `persist` is on (tensors only)."""
         self._remember(key, tensor)
-        if self.directory is not None:
+        if self.directory is not None and persist and isinstance(tensor, torch.Tensor):
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
             os.close(fd)
@@ -68,16 +79,15 @@ class TensorCache:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
 
-    def _remember(self, key: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+    def _remember(self, key: str, value: Any) -> None:
         if key in self._items:
-            self._bytes -= self._items[key].numel() * self._items[key].element_size()
-        self._items[key] = tensor
+            self._bytes -= _nbytes(self._items[key])
+        self._items[key] = value
         self._items.move_to_end(key)
-        self._bytes += size
+        self._bytes += _nbytes(value)
         while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
             _, old = self._items.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
+            self._bytes -= _nbytes(old)
 
     def clear(self) -> None:
         self._items.clear()

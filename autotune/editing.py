@@ -49,5 +49,5 @@ def sample_branches(
             if pinned_rows is not None:
                 x[pinned_rows] = pinned_trajectory[i + 1]
             if controller is not None:
-                x = controller.blend_latents(x, i)
+                x = controller.after_step(x, i)
     return x

@@ -36,6 +36,7 @@ from autotune.prompts import (
     tokenize_prompt,
     word_token_indices,
 )
+from autotune.source_record import SourceRecord, SourceRecorder
 from autotune.tasks import EditTask
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,13 @@ class Editor:
         cache: TensorCache | None = None,
         presets: Any = None,
         max_batch: int = 16,
+        record_sources: bool = True,
     ) -> None:
         if max_batch < 1:
             raise InputError(f"max_batch={max_batch} must be >= 1")
         self.components = components
         self.max_batch = max_batch
+        self.record_sources = record_sources
         self.progress = progress
         self.cache = cache if cache is not None else TensorCache()
         self.presets = presets
@@ -101,16 +104,20 @@ class Editor:
         config: str | None = None,
         allow_pickle: bool = False,
         progress: bool = True,
-        cache_items: int = 64,
+        cache_items: int = 4096,
         cache_dir: str | None = None,
         presets: Any = None,
         max_batch: int = 16,
+        record_sources: bool = True,
     ) -> "Editor":
         """Load a checkpoint. `device` defaults to CUDA when present, `dtype` to fp16 on CUDA and fp32 on CPU;
         `scheduler="piebench"` uses PIE-Bench's DDIM settings instead of the checkpoint's. `presets` is what
         `edit(category=...)` reads: True for the standard lookup order, a directory, a .json file or a Preset.
         `cache_dir` keeps inversions on disk so that other processes reuse them. `max_batch` caps the target
-        branches per UNet call (lower it if a large batch runs out of GPU memory)."""
+        branches per UNet call (lower it if a large batch runs out of GPU memory). `record_sources` keeps each
+        source branch in the cache (in memory) so that later edits with the same image, source prompt and
+        source guidance run only their target branches; it turns itself off when one record would take over a
+        quarter of the cache (Stable Diffusion at 512 px), where it would crowd out the inversions."""
         components = load_components(
             model,
             device=device,
@@ -123,7 +130,8 @@ class Editor:
         from autotune.preset_store import open_presets
 
         cache = TensorCache(cache_items, directory=cache_dir)
-        return cls(components, progress=progress, cache=cache, presets=open_presets(presets), max_batch=max_batch)
+        return cls(components, progress=progress, cache=cache, presets=open_presets(presets), max_batch=max_batch,
+                   record_sources=record_sources)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -368,50 +376,64 @@ class Editor:
             self.encode_prompt(target.text),
         )
 
-        # 3. Source branches: one per distinct (method, inversion guidance, source guidance)
+        # 3. Source branches: one per distinct (method, inversion guidance, source guidance); the ones
+        #    recorded by an earlier run with these windows are read back, the others run live (first).
         group_keys: list[tuple] = []
-        src_of: list[int] = []
-        for cand in candidates:
+        first_of: list[int] = []
+        for k, cand in enumerate(candidates):
             key = (cand.method, str(cand.inversion_scale), str(cand.source_scale), cand.null_text_iterations)
             if key not in group_keys:
                 group_keys.append(key)
-            src_of.append(group_keys.index(key))
-        group_params = [candidates[src_of.index(g)] for g in range(len(group_keys))]
-        trajectories = self._trajectories(prepared, source, [p.inversion_scale for p in group_params], steps)
+                first_of.append(k)
+        windows = self._windows(candidates, steps, words is not None, start_shape=prepared.latent.shape[-2:])
+        record_keys = [self._source_key(prepared, source, candidates[k], steps) for k in first_of]
+        found = [self._source_record(key, windows) for key in record_keys]
+        order = [g for g, r in enumerate(found) if r is None] + [g for g, r in enumerate(found) if r is not None]
+        position = {g: at for at, g in enumerate(order)}
+        src_of = [position[group_keys.index(key)] for key in (
+            (c.method, str(c.inversion_scale), str(c.source_scale), c.null_text_iterations) for c in candidates)]
+        live_params = [candidates[first_of[g]] for g in order if found[g] is None]
+        recorded = [found[g] for g in order if found[g] is not None]
+        trajectories = self._trajectories(prepared, source, [p.inversion_scale for p in live_params], steps)
         uncond_by_group: list[torch.Tensor] = []
-        for p, traj in zip(group_params, trajectories):
+        for p, traj in zip(live_params, trajectories):
             if p.method == "null_text":
                 uncond_by_group.append(self._null_text(prepared, source, p, traj))  # (steps, 77, D)
             elif p.method == "negative_prompt":
                 uncond_by_group.append(src_emb[0])
             else:
                 uncond_by_group.append(null[0])
+        noise_by_group = [traj[0] for traj in trajectories] + [r.noise for r in recorded]
+        uncond_by_group += [r.uncond for r in recorded]
 
-        # 4. Per-row inputs: G source rows, then K target rows
-        g_count, k_count = len(group_params), len(candidates)
-        start = torch.stack([traj[0] for traj in trajectories] + [trajectories[g][0] for g in src_of])
+        # 4. Per-row inputs: G live source rows, then K target rows
+        g_count, k_count = len(live_params), len(candidates)
+        start = torch.stack(noise_by_group[:g_count] + [noise_by_group[g] for g in src_of])
         cond = torch.cat([src_emb.expand(g_count, -1, -1), tgt_emb.expand(k_count, -1, -1)])
-        row_uncond = uncond_by_group + [uncond_by_group[g] for g in src_of]
+        row_uncond = uncond_by_group[:g_count] + [uncond_by_group[g] for g in src_of]
         if any(u.dim() == 3 for u in row_uncond):
             uncond = torch.stack([u if u.dim() == 3 else u.expand(steps, -1, -1) for u in row_uncond], dim=1)
         else:
             uncond = torch.stack(row_uncond)
         scales = (
             torch.tensor(
-                [p.source_scale.scales(steps) for p in group_params] + [c.w_tgt.scales(steps) for c in candidates],
+                [p.source_scale.scales(steps) for p in live_params] + [c.w_tgt.scales(steps) for c in candidates],
                 dtype=dtype,
             )
             .T.contiguous()
             .to(device)
         )
-        pinned = [g for g, p in enumerate(group_params) if p.method == "direct"]
+        pinned = [g for g, p in enumerate(live_params) if p.method == "direct"]
         pinned_rows = torch.tensor(pinned, device=device) if pinned else None
         pinned_traj = torch.stack([trajectories[g] for g in pinned], dim=1) if pinned else None
 
         # 5. Prompt-to-Prompt control
         controller = self._controller(source, target, candidates, src_of, g_count, words, steps, mode, start.shape[-2:])
+        controller.recorded = recorded
+        if self.record_sources and g_count:
+            controller.recorder = SourceRecorder(g_count)
 
-        # 6. Denoising loop, then decode every row in one VAE call
+        # 6. Denoising loop, then decode every row (and the recorded source branches' ends) in one VAE call
         latents = sample_branches(
             self.components.unet,
             grid,
@@ -424,11 +446,60 @@ class Editor:
             pinned_traj,
             progress=self.progress,
         )
-        pixels = self.decode(latents)
+        if controller.recorder is not None:
+            made = controller.recorder.records(noise_by_group[:g_count], uncond_by_group[:g_count], **windows)
+            for g, record in zip(order, made):
+                self._keep_source_record(record_keys[g], record)
+        source_latents = torch.cat([latents[:g_count]] + [r.latents[-1:] for r in recorded])
+        pixels = self.decode(torch.cat([latents[g_count:], source_latents]))
+        src_pixels = pixels[k_count:]
         return [
-            EditResult(pixels[g_count + k], cand, pixels[src_of[k]], latents[g_count + k], latents[src_of[k]])
+            EditResult(pixels[k], cand, src_pixels[src_of[k]], latents[g_count + k], source_latents[src_of[k]])
             for k, cand in enumerate(candidates)
         ]
+
+    # ------------------------------------------------------------------ recorded source branches
+    def _windows(self, candidates: list[EditParams], steps: int, blend: bool, start_shape: torch.Size) -> dict:
+        """What a source record must cover for this run (the same rounding as the controller's windows)."""
+        h, w = int(start_shape[0]), int(start_shape[1])
+        factor = self._blend_factor() if blend else 0
+        return {
+            "cross_steps": max(int(c.cross_replace * steps) for c in candidates),
+            "self_steps": max(int(c.self_replace * steps) for c in candidates),
+            "self_max_tokens": h * w // 4,
+            "blend_tokens": (h // factor) * (w // factor) if blend else -1,
+        }
+
+    def _source_key(self, prepared: _Prepared, source: TokenizedPrompt, params: EditParams, steps: int) -> str:
+        return cache_key(
+            "source-branch",
+            prepared.digest,
+            source.text,
+            self._model_key(),
+            steps,
+            params.method,
+            params.inversion_scale.to_dict(),
+            params.source_scale.to_dict(),
+            params.null_text_iterations if params.method == "null_text" else None,
+        )
+
+    def _source_record(self, key: str, windows: dict) -> SourceRecord | None:
+        if not self.record_sources:
+            return None
+        record = self.cache.get(key, self.device)
+        if isinstance(record, SourceRecord) and record.covers(**windows):
+            return record
+        return None
+
+    def _keep_source_record(self, key: str, record: SourceRecord) -> None:
+        if record.nbytes > self.cache.max_bytes // 4:  # would crowd out the inversions: keep recomputing it
+            if self.record_sources:
+                log.info("a source branch record takes %.0f MB, over a quarter of the cache's %.0f MB; "
+                         "source branches are not recorded on this editor", record.nbytes / 2**20,
+                         self.cache.max_bytes / 2**20)
+            self.record_sources = False
+            return
+        self.cache.put(key, record, persist=False)
 
     def _controller(
         self,

@@ -85,9 +85,22 @@ def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch)
         return original(*a, **k)
 
     monkeypatch.setattr(editor, "edit", counting)
+    import autotune.tuner
+
+    trial_params = []
+    real_tune = autotune.tuner.tune
+
+    def keeping_the_trials(*a, **k):
+        result = real_tune(*a, **k)
+        trials = sorted(result.study.trials, key=lambda t: t.number)
+        trial_params.extend(EditParams.from_dict(t.user_attrs["params"]) for t in trials)
+        return result
+
+    monkeypatch.setattr(autotune.tuner, "tune", keeping_the_trials)
     r = bench.bench_throughput(editor, tasks, scorer, trials=4, batch=2, steps=2, naive_trials=3, sampler="random")
     assert r.trials == 4 and r.naive_trials == 3 and r.tasks == 2
     assert len(edits) == 3 * 2  # the naive loop: one edit per (trial, task)
+    assert edits[::2] == [trial_params[i] for i in (0, 1, 3)]  # spread over the study, not its first three
     assert r.autotune_seconds > 0 and r.naive_seconds > 0
     assert math.isclose(r.naive_trials_per_min, 60 * 3 / r.naive_seconds)
     assert math.isclose(r.autotune_trials_per_min, 60 * 4 / r.autotune_seconds)

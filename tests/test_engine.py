@@ -125,6 +125,7 @@ def test_source_branch_is_shared_across_candidates_with_the_same_source_guidance
 
     monkeypatch.setattr(editor_module, "sample_branches", spy)
     cands = [EditParams(w_src=0.5, w_tgt=w, steps=4) for w in (3.0, 5.0, 7.5)] + [EditParams(w_src=1.0, steps=4)]
+    editor.cache.clear()  # no source branch recorded by an earlier test
     editor.edit_batch(photo, SRC, TGT, cands, blend_words=WORDS)
     assert seen["rows"] == 2 + 4  # two distinct source branches, four targets
 
