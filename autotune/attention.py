@@ -61,6 +61,7 @@ class EditController:
         self.groups = groups
         self.recorded = recorded or []
         self.recorder = recorder
+        self._recorded_qk: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.src_of = src_of
         # Per step and candidate, on the compute device; the Python copies decide which kernel to run.
         self.cross_active = cross_active
@@ -137,9 +138,11 @@ class EditController:
 
     def _recorded_maps(self, attn: Attention, name: str, is_cross: bool, heads: int) -> torch.Tensor:
         """The recorded source branches' maps at this layer and step: (recorded, heads, q, k)."""
-        step = self.step
-        query = torch.stack([r.queries[name][step] for r in self.recorded])
-        key = torch.stack([r.keys[name] if is_cross else r.keys[name][step] for r in self.recorded])
+        if name not in self._recorded_qk:  # stacked once per run, then read by step
+            self._recorded_qk[name] = (torch.stack([r.queries[name] for r in self.recorded]),
+                                       torch.stack([r.keys[name] for r in self.recorded]))
+        queries, keys = self._recorded_qk[name]
+        query, key = queries[:, self.step], keys if is_cross else keys[:, self.step]
         probs = attn.get_attention_scores(attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), None)
         return probs.view(len(self.recorded), heads, *probs.shape[1:])
 

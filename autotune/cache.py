@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from autotune.errors import InputError
+
 
 def cache_key(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
@@ -35,6 +37,9 @@ class TensorCache:
 
     def __init__(self, max_items: int = 4096, max_bytes: int = 2 << 30, directory: str | Path | None = None
                  ) -> None:
+        if max_items < 1 or max_bytes < 0:
+            raise InputError(f"cache bounds must be at least 1 item and 0 bytes, got {max_items} items and "
+                             f"{max_bytes} bytes")
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory else None

@@ -105,6 +105,7 @@ class Editor:
         allow_pickle: bool = False,
         progress: bool = True,
         cache_items: int = 4096,
+        cache_bytes: int = 2 << 30,
         cache_dir: str | None = None,
         presets: Any = None,
         max_batch: int = 16,
@@ -113,6 +114,7 @@ class Editor:
         """Load a checkpoint. `device` defaults to CUDA when present, `dtype` to fp16 on CUDA and fp32 on CPU;
         `scheduler="piebench"` uses PIE-Bench's DDIM settings instead of the checkpoint's. `presets` is what
         `edit(category=...)` reads: True for the standard lookup order, a directory, a .json file or a Preset.
+        `cache_items` and `cache_bytes` bound the in-memory cache;
         `cache_dir` keeps inversions on disk so that other processes reuse them. `max_batch` caps the target
         branches per UNet call (lower it if a large batch runs out of GPU memory). `record_sources` keeps each
         source branch in the cache (in memory) so that later edits with the same image, source prompt and
@@ -129,7 +131,7 @@ class Editor:
         )
         from autotune.preset_store import open_presets
 
-        cache = TensorCache(cache_items, directory=cache_dir)
+        cache = TensorCache(cache_items, cache_bytes, directory=cache_dir)
         return cls(components, progress=progress, cache=cache, presets=open_presets(presets), max_batch=max_batch,
                    record_sources=record_sources)
 

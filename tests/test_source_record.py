@@ -165,3 +165,10 @@ def test_recorded_local_blend_maps_on_the_shapes_model(rows_seen):
     want = live.edit_task(task, candidates)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a.latent, b.latent, rtol=1e-4, atol=1e-4)
+
+
+def test_cache_bounds_are_checked():
+    from autotune.errors import InputError
+
+    with pytest.raises(InputError, match="at least 1 item and 0 bytes, got 0 items"):
+        TensorCache(max_items=0)
