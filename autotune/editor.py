@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -380,20 +381,15 @@ class Editor:
 
         # 3. Source branches: one per distinct (method, inversion guidance, source guidance); the ones
         #    recorded by an earlier run with these windows are read back, the others run live (first).
-        group_keys: list[tuple] = []
-        first_of: list[int] = []
-        for k, cand in enumerate(candidates):
-            key = (cand.method, str(cand.inversion_scale), str(cand.source_scale), cand.null_text_iterations)
-            if key not in group_keys:
-                group_keys.append(key)
-                first_of.append(k)
+        group_of = [_source_group(c) for c in candidates]
+        group_keys = list(dict.fromkeys(group_of))
+        first_of = [group_of.index(key) for key in group_keys]
         windows = self._windows(candidates, steps, words is not None, start_shape=prepared.latent.shape[-2:])
         record_keys = [self._source_key(prepared, source, candidates[k], steps) for k in first_of]
         found = [self._source_record(key, windows) for key in record_keys]
         order = [g for g, r in enumerate(found) if r is None] + [g for g, r in enumerate(found) if r is not None]
         position = {g: at for at, g in enumerate(order)}
-        src_of = [position[group_keys.index(key)] for key in (
-            (c.method, str(c.inversion_scale), str(c.source_scale), c.null_text_iterations) for c in candidates)]
+        src_of = [position[group_keys.index(key)] for key in group_of]
         live_params = [candidates[first_of[g]] for g in order if found[g] is None]
         recorded = [found[g] for g in order if found[g] is not None]
         trajectories = self._trajectories(prepared, source, [p.inversion_scale for p in live_params], steps)
@@ -473,17 +469,7 @@ class Editor:
         }
 
     def _source_key(self, prepared: _Prepared, source: TokenizedPrompt, params: EditParams, steps: int) -> str:
-        return cache_key(
-            "source-branch",
-            prepared.digest,
-            source.text,
-            self._model_key(),
-            steps,
-            params.method,
-            params.inversion_scale.to_dict(),
-            params.source_scale.to_dict(),
-            params.null_text_iterations if params.method == "null_text" else None,
-        )
+        return cache_key("source-branch", prepared.digest, source.text, self._model_key(), steps, _source_group(params))
 
     def _source_record(self, key: str, windows: dict) -> SourceRecord | None:
         if not self.record_sources:
@@ -568,6 +554,14 @@ class Editor:
         if not levels:
             raise InputError("this UNet has no cross-attention layers; Prompt-to-Prompt editing needs them")
         return min(levels, key=lambda f: (abs(f - 4), -f))
+
+
+def _source_group(params: EditParams) -> tuple:
+    """What a source branch depends on besides the image, the source prompt and the steps."""
+    iterations = params.null_text_iterations if params.method == "null_text" else None
+    scales = (json.dumps(params.inversion_scale.to_dict(), sort_keys=True),
+              json.dumps(params.source_scale.to_dict(), sort_keys=True))  # exact, as the inversion cache's key
+    return (params.method, *scales, iterations)
 
 
 def _blend_pair(blend_words: Any) -> tuple[str, str] | None:
