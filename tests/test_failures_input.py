@@ -578,6 +578,11 @@ def test_bad_prune_confidence_fails_before_the_model_loads(tmp_path, capsys, val
     assert_refused(*cli(capsys, *tune_args(tmp_path, "--prune-confidence", value)), "pruning confidence")
 
 
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_bad_cache_size_fails_before_the_model_loads(tmp_path, capsys, value):
+    assert_refused(*cli(capsys, *tune_args(tmp_path, "--cache-mb", value)), f"--cache-mb {value}: give the memory")
+
+
 def test_bad_trial_budget_and_batch(tiny_model_dir, tmp_path, capsys):
     base = ["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color", "-q",
             "--project-dir", str(tmp_path / "proj"), "--presets-dir", str(tmp_path / "presets")]

@@ -50,14 +50,21 @@ def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatc
     from autotune import task_sources
     from autotune.cli import main
 
+    import autotune.cli.edit
+
     load = task_sources.load_tasks
     monkeypatch.setattr(task_sources, "load_tasks", lambda *a, **k: load(*a, **k)[:2])  # 2 of the 20 tasks: fast
+    editors = []
+    load_editor = autotune.cli.edit.load_editor
+    monkeypatch.setattr(autotune.cli.edit, "load_editor", lambda *a, **k: editors.append(load_editor(*a, **k))
+                        or editors[-1])
 
     code = main(["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color",
                  "--trials", "2", "--batch", "2", "--space", "steps=2:2", "--project-dir", str(tmp_path / "proj"),
-                 "--presets-dir", str(tmp_path / "presets"), "--quiet", "--report"])
+                 "--presets-dir", str(tmp_path / "presets"), "--quiet", "--report", "--cache-mb", "300"])
     out = capsys.readouterr().out
     assert code == 0
+    assert editors[0].cache.max_bytes == 300 << 20 and editors[0].cache.directory == tmp_path / "proj" / "inversions"
     assert "paper point siminversion" in out and "preset written to" in out
     assert list((tmp_path / "presets").glob("*change_color*.json"))
     assert (tmp_path / "proj" / "studies.journal").stat().st_size > 0

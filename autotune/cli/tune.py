@@ -53,6 +53,9 @@ def register(subparsers) -> None:
                              "stops later and cuts fewer front trials; docs/tuning.md)")
     parser.add_argument("--no-inversion-cache", action="store_true",
                         help="do not keep inversions in <project-dir>/inversions for re-runs and other workers")
+    parser.add_argument("--cache-mb", type=int, default=2048, metavar="MB",
+                        help="memory for cached inversions and recorded source branches; a source branch record "
+                        "over a quarter of it is not kept (docs/tuning.md)")
     parser.add_argument("--report", action="store_true",
                         help="at the end, compare the front with the paper points and write the visual report "
                         "(front, slices, edit grid, index.html) to <project-dir>/reports/<study>; print its path")
@@ -113,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from autotune.tuner import tune
 
     pruner = None if args.no_prune else DominationPruner(confidence=args.prune_confidence)
+    if args.cache_mb < 1:
+        raise InputError(f"--cache-mb {args.cache_mb}: give the memory for the cache in MB, at least 1")
     category = args.category or (args.tasks.partition(":")[2] if args.tasks.startswith("shapes:") else None)
     if not category:
         raise InputError("--category is required (an id 0-9 or a name such as change_color)")
@@ -131,11 +136,13 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_tasks(args.tasks, category, args.split)
     editor = load_editor(args)
     editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it
-    if not args.no_inversion_cache and getattr(getattr(editor, "cache", None), "directory", 1) is None:
+    if getattr(editor, "cache", None) is not None:
         from autotune.cache import TensorCache
 
         # Inversions on disk: re-runs, retries and other workers on this machine reuse them.
-        editor.cache = TensorCache(directory=Path(args.project_dir) / "inversions")
+        keep_on_disk = not args.no_inversion_cache and editor.cache.directory is None
+        directory = Path(args.project_dir) / "inversions" if keep_on_disk else editor.cache.directory
+        editor.cache = TensorCache(max_bytes=args.cache_mb << 20, directory=directory)
     scorer = _scorer(args, editor)
     result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
