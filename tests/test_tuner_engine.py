@@ -47,10 +47,9 @@ def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
 
 
 def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import autotune.cli.edit
     from autotune import task_sources
     from autotune.cli import main
-
-    import autotune.cli.edit
 
     load = task_sources.load_tasks
     monkeypatch.setattr(task_sources, "load_tasks", lambda *a, **k: load(*a, **k)[:2])  # 2 of the 20 tasks: fast
