@@ -426,10 +426,9 @@ class Editor:
         pinned_traj = torch.stack([trajectories[g] for g in pinned], dim=1) if pinned else None
 
         # 5. Prompt-to-Prompt control
-        controller = self._controller(source, target, candidates, src_of, g_count, words, steps, mode, start.shape[-2:])
-        controller.recorded = recorded
-        if self.record_sources and g_count:
-            controller.recorder = SourceRecorder(g_count)
+        recorder = SourceRecorder(g_count) if self.record_sources and g_count else None
+        controller = self._controller(source, target, candidates, src_of, g_count, words, steps, mode, start.shape[-2:],
+                                      windows, recorded, recorder)
 
         # 6. Denoising loop, then decode every row (and the recorded source branches' ends) in one VAE call
         latents = sample_branches(
@@ -464,7 +463,7 @@ class Editor:
         return {
             "cross_steps": max(int(c.cross_replace * steps) for c in candidates),
             "self_steps": max(int(c.self_replace * steps) for c in candidates),
-            "self_max_tokens": h * w // 4,
+            "self_max_tokens": h * w // 4,  # P2P: self-attention replaced at <= 32x32 of a 64x64 latent
             "blend_tokens": (h // factor) * (w // factor) if blend else -1,
         }
 
@@ -500,6 +499,9 @@ class Editor:
         steps: int,
         mode: str,
         latent_size: torch.Size,
+        windows: dict,
+        recorded: list[SourceRecord],
+        recorder: SourceRecorder | None,
     ) -> EditController:
         device, dtype = self.device, self.dtype
         step_ids = torch.arange(steps)[:, None]
@@ -531,7 +533,6 @@ class Editor:
             thresholds = torch.tensor([c.blend_threshold for c in candidates], device=device, dtype=torch.float32)
             starts = torch.tensor([int(c.blend_start * steps) for c in candidates])
             blend_active = step_ids >= starts[None]
-        lat_tokens = int(latent_size[0]) * int(latent_size[1])
         return EditController(
             groups=groups,
             src_of=torch.tensor(src_of, device=device),
@@ -543,7 +544,9 @@ class Editor:
             equalizer=equalizer,
             blend=blend,
             thresholds=thresholds,
-            self_max_tokens=lat_tokens // 4,  # P2P: self-attention replaced at <= 32x32 of a 64x64 latent
+            self_max_tokens=windows["self_max_tokens"],
+            recorded=recorded,
+            recorder=recorder,
         )
 
     def _blend_factor(self) -> int:
