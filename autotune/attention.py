@@ -1,7 +1,8 @@
 """Prompt-to-Prompt attention control as diffusers attention processors, batched over candidates.
 
-One UNet call carries, in its conditional half, G source branches followed by K target branches
-(candidate k follows source branch `src_of[k]`). While a candidate's replacement window is open,
+One UNet call carries, in its conditional half, G source branches followed by the target branches
+(target row r follows source branch `src_of[r]`; rows may belong to different images and prompts, so the token
+mappings and blend words are per row). While a candidate's replacement window is open,
 its target branch takes the source branch's attention maps: cross-attention through the token
 mapper (refine or word swap) and re-weighting, self-attention as is at low resolutions. LocalBlend
 reads the accumulated cross-attention of the blend words and keeps the source latent outside them.
@@ -27,10 +28,11 @@ from autotune.source_record import SourceRecord, SourceRecorder
 
 @dataclass
 class BlendSpec:
-    """LocalBlend: token positions of the source word (in the source prompt) and of the target word."""
+    """LocalBlend: which tokens are the blend words, per source branch (source word) and per target row (target
+    word), as 0/1 masks over the 77 positions (all 0 for a task without blend words)."""
 
-    source_tokens: list[int]
-    target_tokens: list[int]
+    source_mask: torch.Tensor  # (source branches, 77)
+    target_mask: torch.Tensor  # (target rows, 77)
     map_size: tuple[int, int]  # spatial size of the cross-attention maps that are read
     latent_size: tuple[int, int]
 
@@ -121,11 +123,13 @@ class EditController:
                 sources = torch.cat([sources, self._recorded_maps(attn, name, is_cross, heads)])
             base = sources.index_select(0, self.src_of)
         if inject_cross:
-            if self.refine is not None:
+            if self.refine is not None:  # per target row: (rows, 77) token map and its weights
                 mapper, alphas = self.refine
-                new = base.index_select(-1, mapper) * alphas + target * (1 - alphas)
+                mapped = torch.gather(base, -1, mapper[:, None, None, :].expand_as(base))
+                alphas = alphas[:, None, None, :]
+                new = mapped * alphas + target * (1 - alphas)
             else:
-                new = torch.einsum("khpw,wn->khpn", base, self.swap)
+                new = torch.einsum("khpw,kwn->khpn", base, self.swap)
             if self.equalizer is not None:
                 new = new * self.equalizer[:, None, None, :]
             cond[g:] = torch.where(self.cross_active[step][:, None, None, None], new, target)
@@ -162,8 +166,8 @@ class EditController:
         if self.recorded:
             src_store = torch.cat([src_store, torch.stack([r.store[step] for r in self.recorded])])
             source_latents = torch.cat([source_latents, torch.stack([r.latents[step] for r in self.recorded])])
-        src_maps = src_store[..., self.blend.source_tokens].sum(-1).view(-1, 1, h, w)
-        tgt_maps = self.store[g:][..., self.blend.target_tokens].sum(-1).view(-1, 1, h, w)
+        src_maps = (src_store * self.blend.source_mask[:, None, :]).sum(-1).view(-1, 1, h, w)
+        tgt_maps = (self.store[g:] * self.blend.target_mask[:, None, :]).sum(-1).view(-1, 1, h, w)
         src_mask = _normalised_mask(src_maps, self.blend.latent_size).index_select(0, self.src_of)
         tgt_mask = _normalised_mask(tgt_maps, self.blend.latent_size)
         th = self.thresholds[:, None, None, None]

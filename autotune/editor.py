@@ -69,6 +69,16 @@ class _Prepared:
     latent: torch.Tensor
 
 
+@dataclass
+class _EditInputs:
+    """One image and prompt pair of an edit, checked."""
+
+    prepared: _Prepared
+    source: TokenizedPrompt
+    target: TokenizedPrompt
+    words: tuple[str, str] | None
+
+
 class Editor:
     """Inversion and editing on one loaded checkpoint. Build it with `Editor.from_pretrained`."""
 
@@ -218,30 +228,34 @@ class Editor:
     def _trajectory(
         self, prepared: _Prepared, source: TokenizedPrompt, schedule: GuidanceSchedule, steps: int
     ) -> torch.Tensor:
-        return self._trajectories(prepared, source, [schedule], steps)[0]
+        return self._trajectories([(prepared, source, schedule)], steps)[0]
 
     def _trajectories(
-        self, prepared: _Prepared, source: TokenizedPrompt, schedules: list[GuidanceSchedule], steps: int
+        self, wanted: list[tuple[_Prepared, TokenizedPrompt, GuidanceSchedule]], steps: int
     ) -> list[torch.Tensor]:
-        """Inversions under each schedule: cached ones looked up, the missing ones inverted together in one batch."""
+        """Inversions of (image, source prompt, schedule): cached ones looked up, the missing ones inverted
+        together in one batch (per latent size)."""
         keys = [
             cache_key("inversion", prepared.digest, source.text, self._model_key(), steps, s.to_dict())
-            for s in schedules
+            for prepared, source, s in wanted
         ]
         found = {key: self.cache.get(key, self.device) for key in dict.fromkeys(keys)}
-        missing = [key for key, value in found.items() if value is None]
-        if missing:
-            todo = [schedules[keys.index(key)].scales(steps) for key in missing]
+        missing: dict[tuple[int, ...], list[str]] = {}
+        for key, value in found.items():
+            if value is None:
+                missing.setdefault(tuple(wanted[keys.index(key)][0].latent.shape), []).append(key)
+        for same_size in missing.values():
+            todo = [wanted[keys.index(key)] for key in same_size]
             computed = ddim_invert(
                 self.components.unet,
                 self._grid(steps),
-                prepared.latent,
-                self.encode_prompt(source.text),
+                torch.stack([prepared.latent for prepared, _, _ in todo]),
+                torch.cat([self.encode_prompt(source.text) for _, source, _ in todo]),
                 self.encode_prompt(""),
-                todo,
+                [schedule.scales(steps) for _, _, schedule in todo],
                 progress=self.progress,
             )
-            for key, trajectory in zip(missing, computed):
+            for key, trajectory in zip(same_size, computed):
                 trajectory = trajectory.contiguous()
                 self.cache.put(key, trajectory)
                 found[key] = trajectory
@@ -312,6 +326,13 @@ class Editor:
             task.image, task.source_prompt, task.target_prompt, candidates, blend_words=task.blend_words
         )
 
+    def edit_tasks(self, tasks: Sequence[EditTask], candidates: Sequence[EditParams]) -> list[list[EditResult]]:
+        """Edit each task under the same K candidates: `result[t][k]`. Tasks are batched together (up to
+        `max_batch` target branches per UNet call), which is what fills a GPU, and on a CPU makes each sample
+        cheaper; results equal `edit_task` on each task within float tolerance."""
+        items = [self._check_inputs(t.image, t.source_prompt, t.target_prompt, t.blend_words) for t in tasks]
+        return self._edit(items, candidates)
+
     def edit_batch(
         self,
         image: ImageInput,
@@ -326,13 +347,14 @@ class Editor:
         Candidates that share a source branch (same method and source/inversion guidance) share it;
         inversions come from the cache. Results equal K separate `edit` calls within float tolerance.
         """
-        # 1. Check inputs
         candidates = list(candidates)
         if not candidates:
             return []
-        for k, cand in enumerate(candidates):
-            if not isinstance(cand, EditParams):
-                raise InputError(f"candidate {k} is a {type(cand).__name__}; pass EditParams objects")
+        return self._edit([self._check_inputs(image, source_prompt, target_prompt, blend_words)], candidates)[0]
+
+    def _check_inputs(
+        self, image: ImageInput, source_prompt: str, target_prompt: str, blend_words: Any
+    ) -> _EditInputs:
         if not isinstance(target_prompt, str) or not target_prompt.strip():
             raise InputError("target prompt is empty; say what the edited image should show")
         if not isinstance(source_prompt, str):
@@ -346,68 +368,86 @@ class Editor:
         if words is not None:
             word_token_indices(source, words[0], "source prompt")
             word_token_indices(target, words[1], "target prompt")
-        prepared = self._prepare(image)
+        return _EditInputs(self._prepare(image), source, target, words)
 
-        # 2. One run per (steps, p2p mode); results go back in the caller's order
-        results: list[EditResult | None] = [None] * len(candidates)
+    def _edit(self, items: list[_EditInputs], candidates: Sequence[EditParams]) -> list[list[EditResult]]:
+        """One run per (steps, p2p mode, latent size) and chunk of at most `max_batch` target branches; results
+        go back in the caller's order."""
+        candidates = list(candidates)
+        for k, cand in enumerate(candidates):
+            if not isinstance(cand, EditParams):
+                raise InputError(f"candidate {k} is a {type(cand).__name__}; pass EditParams objects")
+        results: list[list[EditResult | None]] = [[None] * len(candidates) for _ in items]
+        if not candidates:
+            return results  # type: ignore[return-value]
         runs: dict[tuple[int, str], list[int]] = {}
         for k, cand in enumerate(candidates):
             runs.setdefault((cand.steps, cand.p2p_mode), []).append(k)
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for t, item in enumerate(items):
+            shapes.setdefault(tuple(item.prepared.latent.shape), []).append(t)
         for (steps, mode), idx in runs.items():
             for at in range(0, len(idx), self.max_batch):
                 chunk = idx[at : at + self.max_batch]
-                out = self._run(prepared, source, target, [candidates[k] for k in chunk], words, steps, mode)
-                for k, res in zip(chunk, out):
-                    results[k] = res
+                per_run = max(1, self.max_batch // len(chunk))  # tasks per run
+                for same_size in shapes.values():
+                    for t_at in range(0, len(same_size), per_run):
+                        task_ids = same_size[t_at : t_at + per_run]
+                        out = self._run([items[t] for t in task_ids], [candidates[k] for k in chunk], steps, mode)
+                        for t, row in zip(task_ids, out):
+                            for k, res in zip(chunk, row):
+                                results[t][k] = res
         return results  # type: ignore[return-value]
 
     def _run(
-        self,
-        prepared: _Prepared,
-        source: TokenizedPrompt,
-        target: TokenizedPrompt,
-        candidates: list[EditParams],
-        words: tuple[str, str] | None,
-        steps: int,
-        mode: str,
-    ) -> list[EditResult]:
+        self, items: list[_EditInputs], candidates: list[EditParams], steps: int, mode: str
+    ) -> list[list[EditResult]]:
+        """Edit T tasks (same latent size) under K candidates in one denoising loop. Rows: the live source
+        branches, then the T x K target branches, task by task."""
         grid = self._grid(steps)
         device, dtype = self.device, self.dtype
-        null, src_emb, tgt_emb = (
-            self.encode_prompt(""),
-            self.encode_prompt(source.text),
-            self.encode_prompt(target.text),
-        )
+        null = self.encode_prompt("")
+        k_count = len(candidates)
+        shape = items[0].prepared.latent.shape[-2:]
 
-        # 3. Source branches: one per distinct (method, inversion guidance, source guidance); the ones
+        # 3. Source branches: one per task and distinct (method, inversion guidance, source guidance); the ones
         #    recorded by an earlier run with these windows are read back, the others run live (first).
         group_of = [_source_group(c) for c in candidates]
-        group_keys = list(dict.fromkeys(group_of))
-        first_of = [group_of.index(key) for key in group_keys]
-        windows = self._windows(candidates, steps, words is not None, start_shape=prepared.latent.shape[-2:])
-        record_keys = [self._source_key(prepared, source, candidates[k], steps) for k in first_of]
-        found = [self._source_record(key, windows) for key in record_keys]
+        first_of = {key: group_of.index(key) for key in dict.fromkeys(group_of)}
+        groups = [(t, key) for t in range(len(items)) for key in first_of]  # (task, source group)
+        windows = self._windows(candidates, steps, any(it.words for it in items), start_shape=shape)
+        record_keys, found = [], []
+        for t, key in groups:
+            item, params = items[t], candidates[first_of[key]]
+            record_keys.append(self._source_key(item.prepared, item.source, params, steps))
+            task_windows = dict(windows, blend_tokens=windows["blend_tokens"] if item.words else -1)
+            found.append(self._source_record(record_keys[-1], task_windows))
         order = [g for g, r in enumerate(found) if r is None] + [g for g, r in enumerate(found) if r is not None]
         position = {g: at for at, g in enumerate(order)}
-        src_of = [position[group_keys.index(key)] for key in group_of]
-        live_params = [candidates[first_of[g]] for g in order if found[g] is None]
+        index_of = {group: g for g, group in enumerate(groups)}
+        src_of = [position[index_of[(t, key)]] for t in range(len(items)) for key in group_of]
+        live = [groups[g] for g in order if found[g] is None]
+        live_params = [candidates[first_of[key]] for _, key in live]
         recorded = [found[g] for g in order if found[g] is not None]
-        trajectories = self._trajectories(prepared, source, [p.inversion_scale for p in live_params], steps)
+        trajectories = self._trajectories(
+            [(items[t].prepared, items[t].source, p.inversion_scale) for (t, _), p in zip(live, live_params)], steps
+        )
         uncond_by_group: list[torch.Tensor] = []
-        for p, traj in zip(live_params, trajectories):
+        for (t, _), p, traj in zip(live, live_params, trajectories):
             if p.method == "null_text":
-                uncond_by_group.append(self._null_text(prepared, source, p, traj))  # (steps, 77, D)
+                uncond_by_group.append(self._null_text(items[t].prepared, items[t].source, p, traj))  # (steps, 77, D)
             elif p.method == "negative_prompt":
-                uncond_by_group.append(src_emb[0])
+                uncond_by_group.append(self.encode_prompt(items[t].source.text)[0])
             else:
                 uncond_by_group.append(null[0])
         noise_by_group = [traj[0] for traj in trajectories] + [r.noise for r in recorded]
         uncond_by_group += [r.uncond for r in recorded]
 
-        # 4. Per-row inputs: G live source rows, then K target rows
-        g_count, k_count = len(live_params), len(candidates)
+        # 4. Per-row inputs: G live source rows, then T x K target rows
+        g_count = len(live_params)
         start = torch.stack(noise_by_group[:g_count] + [noise_by_group[g] for g in src_of])
-        cond = torch.cat([src_emb.expand(g_count, -1, -1), tgt_emb.expand(k_count, -1, -1)])
+        cond = torch.cat([self.encode_prompt(items[t].source.text) for t, _ in live]
+                         + [self.encode_prompt(item.target.text).expand(k_count, -1, -1) for item in items])
         row_uncond = uncond_by_group[:g_count] + [uncond_by_group[g] for g in src_of]
         if any(u.dim() == 3 for u in row_uncond):
             uncond = torch.stack([u if u.dim() == 3 else u.expand(steps, -1, -1) for u in row_uncond], dim=1)
@@ -415,7 +455,8 @@ class Editor:
             uncond = torch.stack(row_uncond)
         scales = (
             torch.tensor(
-                [p.source_scale.scales(steps) for p in live_params] + [c.w_tgt.scales(steps) for c in candidates],
+                [p.source_scale.scales(steps) for p in live_params] + [c.w_tgt.scales(steps) for c in candidates]
+                * len(items),
                 dtype=dtype,
             )
             .T.contiguous()
@@ -427,7 +468,8 @@ class Editor:
 
         # 5. Prompt-to-Prompt control
         recorder = SourceRecorder(g_count) if self.record_sources and g_count else None
-        controller = self._controller(source, target, candidates, src_of, g_count, words, steps, mode, start.shape[-2:],
+        group_tasks = [live[at][0] for at in range(g_count)] + [groups[g][0] for g in order[g_count:]]
+        controller = self._controller(items, candidates, src_of, group_tasks, g_count, steps, mode, shape,
                                       windows, recorded, recorder)
 
         # 6. Denoising loop, then decode every row (and the recorded source branches' ends) in one VAE call
@@ -448,11 +490,16 @@ class Editor:
             for g, record in zip(order, made):
                 self._keep_source_record(record_keys[g], record)
         source_latents = torch.cat([latents[:g_count]] + [r.latents[-1:] for r in recorded])
+        edits = len(src_of)
         pixels = self.decode(torch.cat([latents[g_count:], source_latents]))
-        src_pixels = pixels[k_count:]
+        src_pixels = pixels[edits:]
         return [
-            EditResult(pixels[k], cand, src_pixels[src_of[k]], latents[g_count + k], source_latents[src_of[k]])
-            for k, cand in enumerate(candidates)
+            [
+                EditResult(pixels[r], cand, src_pixels[src_of[r]], latents[g_count + r], source_latents[src_of[r]])
+                for k, cand in enumerate(candidates)
+                for r in [t * k_count + k]
+            ]
+            for t in range(len(items))
         ]
 
     # ------------------------------------------------------------------ recorded source branches
@@ -490,12 +537,11 @@ class Editor:
 
     def _controller(
         self,
-        source: TokenizedPrompt,
-        target: TokenizedPrompt,
+        items: list[_EditInputs],
         candidates: list[EditParams],
         src_of: list[int],
+        group_tasks: list[int],
         groups: int,
-        words: tuple[str, str] | None,
         steps: int,
         mode: str,
         latent_size: torch.Size,
@@ -503,35 +549,52 @@ class Editor:
         recorded: list[SourceRecord],
         recorder: SourceRecorder | None,
     ) -> EditController:
+        """Per target row (task t, candidate k at row t * K + k): windows, token mapping, re-weighting and
+        LocalBlend; per source branch (task `group_tasks[g]`): LocalBlend's source words."""
         device, dtype = self.device, self.dtype
+        tasks = len(items)
         step_ids = torch.arange(steps)[:, None]
 
         def window(fractions: list[float]) -> torch.Tensor:
-            ends = torch.tensor([int(f * steps) for f in fractions])
+            ends = torch.tensor([int(f * steps) for f in fractions] * tasks)
             return step_ids < ends[None]
 
         cross_active = window([c.cross_replace for c in candidates])
         self_active = window([c.self_replace for c in candidates])
         refine = swap = equalizer = blend = thresholds = blend_active = None
+        per_row = len(candidates)
         if mode == "refine":
-            mapper, alphas = refinement_mapper(source, target)
+            pairs = [refinement_mapper(item.source, item.target) for item in items]
+            mapper = torch.stack([m for m, _ in pairs]).repeat_interleave(per_row, dim=0)
+            alphas = torch.stack([a for _, a in pairs]).repeat_interleave(per_row, dim=0)
             refine = (mapper.to(device), alphas.to(device, dtype))
         else:
-            swap = replacement_mapper(source, target).to(device, dtype)
-        if words is not None:
-            tgt_tokens = word_token_indices(target, words[1], "target prompt")
+            swap = torch.stack([replacement_mapper(item.source, item.target) for item in items])
+            swap = swap.repeat_interleave(per_row, dim=0).to(device, dtype)
+        worded = [item for item in items if item.words is not None]
+        if worded:
+            tgt_tokens = [word_token_indices(item.target, item.words[1], "target prompt") if item.words else []
+                          for item in items]
             if any(c.reweight != 1.0 for c in candidates):
-                equalizer = torch.ones(len(candidates), 77)
-                for k, c in enumerate(candidates):
-                    equalizer[k, tgt_tokens] = c.reweight
+                equalizer = torch.ones(tasks * per_row, 77)
+                for t, tokens in enumerate(tgt_tokens):
+                    for k, c in enumerate(candidates):
+                        equalizer[t * per_row + k, tokens] = c.reweight
                 equalizer = equalizer.to(device, dtype)
+            source_mask = torch.zeros(len(group_tasks), 77)
+            for g, t in enumerate(group_tasks):
+                if items[t].words is not None:
+                    source_mask[g, word_token_indices(items[t].source, items[t].words[0], "source prompt")] = 1
+            target_mask = torch.zeros(tasks * per_row, 77)
+            for t, tokens in enumerate(tgt_tokens):
+                target_mask[t * per_row : (t + 1) * per_row, tokens] = 1
             h, w = int(latent_size[0]), int(latent_size[1])
             factor = self._blend_factor()
-            blend = BlendSpec(
-                word_token_indices(source, words[0], "source prompt"), tgt_tokens, (h // factor, w // factor), (h, w)
-            )
-            thresholds = torch.tensor([c.blend_threshold for c in candidates], device=device, dtype=torch.float32)
-            starts = torch.tensor([int(c.blend_start * steps) for c in candidates])
+            blend = BlendSpec(source_mask.to(device), target_mask.to(device), (h // factor, w // factor), (h, w))
+            thresholds = torch.tensor([c.blend_threshold for c in candidates] * tasks, device=device,
+                                      dtype=torch.float32)
+            starts = torch.tensor([int(c.blend_start * steps) if item.words else steps
+                                   for item in items for c in candidates])  # no blend words: never blended
             blend_active = step_ids >= starts[None]
         return EditController(
             groups=groups,

@@ -71,7 +71,8 @@ def ddim_invert(
     progress: bool = True,
 ) -> torch.Tensor:
     """Run DDIM backwards from the image latent to noise, for one guidance schedule (`scales`, one value per
-    denoising step) or several at once (a list of them, inverted together in one batch).
+    denoising step) or several at once (a list of them, inverted together in one batch). `image_latent` is
+    (C, h, w), or (G, C, h, w) with `cond` (G, 77, D) to invert G images under their own prompts at once.
 
     Returns (steps+1, C, h, w), or (G, steps+1, C, h, w) for G schedules, in denoising order.
     """
@@ -79,7 +80,7 @@ def ddim_invert(
     per_row = [list(s) for s in scales] if many else [list(scales)]  # type: ignore[arg-type]
     rows = len(per_row)
     n = grid.steps
-    x = image_latent[None].expand(rows, *image_latent.shape).clone()
+    x = (image_latent[None].expand(rows, *image_latent.shape) if image_latent.dim() == 3 else image_latent).clone()
     cond_rows, uncond_rows = cond.expand(rows, -1, -1), uncond.expand(rows, -1, -1)
     table = torch.tensor(per_row, dtype=x.dtype, device=x.device).T  # (steps, rows)
     trajectory = [x]

@@ -113,18 +113,27 @@ class PruningReplay:
 
 
 def replay(
-    study: optuna.Study, pruner: DominationPruner | None = None, batch: int = 4, order: Sequence[int] | None = None
+    study: optuna.Study,
+    pruner: DominationPruner | None = None,
+    batch: int = 4,
+    order: Sequence[int] | None = None,
+    task_batch: int | None = 1,
+    max_batch: int = 16,
 ) -> PruningReplay:
     """Replay `pruner` on `study`'s trials as the tuner would have run them, `batch` at a time in trial order.
 
-    Each trial is compared with the front of the trials of earlier batches (trial number // batch), task by task
-    in id order, using its recorded per-task metrics; the study must have been run without pruning
-    (`--no-prune`) so that every trial was measured on every task. Paper points are never stopped, as in `tune`.
-    `order` (a permutation of the task positions) replays the tasks in another order, to see how much the
-    outcome owes to the one the study ran in.
+    Each trial is compared with the front of the trials of earlier batches (trial number // batch), using its
+    recorded per-task metrics, at the points where the tuner asks the pruner: after every `task_batch` tasks in
+    id order (None: as many as `max_batch` target branches hold for the batch's live trials, the tuner's
+    default with the real editor). The study must have been run without pruning (`--no-prune`) so that every
+    trial was measured on every task. Paper points are never stopped, as in `tune`. `order` (a permutation of
+    the task positions) replays the tasks in another order, to see how much the outcome owes to the one the
+    study ran in.
     """
     if batch < 1:
         raise InputError(f"batch={batch} must be >= 1")
+    if (task_batch is not None and task_batch < 1) or max_batch < 1:
+        raise InputError(f"task_batch={task_batch} and max_batch={max_batch} must be >= 1")
     pruner = pruner or DominationPruner()
     spec = study.user_attrs.get("autotune.objectives")
     if spec is None:
@@ -148,18 +157,23 @@ def replay(
     out = PruningReplay(trials=len(rows), tasks=len(task_ids))
     out.means = {n: r.mean(axis=0) * signs for n, r in rows.items()}
     out.front = _front(out.means)
-    for number in sorted(rows):
-        earlier = {n: rows[n].mean(axis=0) * signs for n in rows if n // batch < number // batch}
+    n_tasks = len(task_ids)
+    for group in sorted({n // batch for n in rows}):
+        members = [n for n in sorted(rows) if n // batch == group]
+        earlier = {n: rows[n].mean(axis=0) * signs for n in rows if n // batch < group}
         refs = {n: rows[n] for n in _front(earlier)}
-        seen = len(task_ids)
-        if number not in paper and refs:
-            for t in range(pruner.min_tasks, len(task_ids)):
-                by = pruner.dominated_by(rows[number][:t], refs, signs)
+        alive, done = list(members), 0
+        while alive and done < n_tasks:
+            done = min(n_tasks, done + (task_batch or max(1, max_batch // len(alive))))
+            if done >= n_tasks or not refs:
+                break
+            for number in [n for n in alive if n not in paper]:
+                by = pruner.dominated_by(rows[number][:done], refs, signs)
                 if by is not None:
-                    out.stopped[number], seen = (t, by), t
-                    break
-        out.edits += seen
-        out.full_edits += len(task_ids)
+                    out.stopped[number] = (done, by)
+                    alive.remove(number)
+        out.edits += sum(out.stopped[n][0] if n in out.stopped else n_tasks for n in members)
+        out.full_edits += n_tasks * len(members)
     return out
 
 

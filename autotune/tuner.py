@@ -135,7 +135,7 @@ class TuneResult:
     preset: Any | None
     preset_path: Path | None
     storage: str  # redacted URL
-    engine_calls: int = 0  # `edit_task` calls made by this run
+    engine_calls: int = 0  # `edit_task` / `edit_tasks` calls made by this run
     candidate_edits: int = 0  # candidates edited by this run, summed over calls
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -197,31 +197,53 @@ class _Evaluator:
     """Runs one batch of candidates over the tasks: batched edits, batched scoring, pruning, failures."""
 
     def __init__(self, editor: Any, scorer: Any, tasks: Sequence[EditTask], objectives: Objectives,
-                 pruner: DominationPruner | None) -> None:
+                 pruner: DominationPruner | None, task_batch: int | None = None) -> None:
         self.editor, self.scorer, self.tasks, self.objectives, self.pruner = editor, scorer, tasks, objectives, pruner
+        self.task_batch = task_batch
         self.signs = np.array([1.0 if d == "maximize" else -1.0 for d in objectives.directions])
         self.engine_calls = 0
         self.candidate_edits = 0
 
-    def _edit_and_score(self, task: EditTask, cands: list[_Candidate]) -> list[dict[str, float] | BaseException]:
-        """Edit and score `cands` on `task` in one batch; if the batch raises, fall back to one candidate at a
-        time so that only the candidate that fails is failed."""
+    def tasks_per_call(self, alive: int) -> int:
+        """Tasks edited in one engine call: `task_batch`, or as many as the editor batches at once (its
+        `max_batch` target branches), with the pruner asked between calls; 1 for an engine without `edit_tasks`."""
+        if not hasattr(self.editor, "edit_tasks"):
+            return 1
+        if self.task_batch is not None:
+            return self.task_batch
+        return max(1, int(getattr(self.editor, "max_batch", 1)) // max(alive, 1))
+
+    def _edit_and_score(self, tasks: list[EditTask], cands: list[_Candidate]
+                        ) -> list[list[dict[str, float] | BaseException]]:
+        """Edit and score `cands` on `tasks` in one batch, per task a list of outcomes; if the batch raises,
+        fall back to one task, then one candidate at a time, so that only the candidate that fails is failed."""
+        if len(tasks) == 1:
+            return [self._edit_and_score_task(tasks[0], cands)]
+        import torch
+
+        try:
+            self.engine_calls += 1
+            self.candidate_edits += len(cands) * len(tasks)
+            results = self.editor.edit_tasks(tasks, [c.params for c in cands])
+            if len(results) != len(tasks) or any(len(row) != len(cands) for row in results):
+                raise RuntimeError(f"editor returned {[len(r) for r in results]} results for {len(tasks)} tasks x "
+                                   f"{len(cands)} candidates")
+            return [self._score(task, cands, row) for task, row in zip(tasks, results)]
+        except (KeyboardInterrupt, AutotuneError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolate the task and candidate that fail
+            logger.info("batched edit of %d tasks failed (%s); retrying them one by one", len(tasks), exc)
+            with contextlib.suppress(Exception):
+                torch.cuda.empty_cache()
+            return [self._edit_and_score_task(task, cands) for task in tasks]
+
+    def _edit_and_score_task(self, task: EditTask, cands: list[_Candidate]) -> list[dict[str, float] | BaseException]:
         import torch
 
         try:
             self.engine_calls += 1
             self.candidate_edits += len(cands)
-            results = self.editor.edit_task(task, [c.params for c in cands])
-            if len(results) != len(cands):
-                raise RuntimeError(f"editor returned {len(results)} results for {len(cands)} candidates")
-            pixels = torch.stack([r.pixels for r in results])
-            scores = self.scorer.score(task, pixels)
-            if len(scores) != len(cands):
-                raise RuntimeError(f"scorer returned {len(scores)} results for {len(cands)} candidates")
-            for c, r in zip(cands, results, strict=True):
-                if len(c.thumbs) < ARTIFACT_TASKS:
-                    c.thumbs.append(_thumb(r.pixels))
-            return list(scores)
+            return self._score(task, cands, self.editor.edit_task(task, [c.params for c in cands]))
         except (KeyboardInterrupt, AutotuneError):
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the candidate that fails
@@ -233,32 +255,49 @@ class _Evaluator:
                 torch.cuda.empty_cache()
             out: list[dict[str, float] | BaseException] = []
             for c in cands:
-                out.extend(self._edit_and_score(task, [c]))
+                out.extend(self._edit_and_score_task(task, [c]))
             return out
+
+    def _score(self, task: EditTask, cands: list[_Candidate], results: Sequence[Any]) -> list[dict[str, float]]:
+        import torch
+
+        if len(results) != len(cands):
+            raise RuntimeError(f"editor returned {len(results)} results for {len(cands)} candidates")
+        scores = self.scorer.score(task, torch.stack([r.pixels for r in results]))
+        if len(scores) != len(cands):
+            raise RuntimeError(f"scorer returned {len(scores)} results for {len(cands)} candidates")
+        for c, r in zip(cands, results, strict=True):
+            if len(c.thumbs) < ARTIFACT_TASKS:
+                c.thumbs.append(_thumb(r.pixels))
+        return list(scores)
 
     def run(self, cands: list[_Candidate], refs: Mapping[int, np.ndarray], on_task: Callable[[], None]) -> None:
         needed = self.objectives.metric_names()
-        for index, task in enumerate(self.tasks):
+        done = 0
+        while done < len(self.tasks):
             alive = [c for c in cands if c.state == "running"]
             if not alive:
                 break
-            outcomes = self._edit_and_score(task, alive)
-            for c, outcome in zip(alive, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    c.state, c.fail_kind = "failed", _failure_kind(outcome)
-                    c.fail_reason = f"task {task.id}: {type(outcome).__name__}: {outcome}"[:2000]
-                    continue
-                metrics = {k: float(v) for k, v in outcome.items()}
-                bad = [m for m in needed if not math.isfinite(metrics.get(m, math.nan))]
-                if bad:
-                    c.state, c.fail_kind = "failed", "nan"
-                    c.fail_reason = f"task {task.id}: metric(s) {', '.join(bad)} not finite (NaN, inf or missing)"
-                    continue
-                c.per_task[task.id] = metrics
-                c.objective_rows.append(self.objectives.values(metrics))
-            on_task()
-            last = index == len(self.tasks) - 1
-            if self.pruner is None or last or not refs:
+            chunk = list(self.tasks[done : done + self.tasks_per_call(len(alive))])
+            for task, outcomes in zip(chunk, self._edit_and_score(chunk, alive), strict=True):
+                for c, outcome in zip(alive, outcomes, strict=True):
+                    if c.state != "running":  # failed on an earlier task of this chunk
+                        continue
+                    if isinstance(outcome, BaseException):
+                        c.state, c.fail_kind = "failed", _failure_kind(outcome)
+                        c.fail_reason = f"task {task.id}: {type(outcome).__name__}: {outcome}"[:2000]
+                        continue
+                    metrics = {k: float(v) for k, v in outcome.items()}
+                    bad = [m for m in needed if not math.isfinite(metrics.get(m, math.nan))]
+                    if bad:
+                        c.state, c.fail_kind = "failed", "nan"
+                        c.fail_reason = f"task {task.id}: metric(s) {', '.join(bad)} not finite (NaN, inf or missing)"
+                        continue
+                    c.per_task[task.id] = metrics
+                    c.objective_rows.append(self.objectives.values(metrics))
+                on_task()
+            done += len(chunk)
+            if self.pruner is None or done >= len(self.tasks) or not refs:
                 continue
             for c in cands:
                 if c.state != "running" or c.paper_point:
@@ -454,6 +493,7 @@ def tune(
     project_dir: str | os.PathLike | None = None,
     save_preset: bool = True,
     task_source: Mapping[str, str] | None = None,
+    task_batch: int | None = None,
 ) -> TuneResult:
     """Tune the editing parameters for one category: a two-objective study, resumable and shareable.
 
@@ -461,7 +501,7 @@ def tune(
         editor: an `Editor` (anything with `edit_task(task, candidates)` and `model_info()`).
         tasks: edit tasks; those of `category` are used, in order of their ids.
         trials: the study's total budget (COMPLETE + PRUNED + failed trials); a re-run continues up to it.
-        batch: trials asked at once, edited in one batched engine call per task.
+        batch: trials asked at once, edited together.
         storage: None (`<project_dir>/studies.journal`), a `.journal` path, or an RDB URL (`postgresql://...`).
         study_name: default `<model>--<category>--<task fingerprint prefix>`.
         sampler: "tpe" (default), "gp", "nsga2", "random" or "grid"; this worker's seed is `seed` if it created
@@ -475,6 +515,8 @@ def tune(
             or any Optuna artifact store.
         task_source: where the tasks came from, e.g. {"spec": "shapes:change_color", "split": "tune"}; recorded
             so that `autotune report` and `presets from-study` can reload the same tasks.
+        task_batch: tasks per engine call (the pruner decides between calls); default: as many as the editor's
+            `max_batch` target branches hold (4 tasks for 4 live candidates), 1 for an engine without `edit_tasks`.
     """
     # 1. Check inputs.
     category = category_name(category)
@@ -482,6 +524,8 @@ def tune(
         raise InputError(f"trials={trials!r} must be a whole number >= 1")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise InputError(f"batch={batch!r} must be a whole number >= 1")
+    if task_batch is not None and (isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1):
+        raise InputError(f"task_batch={task_batch!r} must be a whole number >= 1 (or None: as many as fit)")
     chosen = sorted((t for t in tasks if t.category == category), key=lambda t: t.id)
     if not chosen:
         found = sorted({t.category for t in tasks})
@@ -546,7 +590,7 @@ def tune(
             artifact_store = artifacts
 
     # 3. The loop.
-    evaluator = _Evaluator(editor, scorer, chosen, objs, pruner)
+    evaluator = _Evaluator(editor, scorer, chosen, objs, pruner, task_batch)
     signs = evaluator.signs
     sources = [_thumb(_pil_to_tensor(t.image)) for t in chosen[:ARTIFACT_TASKS]]
     counts = _budget(study)

@@ -50,6 +50,52 @@ def test_a_batch_costs_one_engine_call_per_task(tmp_path):
     assert result.engine_calls == 6 and result.candidate_edits == 24
 
 
+class BatchingFakeEditor(FakeEditor):
+    """The fake engine, editing several tasks per call as the real one does (`edit_tasks`, `max_batch`)."""
+
+    max_batch = 8
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.task_calls: list[tuple[list[str], int]] = []
+
+    def edit_tasks(self, tasks, candidates):
+        self.task_calls.append(([t.id for t in tasks], len(candidates)))
+        return [FakeEditor.edit_task(self, t, candidates) for t in tasks]
+
+
+def _outcomes(result) -> list[tuple]:
+    return [(t.state, t.params, t.values, t.user_attrs.get("fail_kind")) for t in result.study.trials]
+
+
+def test_tasks_share_engine_calls_up_to_max_batch(tmp_path):
+    editor = BatchingFakeEditor()
+    result = run(tmp_path / "a", trials=8, batch=4, tasks=6, editor=editor)
+    # 8 target branches per call at 4 candidates: 2 tasks per call, 3 calls per batch of trials
+    assert editor.task_calls == [(["t00", "t01"], 4), (["t02", "t03"], 4), (["t04", "t05"], 4)] * 2
+    assert result.engine_calls == 6 and result.candidate_edits == 48
+    fixed = BatchingFakeEditor()
+    run(tmp_path / "b", trials=4, batch=4, tasks=6, editor=fixed, task_batch=4)
+    assert fixed.task_calls == [(["t00", "t01", "t02", "t03"], 4), (["t04", "t05"], 4)]
+    # The same study as one task per call.
+    assert _outcomes(result) == _outcomes(run(tmp_path / "c", trials=8, batch=4, tasks=6, editor=FakeEditor()))
+
+
+def test_a_failing_multi_task_call_fails_only_its_candidate(tmp_path):
+    kw = {"trials": 24, "batch": 4, "scorer": FakeScorer(nan_below=0.3)}
+    batching = BatchingFakeEditor(fail_above=10.0, oom_above=11.0)
+    together = run(tmp_path / "a", editor=batching, **kw)
+    alone = run(tmp_path / "b", editor=FakeEditor(fail_above=10.0, oom_above=11.0), **kw)
+    assert _outcomes(together) == _outcomes(alone)
+    assert {t.user_attrs.get("fail_kind") for t in together.study.trials} >= {"error", "oom", "nan"}
+    assert len(batching.task_calls) > 0 and len(batching.calls) > 3 * len(batching.task_calls)  # fell back
+
+
+def test_bad_task_batch_is_refused(tmp_path):
+    with pytest.raises(InputError, match="task_batch=0 must be a whole number >= 1"):
+        run(tmp_path, task_batch=0)
+
+
 def test_study_contract(tmp_path):
     result = run(tmp_path, trials=4, batch=2)
     attrs = result.study.user_attrs
@@ -209,6 +255,21 @@ def test_replay_predicts_the_live_pruning_exactly(tmp_path):
     assert replayed.cost == pytest.approx(live.candidate_edits / plain.candidate_edits)
     assert replayed.front_cut == [] and replayed.front
     assert replay(plain.study, DominationPruner(min_effect=100.0)).cost == 1.0  # a pruner that never stops
+
+
+def test_replay_predicts_pruning_between_multi_task_calls(tmp_path):
+    kw = {"trials": 24, "batch": 4, "tasks": 7, "sampler": "random", "seed": 3}
+    plain = run(tmp_path / "a", **kw)
+    for task_batch in (None, 3):  # None: as many as max_batch target branches hold for the live candidates
+        live = run(tmp_path / f"b{task_batch}", prune=True, editor=BatchingFakeEditor(), task_batch=task_batch, **kw)
+        stopped = {t.number: (t.user_attrs["pruned_after_tasks"], t.user_attrs["pruned_by_trial"])
+                   for t in live.study.get_trials(states=(TrialState.PRUNED,))}
+        replayed = replay(plain.study, batch=4, task_batch=task_batch, max_batch=BatchingFakeEditor.max_batch)
+        assert stopped and replayed.stopped == stopped
+        assert replayed.edits == live.candidate_edits
+        # Pruning is asked only between calls: never after fewer tasks than task by task.
+        by_task = replay(plain.study, batch=4)
+        assert all(replayed.stopped.get(n, (7,))[0] >= t for n, (t, _) in by_task.stopped.items())
 
 
 def test_replay_in_another_task_order_and_its_hypervolume(tmp_path):

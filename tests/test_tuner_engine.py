@@ -24,17 +24,21 @@ def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
     tasks = shapes_tasks("change_color", "tune", count=2)
     space = SearchSpace.default(base=EditParams(steps=3))
     calls = []
-    edit_task = editor.edit_task
+    edit_task, edit_tasks = editor.edit_task, editor.edit_tasks
 
     def counting(task, candidates):
-        calls.append((task.id, len(candidates)))
+        calls.append(([task.id], len(candidates)))
         return edit_task(task, candidates)
 
-    editor.edit_task = counting
+    def counting_tasks(tasks, candidates):
+        calls.append(([t.id for t in tasks], len(candidates)))
+        return edit_tasks(tasks, candidates)
+
+    editor.edit_task, editor.edit_tasks = counting, counting_tasks
     result = tune(editor, tasks, category="change_color", trials=3, batch=3, storage=str(tmp_path / "s.journal"),
                   scorer=ShapesScorer(), search_space=space, progress=False, prune=False,
                   presets_dir=tmp_path / "presets", project_dir=tmp_path)
-    assert calls == [(t.id, 3) for t in sorted(tasks, key=lambda t: t.id)]
+    assert calls == [(sorted(t.id for t in tasks), 3)]  # both tasks and all three trials in one engine call
     trials = result.study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert [t.user_attrs.get("paper_point") for t in trials[:2]] == ["siminversion", "ddim"]

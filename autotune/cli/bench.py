@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     parser.add_argument("--trials", type=int, default=16, help="trials of the throughput and memory tuning runs")
     parser.add_argument("--naive-trials", type=int, help="trials timed in the naive loop (default: all)")
     parser.add_argument("--batch", type=int, default=4, help="trials per batch")
+    parser.add_argument("--task-batch", type=int, help="tasks per engine call in the throughput run (default: as "
+                        "`autotune tune`, as many as the editor's max_batch target branches hold)")
     parser.add_argument("--sampler", default="tpe", help="sampler of the throughput run")
     parser.add_argument("--grid", type=int, default=15, help="grid points per axis (efficiency, quality)")
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds (efficiency)")
@@ -71,8 +73,8 @@ def command_line(args: argparse.Namespace, which: str) -> str:
         parts += ["--threads", str(args.threads)]
     opts = {
         "throughput": [("--category", args.category), ("--tasks", args.tasks), ("--trials", args.trials),
-                       ("--batch", args.batch), ("--sampler", args.sampler), ("--naive-trials", args.naive_trials),
-                       ("--seed", args.seed)],
+                       ("--batch", args.batch), ("--task-batch", args.task_batch), ("--sampler", args.sampler),
+                       ("--naive-trials", args.naive_trials), ("--seed", args.seed)],
         "overhead": [("--category", args.category), ("--repeats", args.repeats)],
         "efficiency": [("--categories", args.categories), ("--tasks", args.tasks), ("--grid", args.grid),
                        ("--seeds", args.seeds), ("--budget", args.budget), ("--batch", args.batch)],
@@ -154,7 +156,8 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
         editor = _editor(args, state)
         tasks = _tasks(args.category, "tune", args.tasks, args.seed)
         return bench.bench_throughput(editor, tasks, scorer, trials=args.trials, batch=args.batch, steps=args.steps,
-                                      sampler=args.sampler, seed=args.seed, naive_trials=args.naive_trials), ""
+                                      sampler=args.sampler, seed=args.seed, naive_trials=args.naive_trials,
+                                      task_batch=args.task_batch), ""
     if name == "overhead":
         editor = _editor(args, state)
         task = _tasks(args.category, "tune", 1, args.seed)[0]

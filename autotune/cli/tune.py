@@ -31,7 +31,10 @@ def register(subparsers) -> None:
     parser.add_argument("--category", help="edit category (id 0-9 or name); unset: the one of shapes:<category>")
     parser.add_argument("--split", default="tune", help="split of a generated task world (shapes)")
     parser.add_argument("--trials", type=int, required=True, help="the study's total trial budget")
-    parser.add_argument("--batch", type=int, default=4, help="trials evaluated together, one engine call per task")
+    parser.add_argument("--batch", type=int, default=4, help="trials evaluated together")
+    parser.add_argument("--task-batch", type=int, metavar="N",
+                        help="tasks edited in one engine call (the pruner decides between calls); unset: as many "
+                        "as the editor's max_batch target branches hold, 4 tasks at --batch 4")
     parser.add_argument("--storage", help="a .journal path or postgresql://user:password@host:5432/db; "
                         "unset: <project-dir>/studies.journal")
     parser.add_argument("--study", help="study name; unset: <model>--<category>--<task fingerprint>")
@@ -118,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     pruner = None if args.no_prune else DominationPruner(confidence=args.prune_confidence)
     if args.cache_mb < 1:
         raise InputError(f"--cache-mb {args.cache_mb}: give the memory for the cache in MB, at least 1")
+    if args.task_batch is not None and args.task_batch < 1:
+        raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
     category = args.category or (args.tasks.partition(":")[2] if args.tasks.startswith("shapes:") else None)
     if not category:
         raise InputError("--category is required (an id 0-9 or a name such as change_color)")
@@ -148,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
                   objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,
                   progress=not args.quiet, prune=pruner or False, project_dir=args.project_dir,
-                  task_source={"spec": args.tasks, "split": args.split})
+                  task_source={"spec": args.tasks, "split": args.split}, task_batch=args.task_batch)
     print(report(result) if args.report else result.summary())
     if result.preset_path is None:
         print("no trial completed: no preset written")
