@@ -299,6 +299,7 @@ class OverheadResult:
     cold_ratio: float
     warm_ratio: float
     repeats: int
+    sample_ms: dict[int, float] = field(default_factory=dict)  # UNet alone: ms per sample by batch size
 
     def markdown(self) -> str:
         table = _table(
@@ -313,7 +314,16 @@ class OverheadResult:
         return (table + f"\n\nTarget: ratio <= 1.2. Medians of {self.repeats} runs, {self.steps} DDIM steps; the "
                 "UNet calls are recorded by a forward hook during the edit and replayed alone (same shapes, "
                 "timesteps and batch sizes, default attention processors, random inputs). The VAE encode + decode "
-                f"of one image takes {self.vae_seconds:.3g} s (unavoidable too, but not a UNet pass).")
+                f"of one image takes {self.vae_seconds:.3g} s (unavoidable too, but not a UNet pass)."
+                + self._sample_costs())
+
+    def _sample_costs(self) -> str:
+        if not self.sample_ms:
+            return ""
+        table = _table(["UNet batch (rows)", *map(str, self.sample_ms)], [["ms per sample", *self.sample_ms.values()]])
+        return ("\n\nWhat batching buys: the same UNet call (the edit's last) replayed alone at other batch sizes, "
+                "time per sample (row). The tuner's batches of several tasks run at the right-hand end, the naive "
+                "loop's at 2-4 rows.\n\n" + table)
 
 
 class _CallRecorder:
@@ -386,6 +396,7 @@ def bench_overhead(editor: Any, task: EditTask, params: EditParams | None = None
         _sync(device)
         warm.append(time.perf_counter() - start)
         warm_unet.append(replay_unet_calls(unet, warm_calls, device, dtype))
+    sample_ms = unet_sample_costs(unet, cold_calls[-1], device, dtype)
     pil = editor.prepare_image(task.image)
     vae = []
     for _ in range(repeats):
@@ -396,7 +407,21 @@ def bench_overhead(editor: Any, task: EditTask, params: EditParams | None = None
         vae.append(time.perf_counter() - start)
     med = statistics.median
     return OverheadResult(params.steps, len(cold_calls), len(warm_calls), med(cold), med(cold_unet), med(warm),
-                          med(warm_unet), med(vae), med(cold) / med(cold_unet), med(warm) / med(warm_unet), repeats)
+                          med(warm_unet), med(vae), med(cold) / med(cold_unet), med(warm) / med(warm_unet), repeats,
+                          sample_ms)
+
+
+def unet_sample_costs(unet: Any, call: tuple[torch.Size, Any, torch.Size], device: torch.device, dtype: torch.dtype,
+                      batches: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), samples: int = 128) -> dict[int, float]:
+    """Milliseconds per sample of one UNet call's shape replayed alone at each batch size (about `samples` rows
+    each, after one warm-up call)."""
+    shape, timestep, states = call
+    out = {}
+    for b in batches:
+        calls = [(torch.Size((b, *shape[1:])), timestep, torch.Size((b, *states[1:])))] * max(2, samples // b)
+        replay_unet_calls(unet, calls[:1], device, dtype)
+        out[b] = 1000 * replay_unet_calls(unet, calls, device, dtype) / (len(calls) * b)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

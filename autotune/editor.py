@@ -571,8 +571,7 @@ class Editor:
         else:
             swap = torch.stack([replacement_mapper(item.source, item.target) for item in items])
             swap = swap.repeat_interleave(per_row, dim=0).to(device, dtype)
-        worded = [item for item in items if item.words is not None]
-        if worded:
+        if any(item.words is not None for item in items):
             tgt_tokens = [word_token_indices(item.target, item.words[1], "target prompt") if item.words else []
                           for item in items]
             if any(c.reweight != 1.0 for c in candidates):

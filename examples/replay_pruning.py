@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-tasks", type=int, default=defaults.min_tasks)
     parser.add_argument("--min-effect", type=float, default=defaults.min_effect)
     parser.add_argument("--shuffles", type=int, default=0, help="also replay with the tasks in N random orders")
+    parser.add_argument("--task-batch", type=int, default=1,
+                        help="tasks between the pruner's decisions; 0: the tuner's default groups (--max-batch)")
+    parser.add_argument("--max-batch", type=int, default=16, help="the editor's max_batch (with --task-batch 0)")
     args = parser.parse_args(argv)
+    groups = {"task_batch": args.task_batch or None, "max_batch": args.max_batch}
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(args.storage).storage
@@ -48,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     shuffled = []
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
-        result = replay(study, pruner, batch=args.batch)
+        result = replay(study, pruner, batch=args.batch, **groups)
         print(f"| {name} | {result.trials} | {result.tasks} | {len(result.stopped)} | {result.cost:.2f} | "
               f"{result.front} | {result.front_cut or 'none'} | {result.hypervolume_kept:.3f} |")
         for seed in range(args.shuffles):
             order = np.random.default_rng(seed).permutation(result.tasks).tolist()
-            shuffled.append(replay(study, pruner, batch=args.batch, order=order))
+            shuffled.append(replay(study, pruner, batch=args.batch, order=order, **groups))
     if shuffled:
         cut = [r for r in shuffled if r.front_cut]
         fronts = sum(len(r.front) for r in shuffled)

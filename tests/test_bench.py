@@ -125,6 +125,17 @@ def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
     assert r.cold_edit_seconds > 0 and r.cold_unet_seconds > 0 and r.warm_unet_seconds > 0
     assert math.isclose(r.cold_ratio, r.cold_edit_seconds / r.cold_unet_seconds)
     assert math.isclose(r.warm_ratio, r.warm_edit_seconds / r.warm_unet_seconds)
+    assert list(r.sample_ms) == [1, 2, 4, 8, 16, 32, 64] and all(v > 0 for v in r.sample_ms.values())
+    assert "| ms per sample |" in r.markdown()
+
+
+def test_sample_costs_replay_the_call_at_each_batch_size(editor, tasks):
+    unet = editor.components.unet
+    call = bench.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
+    seen = bench.record_unet_calls(unet, lambda: bench.unet_sample_costs(unet, call, torch.device("cpu"),
+                                                                         editor.dtype, batches=(1, 4), samples=8))
+    assert [s[0] for s, _, _ in seen] == [1] * (1 + 8) + [4] * (1 + 2)  # a warm-up, then 8 rows' worth
+    assert all(s[1:] == call[0][1:] and e[1:] == call[2][1:] for s, _, e in seen)
 
 
 def _table(f, s, w_src=None, w_tgt=None):

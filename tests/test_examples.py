@@ -89,3 +89,7 @@ def test_replay_pruning(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith("| fake"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:3] == ["16", "6"] and int(cells[3]) > 0 and float(cells[4]) < 1.0 and cells[6] == "none"
+    # In the tuner's default groups (4 tasks at batch 4 under max_batch 16) the pruner is asked less often.
+    assert _load("replay_pruning").main(["--storage", str(journal), "--task-batch", "0"]) == 0
+    grouped = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| fake"))
+    assert int(grouped.strip("|").split("|")[3]) <= int(cells[3])

@@ -583,6 +583,11 @@ def test_bad_cache_size_fails_before_the_model_loads(tmp_path, capsys, value):
     assert_refused(*cli(capsys, *tune_args(tmp_path, "--cache-mb", value)), f"--cache-mb {value}: give the memory")
 
 
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_bad_task_batch_fails_before_the_model_loads(tmp_path, capsys, value):
+    assert_refused(*cli(capsys, *tune_args(tmp_path, "--task-batch", value)), f"--task-batch {value}: give the tasks")
+
+
 def test_bad_trial_budget_and_batch(tiny_model_dir, tmp_path, capsys):
     base = ["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color", "-q",
             "--project-dir", str(tmp_path / "proj"), "--presets-dir", str(tmp_path / "presets")]

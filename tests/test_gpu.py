@@ -50,3 +50,18 @@ def test_batched_edit_on_gpu_matches_single_calls(editor, photo):
     for cand, res in zip(cands, batched):
         alone = editor.edit(photo, "a cat", "a dog", cand, blend_words=("cat", "dog"))
         assert (res.pixels - alone.pixels).abs().mean() < 2e-2  # fp16 batched kernels differ slightly
+
+
+def test_several_tasks_in_one_loop_on_gpu_match_single_tasks(editor, photo):
+    from PIL import ImageOps
+
+    from autotune import EditParams
+    from autotune.tasks import EditTask
+
+    tasks = [EditTask("cat", photo, "a cat", "a dog", "change_object", blend_words=("cat", "dog")),
+             EditTask("tiger", ImageOps.mirror(photo), "a cat lying down", "a tiger lying down", "change_object",
+                      blend_words=("cat", "tiger"))]
+    cands = [EditParams(w_src=0.5, w_tgt=t, steps=20) for t in (5.0, 7.5)]
+    for task, row in zip(tasks, editor.edit_tasks(tasks, cands)):
+        for res, alone in zip(row, editor.edit_task(task, cands)):
+            assert (res.pixels - alone.pixels).abs().mean() < 2e-2  # fp16 batched kernels differ slightly
