@@ -101,3 +101,29 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vpred_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-v"), "v_prediction")
+
+
+@pytest.fixture
+def rows_seen(monkeypatch) -> list[int]:
+    """The batch rows (source + target branches) of every denoising run of the editor."""
+    import autotune.editor as editor_module
+
+    seen: list[int] = []
+    real = editor_module.sample_branches
+
+    def spy(unet, grid, start, *args, **kwargs):
+        seen.append(start.shape[0])
+        return real(unet, grid, start, *args, **kwargs)
+
+    monkeypatch.setattr(editor_module, "sample_branches", spy)
+    return seen
+
+
+def tiny_editor(tiny_model_dir: Path, **kwargs):
+    """The editor on the tiny pipeline, on the CPU at one thread, without progress bars."""
+    import torch
+
+    from autotune import Editor
+
+    torch.set_num_threads(1)
+    return Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False, **kwargs)

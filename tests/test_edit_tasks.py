@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-import autotune.editor as editor_module
 from autotune import Editor, EditParams, GuidanceSchedule
 from autotune.tasks import EditTask
+from tests.conftest import tiny_editor
 
 SRC = "a woman in a space suit"
 
@@ -47,24 +47,6 @@ def _tasks(photos: list[Image.Image], mode: str) -> list[EditTask]:
     ]
 
 
-def _editor(tiny_model_dir, **kwargs) -> Editor:
-    torch.set_num_threads(1)
-    return Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False, **kwargs)
-
-
-@pytest.fixture
-def rows_seen(monkeypatch) -> list[int]:
-    seen: list[int] = []
-    real = editor_module.sample_branches
-
-    def spy(unet, grid, start, *args, **kwargs):
-        seen.append(start.shape[0])
-        return real(unet, grid, start, *args, **kwargs)
-
-    monkeypatch.setattr(editor_module, "sample_branches", spy)
-    return seen
-
-
 def _assert_same(got, want) -> None:
     for a, b in zip(got, want, strict=True):
         assert a.params == b.params
@@ -77,9 +59,9 @@ def _assert_same(got, want) -> None:
 def test_tasks_batched_together_give_their_own_edits(tiny_model_dir, photos, rows_seen, mode):
     candidates = [c.with_(p2p_mode=mode) for c in CANDIDATES]
     tasks = _tasks(photos, mode)
-    together = _editor(tiny_model_dir, max_batch=64, record_sources=False).edit_tasks(tasks, candidates)
+    together = tiny_editor(tiny_model_dir, max_batch=64, record_sources=False).edit_tasks(tasks, candidates)
     assert rows_seen == [len(tasks) * (SOURCE_GROUPS + len(candidates))]  # one denoising run for all of it
-    alone = _editor(tiny_model_dir, record_sources=False)
+    alone = tiny_editor(tiny_model_dir, record_sources=False)
     for task, got in zip(tasks, together, strict=True):
         _assert_same(got, alone.edit_task(task, candidates))
     # The tasks differ: a run that mixed up their rows would not give each its own edit.
@@ -88,13 +70,13 @@ def test_tasks_batched_together_give_their_own_edits(tiny_model_dir, photos, row
 
 def test_recorded_and_live_source_branches_of_several_tasks_mix(tiny_model_dir, photos, rows_seen):
     tasks = _tasks(photos, "refine")
-    recording = _editor(tiny_model_dir, max_batch=64)
+    recording = tiny_editor(tiny_model_dir, max_batch=64)
     recording.edit_tasks(tasks[:2], CANDIDATES[:1])  # records the first two tasks' w_src=0.5 source branches
     rows_seen.clear()
     got = recording.edit_tasks(tasks, CANDIDATES[:3])
     # live: tasks 0 and 1 at w_src=1.0, task 2 at 0.5 and 1.0; recorded: tasks 0 and 1 at 0.5
     assert rows_seen == [4 + 3 * 3]
-    live = _editor(tiny_model_dir, record_sources=False)
+    live = tiny_editor(tiny_model_dir, record_sources=False)
     for task, row in zip(tasks, got, strict=True):
         _assert_same(row, live.edit_task(task, CANDIDATES[:3]))
 
@@ -103,12 +85,12 @@ def test_tasks_are_split_by_max_batch_and_image_size(tiny_model_dir, photos, row
     tasks = _tasks(photos, "refine")
     wide = EditTask("wide", photos[2].resize((48, 32)), "a cup of coffee", "a cup of tea", "change_object")
     candidates = [EditParams(w_src=0.5, w_tgt=w, steps=4) for w in (3.0, 7.5)]
-    editor = _editor(tiny_model_dir, max_batch=4, record_sources=False)
+    editor = tiny_editor(tiny_model_dir, max_batch=4, record_sources=False)
     got = editor.edit_tasks([tasks[0], wide, tasks[1], tasks[2]], candidates)
     # at most 4 target branches per run: two 32x32 tasks, then the third, then the 48x32 one on its own
     assert rows_seen == [2 + 4, 1 + 2, 1 + 2]
     assert got[1][0].pixels.shape[-2:] == (20, 32)  # fitted to the model: 32 px on the long side
-    alone = _editor(tiny_model_dir, record_sources=False)
+    alone = tiny_editor(tiny_model_dir, record_sources=False)
     for task, row in zip([tasks[0], wide, tasks[1], tasks[2]], got, strict=True):
         _assert_same(row, alone.edit_task(task, candidates))
 
@@ -116,7 +98,7 @@ def test_tasks_are_split_by_max_batch_and_image_size(tiny_model_dir, photos, row
 def test_edit_tasks_checks_its_inputs(tiny_model_dir, photos):
     from autotune.errors import InputError
 
-    editor = _editor(tiny_model_dir)
+    editor = tiny_editor(tiny_model_dir)
     bad = EditTask("bad", photos[0], SRC, "a cat in a space suit", "change_object", blend_words=("woman", "dog"))
     with pytest.raises(InputError, match="dog"):
         editor.edit_tasks([bad], CANDIDATES[:1])

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-import autotune.editor as editor_module
 from autotune import Editor, EditParams, GuidanceSchedule
 from autotune.cache import TensorCache
 from autotune.source_record import SourceRecord
+from tests.conftest import tiny_editor
 
 SRC = "a woman in a space suit"
 TARGETS = [("a man in a space suit", ("woman", "man")), ("a cat in a space suit", ("woman", "cat"))]
@@ -35,29 +35,10 @@ def photo() -> Image.Image:
     return Image.fromarray(data.astronaut()).resize((32, 32), Image.LANCZOS)
 
 
-def _editor(tiny_model_dir, **kwargs) -> Editor:
-    torch.set_num_threads(1)
-    return Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False, **kwargs)
-
-
-@pytest.fixture
-def rows_seen(monkeypatch) -> list[int]:
-    """The batch rows (source + target branches) of every denoising run."""
-    seen: list[int] = []
-    real = editor_module.sample_branches
-
-    def spy(unet, grid, start, *args, **kwargs):
-        seen.append(start.shape[0])
-        return real(unet, grid, start, *args, **kwargs)
-
-    monkeypatch.setattr(editor_module, "sample_branches", spy)
-    return seen
-
-
 @pytest.mark.parametrize("mode", ["refine", "replace"])
 def test_recorded_source_branches_give_the_live_edits(tiny_model_dir, photo, rows_seen, mode):
-    live = _editor(tiny_model_dir, record_sources=False)
-    recording = _editor(tiny_model_dir)
+    live = tiny_editor(tiny_model_dir, record_sources=False)
+    recording = tiny_editor(tiny_model_dir)
     candidates = [c.with_(p2p_mode=mode) for c in CANDIDATES]
     first_target, second_target = TARGETS
     recording.edit_batch(photo, SRC, first_target[0], candidates, blend_words=first_target[1])
@@ -80,8 +61,8 @@ def test_recorded_source_branches_give_the_live_edits(tiny_model_dir, photo, row
 
 
 def test_live_and_recorded_source_branches_mix_in_one_batch(tiny_model_dir, photo, rows_seen):
-    live = _editor(tiny_model_dir, record_sources=False)
-    recording = _editor(tiny_model_dir)
+    live = tiny_editor(tiny_model_dir, record_sources=False)
+    recording = tiny_editor(tiny_model_dir)
     target, words = TARGETS[0]
     recording.edit_batch(photo, SRC, target, [EditParams(w_src=0.3, steps=6)], blend_words=words)
     mixed = [EditParams(w_src=0.3, w_tgt=4.0, steps=6), EditParams(w_src=0.7, steps=6),
@@ -94,8 +75,8 @@ def test_live_and_recorded_source_branches_mix_in_one_batch(tiny_model_dir, phot
 
 
 def test_a_record_without_the_windows_a_run_needs_is_not_used(tiny_model_dir, photo, rows_seen):
-    recording = _editor(tiny_model_dir)
-    live = _editor(tiny_model_dir, record_sources=False)
+    recording = tiny_editor(tiny_model_dir)
+    live = tiny_editor(tiny_model_dir, record_sources=False)
     target, words = TARGETS[0]
     narrow = EditParams(w_src=0.5, steps=6, cross_replace=0.2, self_replace=0.2)
     recording.edit_batch(photo, SRC, target, [narrow], blend_words=words)
@@ -115,7 +96,7 @@ def test_a_record_without_the_windows_a_run_needs_is_not_used(tiny_model_dir, ph
 
 
 def test_records_too_big_for_the_cache_turn_recording_off(tiny_model_dir, photo, rows_seen):
-    small = _editor(tiny_model_dir)
+    small = tiny_editor(tiny_model_dir)
     small.cache = TensorCache(max_bytes=64 << 10)  # 64 KiB: a record of this model takes more than a quarter
     target, words = TARGETS[0]
     params = EditParams(w_src=0.5, steps=6)
@@ -127,7 +108,7 @@ def test_records_too_big_for_the_cache_turn_recording_off(tiny_model_dir, photo,
 
 
 def test_clearing_the_cache_drops_the_records(tiny_model_dir, photo, rows_seen):
-    recording = _editor(tiny_model_dir)
+    recording = tiny_editor(tiny_model_dir)
     target, words = TARGETS[0]
     params = EditParams(w_src=0.5, steps=4)
     recording.edit(photo, SRC, target, params, blend_words=words)
