@@ -7,22 +7,14 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from autotune import Editor, EditParams, GuidanceSchedule
+from autotune import Editor, EditParams
 from autotune.tasks import EditTask
 from tests.conftest import tiny_editor
+from tests.test_source_record import CANDIDATES as RECORD_CANDIDATES
 
 SRC = "a woman in a space suit"
 
-CANDIDATES = [
-    EditParams(w_src=0.5, w_tgt=7.5, steps=5),
-    EditParams(w_src=0.5, w_tgt=3.0, steps=5, cross_replace=0.2, reweight=1.0),
-    EditParams(w_src=1.0, w_tgt=5.0, steps=5, self_replace=0.0, blend_threshold=0.5),
-    EditParams(method="direct", w_src=2.0, steps=5),
-    EditParams(method="negative_prompt", steps=5),
-    EditParams(method="null_text", w_src=0.5, steps=5, null_text_iterations=2),
-    EditParams(w_src=GuidanceSchedule.linear(0.0, 1.0), w_tgt=GuidanceSchedule.interval(7.5, 0.0, 0.5), steps=5),
-    EditParams(w_src=1.0, w_tgt=6.0, steps=5, blend_threshold=0.9, blend_start=0.4),
-]
+CANDIDATES = [c.with_(steps=5) for c in RECORD_CANDIDATES]  # all five methods, schedules, blend settings
 SOURCE_GROUPS = 6  # distinct (method, inversion and source guidance) among CANDIDATES
 
 
