@@ -10,7 +10,8 @@
 
 Writes into `out_dir`:
 - ``images/<category>/<task id>.png``: every edit;
-- ``results.csv``: one row per task with its parameters and every metric (raw values);
+- ``results.csv``: one row per task with its parameters and every metric (raw values), and ``seconds``: its
+  share of its group's edit time (tasks with the same parameters are edited together) plus its own scoring;
 - ``summary.csv`` and ``summary.md``: per category and overall, the mean of each metric (NaN skipped) in
   PIE-Bench's columns and scales (structure distance x10^3, PSNR, LPIPS x10^3, MSE x10^4, SSIM x10^2, CLIP);
 - ``run.json``: the model, the scorer's mode and backbones, the parameter source.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import atomic
-from autotune.errors import InputError
+from autotune.errors import AutotuneError, InputError
 from autotune.params import EditParams
 from autotune.scoring.base import Scorer, metric_info
 from autotune.tasks import EditTask
@@ -42,6 +44,7 @@ RESULTS = "results.csv"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 RUN_JSON = "run.json"
+log = logging.getLogger(__name__)
 _ID_COLUMNS = ("task_id", "category", "image", "method", "w_src", "w_tgt", "params")
 
 
@@ -84,8 +87,14 @@ def evaluate(
     out_dir: str | os.PathLike,
     progress: bool = True,
     style: str | None = None,
+    task_batch: int | None = None,
 ) -> Evaluation:
-    """Edit every task, score it, write images and tables into `out_dir` (see module docstring)."""
+    """Edit every task, score it, write images and tables into `out_dir` (see module docstring).
+
+    Consecutive tasks with the same parameters are edited together, `task_batch` per engine call (default: the
+    editor's `max_batch`; 1 for an engine without `edit_tasks`); a group that fails is retried task by task."""
+    if task_batch is not None and (isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1):
+        raise InputError(f"task_batch={task_batch!r} must be a whole number >= 1 (or None: the editor's max_batch)")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -111,18 +120,22 @@ def evaluate(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="evaluate", unit="task", disable=not progress)
+    planned = [(task, params_for_task(params_or_preset, task, run["model"], style)) for task in todo]
     try:
-        for task in todo:
+        for group, params in _groups(planned, _tasks_per_call(editor, task_batch)):
             started = time.perf_counter()
-            params = params_for_task(params_or_preset, task, run["model"], style)
-            result = editor.edit_task(task, [params])[0]
-            image_rel = Path("images") / task.category / f"{_safe(task.id)}.png"
-            (out / image_rel).parent.mkdir(parents=True, exist_ok=True)
-            _save_image(result.image, out / image_rel)
-            scores = scorer.score(task, result.pixels[None])[0]
-            rows.append(_row(task, params, image_rel, scores, metric_names, time.perf_counter() - started))
-            _write_rows(out / RESULTS, rows, metric_names)
-            bar.update(1)
+            results = _edit_group(editor, group, params)
+            seconds = (time.perf_counter() - started) / len(group)  # the group's edit time, shared
+            for task, result in zip(group, results, strict=True):
+                started = time.perf_counter()
+                image_rel = Path("images") / task.category / f"{_safe(task.id)}.png"
+                (out / image_rel).parent.mkdir(parents=True, exist_ok=True)
+                _save_image(result.image, out / image_rel)
+                scores = scorer.score(task, result.pixels[None])[0]
+                rows.append(_row(task, params, image_rel, scores, metric_names,
+                                 seconds + time.perf_counter() - started))
+                _write_rows(out / RESULTS, rows, metric_names)
+                bar.update(1)
     finally:
         bar.close()
     wanted = set(ids)
@@ -130,6 +143,38 @@ def evaluate(
     summary = summarize(selected, metric_names)
     _write_summary(out, summary, metric_names, run)
     return Evaluation(out, selected, summary, skipped=len(tasks) - len(todo))
+
+
+def _tasks_per_call(editor: Any, task_batch: int | None) -> int:
+    if not hasattr(editor, "edit_tasks"):
+        return 1
+    return task_batch if task_batch is not None else max(1, int(getattr(editor, "max_batch", 1)))
+
+
+def _groups(planned: list[tuple[EditTask, EditParams]], size: int):
+    """Runs of consecutive tasks with equal parameters, at most `size` long."""
+    group: list[EditTask] = []
+    params: EditParams | None = None
+    for task, p in planned:
+        if group and (p != params or len(group) == size):
+            yield group, params
+            group = []
+        group.append(task)
+        params = p
+    if group:
+        yield group, params
+
+
+def _edit_group(editor: Any, group: list[EditTask], params: EditParams) -> list[Any]:
+    if len(group) == 1:
+        return [editor.edit_task(group[0], [params])[0]]
+    try:
+        return [row[0] for row in editor.edit_tasks(group, [params])]
+    except (KeyboardInterrupt, AutotuneError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the group: one task at a time
+        log.info("editing %d tasks together failed (%s); one at a time", len(group), exc)
+        return [editor.edit_task(task, [params])[0] for task in group]
 
 
 def _check_prompts(editor: Any, tasks: Sequence[EditTask]) -> None:

@@ -187,3 +187,69 @@ def test_cli_with_a_preset_file_and_an_override(tiny_model_dir, tmp_path, capsys
     wrong = ["evaluate", "--tasks", str(tmp_path / "colors.jsonl"), "--preset", str(tmp_path / "object.json")]
     assert main([*wrong, "--out", str(tmp_path / "run2"), *common]) == 2
     assert "change_object preset, not change_color" in capsys.readouterr().err
+
+
+class GroupingEditor(FakeEditor):
+    """The fake engine with `edit_tasks`, as the real one: several tasks per call, up to `max_batch`."""
+
+    max_batch = 2
+
+    def __init__(self, fail_groups: bool = False):
+        super().__init__()
+        self.groups: list[list[str]] = []
+        self.fail_groups = fail_groups
+
+    def edit_tasks(self, tasks, candidates):
+        self.groups.append([t.id for t in tasks])
+        if self.fail_groups:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return [self.edit_task(t, candidates) for t in tasks]
+
+
+def _metrics(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_tasks_with_the_same_parameters_are_edited_together(tmp_path):
+    alone = evaluate(FakeEditor(), _tasks(), EditParams(w_tgt=10.0), SCORER, tmp_path / "a", progress=False)
+    editor = GroupingEditor()
+    together = evaluate(editor, _tasks(), EditParams(w_tgt=10.0), SCORER, tmp_path / "b", progress=False)
+    assert editor.groups == [["astro", "coffee"]]  # then "cat" alone, through edit_task
+    assert editor.calls == ["astro", "coffee", "cat"]
+    assert _metrics(together.rows) == _metrics(alone.rows)
+    # a per-category source: consecutive tasks with equal parameters only
+    editor = GroupingEditor()
+    evaluate(editor, _tasks(), lambda t: EditParams(w_tgt=5.0 if t.id != "astro" else 7.0), SCORER,
+             tmp_path / "c", progress=False)
+    assert editor.groups == [["coffee", "cat"]]
+    editor = GroupingEditor()
+    evaluate(editor, _tasks(), EditParams(), SCORER, tmp_path / "d", progress=False, task_batch=1)
+    assert editor.groups == [] and editor.calls == ["astro", "coffee", "cat"]
+    with pytest.raises(InputError, match="task_batch=0 must be a whole number"):
+        evaluate(editor, _tasks(), EditParams(), SCORER, tmp_path / "e", progress=False, task_batch=0)
+
+
+def test_a_group_that_fails_is_edited_task_by_task(tmp_path):
+    alone = evaluate(FakeEditor(), _tasks(), EditParams(), SCORER, tmp_path / "a", progress=False)
+    editor = GroupingEditor(fail_groups=True)
+    result = evaluate(editor, _tasks(), EditParams(), SCORER, tmp_path / "b", progress=False)
+    assert editor.groups == [["astro", "coffee"]] and editor.calls == ["astro", "coffee", "cat"]
+    assert _metrics(result.rows) == _metrics(alone.rows)
+
+
+def test_grouped_evaluation_on_the_real_engine_equals_one_task_at_a_time(tiny_model_dir, tmp_path):
+    from autotune.shapes.scoring import ShapesScorer
+    from autotune.shapes.tasks import shapes_tasks
+    from tests.conftest import tiny_editor
+
+    tasks = shapes_tasks("change_color", "heldout", count=3)
+    params = EditParams(steps=4)
+    runs = {}
+    for task_batch in (None, 1):
+        editor = tiny_editor(tiny_model_dir, record_sources=False)
+        runs[task_batch] = evaluate(editor, tasks, params, ShapesScorer(), tmp_path / str(task_batch),
+                                    progress=False, task_batch=task_batch).rows
+    for a, b in zip(runs[None], runs[1], strict=True):
+        assert a["task_id"] == b["task_id"]
+        for name in ("background_psnr", "edit_success", "preservation"):
+            assert float(a[name]) == pytest.approx(float(b[name]), abs=1e-3)

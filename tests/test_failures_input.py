@@ -586,6 +586,9 @@ def test_bad_cache_size_fails_before_the_model_loads(tmp_path, capsys, value):
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_bad_task_batch_fails_before_the_model_loads(tmp_path, capsys, value):
     assert_refused(*cli(capsys, *tune_args(tmp_path, "--task-batch", value)), f"--task-batch {value}: give the tasks")
+    evaluate = ["evaluate", "--model", str(tmp_path / "no-such-model"), "--tasks", "shapes:change_color",
+                "--out", str(tmp_path / "eval"), "-q", "--task-batch", value]
+    assert_refused(*cli(capsys, *evaluate), f"--task-batch {value}: give the tasks")
 
 
 def test_bad_trial_budget_and_batch(tiny_model_dir, tmp_path, capsys):

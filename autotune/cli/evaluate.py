@@ -32,6 +32,9 @@ def register(subparsers) -> None:
         "CATEGORY[:STYLE], or PATH.json[:STYLE]; --w-src etc. override its values",
     )
     parser.add_argument("--out", required=True, help="output directory (reused to resume)")
+    parser.add_argument("--task-batch", type=int, metavar="N",
+                        help="tasks with the same parameters edited in one engine call; unset: the editor's "
+                        "max_batch (16); 1: one at a time, the least memory")
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument(
         "--scorer",
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     from autotune.evaluate import evaluate
     from autotune.task_sources import load_tasks
 
+    if args.task_batch is not None and args.task_batch < 1:
+        raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
     tasks = load_tasks(args.tasks, args.category, args.split)
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     scorer = _scorer(args, editor)
-    result = evaluate(editor, tasks, source, scorer, args.out, progress=not args.quiet, style=style)
+    result = evaluate(editor, tasks, source, scorer, args.out, progress=not args.quiet, style=style,
+                      task_batch=args.task_batch)
     print((result.out_dir / "summary.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {result.out_dir} ({len(result.rows)} tasks, {result.skipped} already done)")
     return 0
