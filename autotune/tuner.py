@@ -228,7 +228,10 @@ class _Evaluator:
             if len(results) != len(tasks) or any(len(row) != len(cands) for row in results):
                 raise RuntimeError(f"editor returned {[len(r) for r in results]} results for {len(tasks)} tasks x "
                                    f"{len(cands)} candidates")
-            return [self._score(task, cands, row) for task, row in zip(tasks, results)]
+            scored = [self._score(task, cands, row) for task, row in zip(tasks, results)]
+            for row in results:  # once every task scored: a retry must not keep a task's thumbnails twice
+                self._keep_thumbs(cands, row)
+            return scored
         except (KeyboardInterrupt, AutotuneError):
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the task and candidate that fail
@@ -243,7 +246,10 @@ class _Evaluator:
         try:
             self.engine_calls += 1
             self.candidate_edits += len(cands)
-            return self._score(task, cands, self.editor.edit_task(task, [c.params for c in cands]))
+            results = self.editor.edit_task(task, [c.params for c in cands])
+            scored = self._score(task, cands, results)
+            self._keep_thumbs(cands, results)
+            return scored
         except (KeyboardInterrupt, AutotuneError):
             raise
         except Exception as exc:  # noqa: BLE001 - isolate the candidate that fails
@@ -266,10 +272,13 @@ class _Evaluator:
         scores = self.scorer.score(task, torch.stack([r.pixels for r in results]))
         if len(scores) != len(cands):
             raise RuntimeError(f"scorer returned {len(scores)} results for {len(cands)} candidates")
+        return list(scores)
+
+    @staticmethod
+    def _keep_thumbs(cands: list[_Candidate], results: Sequence[Any]) -> None:
         for c, r in zip(cands, results, strict=True):
             if len(c.thumbs) < ARTIFACT_TASKS:
                 c.thumbs.append(_thumb(r.pixels))
-        return list(scores)
 
     def run(self, cands: list[_Candidate], refs: Mapping[int, np.ndarray], on_task: Callable[[], None]) -> None:
         needed = self.objectives.metric_names()
