@@ -414,13 +414,19 @@ def bench_overhead(editor: Any, task: EditTask, params: EditParams | None = None
 def unet_sample_costs(unet: Any, call: tuple[torch.Size, Any, torch.Size], device: torch.device, dtype: torch.dtype,
                       batches: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), samples: int = 128) -> dict[int, float]:
     """Milliseconds per sample of one UNet call's shape replayed alone at each batch size (about `samples` rows
-    each, after one warm-up call)."""
+    each, after one warm-up call). Stops at the first batch size the device has no memory for (a large model on a
+    small GPU), keeping the sizes measured before it."""
     shape, timestep, states = call
     out = {}
     for b in batches:
         calls = [(torch.Size((b, *shape[1:])), timestep, torch.Size((b, *states[1:])))] * max(2, samples // b)
-        replay_unet_calls(unet, calls[:1], device, dtype)
-        out[b] = 1000 * replay_unet_calls(unet, calls, device, dtype) / (len(calls) * b)
+        try:
+            replay_unet_calls(unet, calls[:1], device, dtype)
+            out[b] = 1000 * replay_unet_calls(unet, calls, device, dtype) / (len(calls) * b)
+        except torch.OutOfMemoryError:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
     return out
 
 

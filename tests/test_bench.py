@@ -138,6 +138,21 @@ def test_sample_costs_replay_the_call_at_each_batch_size(editor, tasks):
     assert all(s[1:] == call[0][1:] and e[1:] == call[2][1:] for s, _, e in seen)
 
 
+def test_sample_costs_keep_what_fit_when_a_batch_runs_out_of_memory(editor, tasks, monkeypatch):
+    unet = editor.components.unet
+    call = bench.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
+    real = bench.replay_unet_calls
+
+    def small_device(unet, calls, device, dtype):
+        if calls[0][0][0] >= 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(unet, calls, device, dtype)
+
+    monkeypatch.setattr(bench, "replay_unet_calls", small_device)
+    costs = bench.unet_sample_costs(unet, call, torch.device("cpu"), editor.dtype, batches=(1, 2, 4, 8), samples=4)
+    assert list(costs) == [1, 2] and all(v > 0 for v in costs.values())
+
+
 def _table(f, s, w_src=None, w_tgt=None):
     n = len(f)
     return bench.GridTable("change_color", w_src or list(np.linspace(0, 2, n)), w_tgt or list(np.linspace(1, 12, n)),
