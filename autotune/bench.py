@@ -223,12 +223,15 @@ class ThroughputResult:
                 f"{self.pruned} of {self.trials} trials pruned. Both loops ran the same trial parameters." + work)
 
 
-def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequence[EditParams]) -> float:
+def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequence[EditParams],
+               progress: bool = False) -> float:
     """The loop a user would write: every trial edits every task alone, from scratch. Returns seconds."""
+    from tqdm.auto import tqdm
+
     device = torch.device(getattr(editor, "device", "cpu"))
     _sync(device)
     start = time.perf_counter()
-    for p in params:
+    for p in tqdm(params, desc="naive loop", unit="trial", disable=not progress):
         for task in tasks:
             editor.cache.clear()  # no inversion (or VAE latent) reuse between calls
             result = editor.edit(task.image, task.source_prompt, task.target_prompt, p, blend_words=task.blend_words)
@@ -239,7 +242,7 @@ def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequ
 
 def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, trials: int = 16, batch: int = 4,
                      steps: int = 50, sampler: str = "tpe", seed: int = 0, naive_trials: int | None = None,
-                     prune: bool = True, task_batch: int | None = None) -> ThroughputResult:
+                     prune: bool = True, task_batch: int | None = None, progress: bool = False) -> ThroughputResult:
     """Run `tune` for `trials` trials, then the naive loop on `naive_trials` (default all) of the same trial
     parameters, spread evenly over the study, in this process: the subset's rate stands for the whole study's."""
     import optuna
@@ -259,8 +262,8 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
         runs: list[Any] = []
         auto_calls = record_unet_calls(unet, lambda: runs.append(tune(
             editor, tasks, category=category, trials=trials, batch=batch, storage=f"{tmp}/bench.journal",
-            sampler=sampler, seed=seed, scorer=scorer, search_space=bench_space(steps), progress=False, prune=prune,
-            artifacts=False, save_preset=False, project_dir=tmp, task_batch=task_batch)))
+            sampler=sampler, seed=seed, scorer=scorer, search_space=bench_space(steps), progress=progress,
+            prune=prune, artifacts=False, save_preset=False, project_dir=tmp, task_batch=task_batch)))
         _sync(device)
         auto_seconds = time.perf_counter() - start
         result = runs[0]
@@ -270,7 +273,7 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
     # Spread over the study: a trial's cost depends on its parameters (guidance 0 or 1 skips half a branch).
     subset = [params[round(i * len(params) / n_naive)] for i in range(n_naive)]
     timed: list[float] = []
-    naive_calls = record_unet_calls(unet, lambda: timed.append(naive_loop(editor, tasks, scorer, subset)))
+    naive_calls = record_unet_calls(unet, lambda: timed.append(naive_loop(editor, tasks, scorer, subset, progress)))
     naive_seconds = timed[0]
     auto_rate = 60.0 * len(done) / auto_seconds
     naive_rate = 60.0 * n_naive / naive_seconds
@@ -475,8 +478,10 @@ class GridTable:
 
 
 def grid_scores(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, points: int = 15, steps: int = 50,
-                space: SearchSpace | None = None, objectives: Any = None) -> GridTable:
+                space: SearchSpace | None = None, objectives: Any = None, progress: bool = False) -> GridTable:
     """Edit and score every grid pair on every task: one engine call per (task, w_src) with all w_tgt values."""
+    from tqdm.auto import tqdm
+
     from autotune.objectives import default_objectives
 
     space = space or bench_space(steps)
@@ -487,6 +492,8 @@ def grid_scores(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, points: 
     w_tgt = [round(float(v), 6) for v in np.linspace(lo_t, hi_t, points)]
     sums: list[list[dict[str, float]]] = [[{} for _ in w_tgt] for _ in w_src]
     start = time.perf_counter()
+    bar = tqdm(total=len(tasks) * len(w_src), desc=f"grid {tasks[0].category}", unit="edit call",
+               disable=not progress)
     for task in tasks:
         for i, s in enumerate(w_src):
             cands = [space.to_params({"w_src": s, "w_tgt": t}) for t in w_tgt]
@@ -495,7 +502,9 @@ def grid_scores(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, points: 
             for j, metrics in enumerate(scores):
                 for k, v in metrics.items():
                     sums[i][j][k] = sums[i][j].get(k, 0.0) + float(v) / len(tasks)
+            bar.update()
         editor.cache.clear()  # this task's inversions are done with
+    bar.close()
     fidelity = [[objs.fidelity.value(m) for m in row] for row in sums]
     strength = [[objs.edit_strength.value(m) for m in row] for row in sums]
     return GridTable(tasks[0].category, w_src, w_tgt, fidelity, strength, objs.directions, sums, len(tasks), steps,
@@ -596,19 +605,19 @@ def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = E
 
 
 def cached_grid(editor: Any, tasks: Sequence[EditTask], scorer: Any, cache_dir: str | Path | None, *,
-                points: int = 15, steps: int = 50) -> GridTable:
+                points: int = 15, steps: int = 50, progress: bool = False) -> GridTable:
     """`grid_scores`, kept as JSON under `cache_dir` keyed by the model's weights, the tasks, steps and points."""
     from autotune.tuner import task_fingerprint
 
     if cache_dir is None:
-        return grid_scores(editor, tasks, scorer, points=points, steps=steps)
+        return grid_scores(editor, tasks, scorer, points=points, steps=steps, progress=progress)
     info = editor.model_info()
     key = hashlib.sha256(json.dumps([info.get("weights"), info.get("scheduler"), task_fingerprint(tasks), points,
                                      steps, scorer.describe()], sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"grid-{tasks[0].category}-{key}.json"
     if path.is_file():
         return GridTable.from_json(path.read_text(encoding="utf-8"))
-    table = grid_scores(editor, tasks, scorer, points=points, steps=steps)
+    table = grid_scores(editor, tasks, scorer, points=points, steps=steps, progress=progress)
     atomic.write_text(path, table.to_json())
     return table
 
@@ -680,8 +689,10 @@ def tuned_params(editor: Any, category: str, grid: GridTable | None = None, styl
 
 
 def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask]],
-                  tuned: dict[str, tuple[EditParams | None, str]]) -> QualityResult:
+                  tuned: dict[str, tuple[EditParams | None, str]], progress: bool = False) -> QualityResult:
     """Edit each held-out task under the tuned pick and the two paper settings in one batch, score, average."""
+    from tqdm.auto import tqdm
+
     rows: list[QualityRow] = []
     sources = {}
     for category, tasks in heldout.items():
@@ -694,7 +705,7 @@ def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask
             settings.insert(0, ("tuned", params))
         sums = [dict.fromkeys(("edit_success", "background_psnr", "preservation", "full_success"), 0.0)
                 for _ in settings]
-        for task in tasks:
+        for task in tqdm(tasks, desc=f"quality {category}", unit="task", disable=not progress):
             results = editor.edit_task(task, [p for _, p in settings])
             scores = scorer.score(task, torch.stack([r.pixels for r in results]))
             for acc, s in zip(sums, scores, strict=True):

@@ -192,7 +192,7 @@ def test_trials_to_reach_matches_a_replay_of_the_sampler():
     assert bench.trials_to_reach(flat, "tpe", seed=0, budget=5)[0] == 1
 
 
-def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, tasks, scorer):
+def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, tasks, scorer, capsys):
     calls = []
     original = editor.edit_task
 
@@ -202,10 +202,12 @@ def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, task
 
     editor.edit_task = counting
     try:
-        table = bench.grid_scores(editor, tasks[:1], scorer, points=2, steps=2)
+        table = bench.grid_scores(editor, tasks[:1], scorer, points=2, steps=2, progress=True)
     finally:
         del editor.edit_task
     assert calls == [(tasks[0].id, 2), (tasks[0].id, 2)]
+    assert f"grid {tasks[0].category}" in capsys.readouterr().err  # the bar: one step per engine call
+
     assert table.w_src == [0.0, 2.0] and table.w_tgt == [1.0, 12.0]
     one = editor.edit(tasks[0].image, tasks[0].source_prompt, tasks[0].target_prompt,
                       EditParams(steps=2, w_src=2.0, w_tgt=1.0), blend_words=tasks[0].blend_words)
@@ -216,13 +218,15 @@ def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, task
     assert "random trials to 98%" in res.markdown()
 
 
-def test_quality_rows_and_tuned_pick_from_a_grid(editor, tasks, scorer, tmp_path):
+def test_quality_rows_and_tuned_pick_from_a_grid(editor, tasks, scorer, tmp_path, capsys):
     table = _table([[30, 20], [25, 10]], [[0, 0.5], [0.2, 1.0]])
     table.steps = 2
     params, source = bench.tuned_params(editor, "change_color", table, presets=tmp_path)
     assert "grid" in source and params.steps == 2
     assert (params.w_src.start, params.w_tgt.start) in {(0.0, 1.0), (0.0, 12.0), (2.0, 12.0)}  # front points
-    r = bench.bench_quality(editor, scorer, {"change_color": tasks[:1]}, {"change_color": (params, source)})
+    r = bench.bench_quality(editor, scorer, {"change_color": tasks[:1]}, {"change_color": (params, source)},
+                            progress=True)
+    assert "quality change_color" in capsys.readouterr().err
     assert [row.setting for row in r.rows] == ["tuned", "SimInversion default", "DDIM-style"]
     assert [(row.w_src, row.w_tgt) for row in r.rows][1:] == [(0.5, 7.5), (1.0, 7.5)]
     direct = editor.edit(tasks[0].image, tasks[0].source_prompt, tasks[0].target_prompt,

@@ -141,7 +141,7 @@ def _grids(args: argparse.Namespace, categories: list[str], state: dict):
     if "grids" not in state:
         editor = _editor(args, state)
         state["grids"] = {c: bench.cached_grid(editor, _tasks(c, "tune", args.tasks, args.seed), ShapesScorer(),
-                                               args.cache_dir, points=args.grid, steps=args.steps)
+                                               args.cache_dir, points=args.grid, steps=args.steps, progress=True)
                           for c in categories}
     return state["grids"]
 
@@ -157,7 +157,7 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
         tasks = _tasks(args.category, "tune", args.tasks, args.seed)
         return bench.bench_throughput(editor, tasks, scorer, trials=args.trials, batch=args.batch, steps=args.steps,
                                       sampler=args.sampler, seed=args.seed, naive_trials=args.naive_trials,
-                                      task_batch=args.task_batch), ""
+                                      task_batch=args.task_batch, progress=True), ""
     if name == "overhead":
         editor = _editor(args, state)
         task = _tasks(args.category, "tune", 1, args.seed)[0]
@@ -176,7 +176,7 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
                                                     presets=args.presets)
             tuned[c] = (params, source)
         heldout = {c: _tasks(c, "heldout", args.tasks, args.seed) for c in categories}
-        return bench.bench_quality(editor, scorer, heldout, tuned), ""
+        return bench.bench_quality(editor, scorer, heldout, tuned, progress=True), ""
     if name == "inversion":
         model = _model_folder(args.model)
         return bench.bench_inversion(model, args.inversion_samples, args.steps, args.seed), ""
