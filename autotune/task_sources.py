@@ -1,6 +1,7 @@
 """One entry point for every kind of task source: `load_tasks(spec, category, split)`.
 
-- ``"shapes:<category>"``: the shapes world's generated tasks (``autotune.shapes.tasks.shapes_tasks``);
+- ``"shapes:<category>[:<count>]"``: the shapes world's generated tasks (``autotune.shapes.tasks.shapes_tasks``;
+  20 unless a count is given: the first 20 of a longer list are the default 20);
 - a directory holding ``mapping_file.json``: PIE-Bench;
 - a ``.jsonl`` / ``.csv`` file: a task file (see `autotune.taskfile`).
 """
@@ -15,7 +16,17 @@ from autotune.piebench import MAPPING_FILE, load_piebench
 from autotune.taskfile import load_task_file
 from autotune.tasks import EditTask, category_name
 
-_KINDS = "use shapes:<category>, a PIE-Bench directory (with mapping_file.json), or a .jsonl / .csv task file"
+_KINDS = "use shapes:<category>[:<count>], a PIE-Bench directory (with mapping_file.json), or a .jsonl / .csv task file"
+
+
+def shapes_spec(spec: str) -> tuple[str, int | None]:
+    """`shapes:<category>[:<count>]` -> (category or "", count or None)."""
+    world_category, _, count_text = spec.partition(":")[2].partition(":")
+    if not count_text:
+        return world_category, None
+    if not count_text.isdigit() or int(count_text) < 1:
+        raise TaskFileError(f"{spec}: the task count must be a whole number >= 1, as in shapes:add_object:60")
+    return world_category, int(count_text)
 
 
 def load_tasks(spec: str, category: str | None = None, split: str = "tune") -> list[EditTask]:
@@ -26,7 +37,8 @@ def load_tasks(spec: str, category: str | None = None, split: str = "tune") -> l
         except ValueError as exc:
             raise TaskFileError(f"--category: {exc}") from None
     if spec.startswith("shapes:") or spec == "shapes":
-        world_category = spec.partition(":")[2] or category
+        world_category, count = shapes_spec(spec)
+        world_category = world_category or category
         if not world_category:
             raise TaskFileError("shapes tasks need a category: use 'shapes:<category>', e.g. shapes:change_color")
         try:
@@ -40,7 +52,7 @@ def load_tasks(spec: str, category: str | None = None, split: str = "tune") -> l
         except ModuleNotFoundError as exc:
             raise TaskFileError(f"{spec}: the shapes world is not available in this install ({exc})") from None
         try:
-            return list(module.shapes_tasks(world_category, split))
+            return list(module.shapes_tasks(world_category, split, count))
         except ValueError as exc:
             raise TaskFileError(f"{spec}: {exc}") from None
     path = Path(spec)

@@ -652,3 +652,9 @@ def test_no_code_runs_from_data_or_weights():
                     problems.append(f"{path.name}:{node.lineno}: an unpickler")
     assert torch_loads >= 2  # the scan sees the calls it is meant to check
     assert problems == []
+
+
+def test_bad_shapes_task_count_fails_before_the_model_loads(tmp_path, capsys):
+    args = tune_args(tmp_path)
+    args[args.index("shapes:change_color")] = "shapes:change_color:lots"
+    assert_refused(*cli(capsys, *args), "shapes:change_color:lots: the task count must be a whole number >= 1")

@@ -136,3 +136,15 @@ def test_shapes_source_delegates_to_the_world():
     category = sorted(SHAPES_CATEGORIES)[0]
     tasks = load_tasks(f"shapes:{category}", split="tune")
     assert tasks and all(t.category == category for t in tasks)
+
+
+def test_shapes_source_takes_a_task_count():
+    pytest.importorskip("autotune.shapes.tasks")
+    default = load_tasks("shapes:add_object")
+    more = load_tasks("shapes:add_object:24", split="tune")
+    assert len(default) == 20 and len(more) == 24
+    assert [t.id for t in more[:20]] == [t.id for t in default]  # a longer list extends the default one
+    assert len(load_tasks("shapes::3", category="add_object")) == 3
+    for bad in ("shapes:add_object:0", "shapes:add_object:many", "shapes:add_object:-5"):
+        with pytest.raises(TaskFileError, match="whole number >= 1, as in shapes:add_object:60"):
+            load_tasks(bad)

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--tasks", required=True, help="shapes:<category>, a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv"
+        "--tasks", required=True,
+        help="shapes:<category>[:<count>], a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv"
     )
     parser.add_argument("--category", help="only tasks of this category (id 0-9 or name, e.g. change_color)")
     parser.add_argument("--split", default="heldout", help="split of a generated task world (shapes: tune, heldout)")

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--tasks", required=True,
-                        help="shapes:<category>, a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv")
+                        help="shapes:<category>[:<count>], a PIE-Bench directory (mapping_file.json), "
+                        "or a .jsonl/.csv")
     parser.add_argument("--category", help="edit category (id 0-9 or name); unset: the one of shapes:<category>")
     parser.add_argument("--split", default="tune", help="split of a generated task world (shapes)")
     parser.add_argument("--trials", type=int, required=True, help="the study's total trial budget")
@@ -114,7 +115,7 @@ def report(result) -> str:
 def run(args: argparse.Namespace) -> int:
     from autotune.cli.edit import load_editor
     from autotune.pruning import DominationPruner
-    from autotune.task_sources import load_tasks
+    from autotune.task_sources import load_tasks, shapes_spec
     from autotune.tasks import category_name
     from autotune.tuner import tune
 
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--cache-mb {args.cache_mb}: give the memory for the cache in MB, at least 1")
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
-    category = args.category or (args.tasks.partition(":")[2] if args.tasks.startswith("shapes:") else None)
+    category = args.category or (shapes_spec(args.tasks)[0] if args.tasks.startswith("shapes:") else None)
     if not category:
         raise InputError("--category is required (an id 0-9 or a name such as change_color)")
     try:
