@@ -669,7 +669,7 @@ def tuned_params(editor: Any, category: str, grid: GridTable | None = None, styl
         store = PresetStore([Path(presets)]) if presets is not None else PresetStore()
         entry = store.find(category, editor.model_info())
         if entry.preset is not None and entry.preset.kind == "tuned":
-            return entry.preset.params(style), f"preset {entry.path} ({style})"
+            return entry.preset.params(style), f"preset {_shown_path(entry.path)} ({style})"
     except PresetError:
         pass
     if grid is None:
@@ -686,6 +686,14 @@ def tuned_params(editor: Any, category: str, grid: GridTable | None = None, styl
     preset = Preset.from_front(points, category=category, model=editor.model_info(), objectives=objectives)
     return preset.params(style), (f"the {style} pick of the {len(grid.w_src)}x{len(grid.w_tgt)} grid's Pareto front "
                                   f"on {grid.tasks} tune-split tasks (no tuned preset for this model)")
+
+
+def _shown_path(path: Any) -> str:
+    """Relative to the working directory when under it: the section is committed and read on other machines."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, TypeError):
+        return str(path)
 
 
 def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask]],

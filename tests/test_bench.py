@@ -266,3 +266,21 @@ def test_memory_measures_child_processes(tiny_model_dir):
 def test_machine_info_is_the_running_machine():
     info = bench.machine_info("cpu")
     assert info["torch"] == torch.__version__ and info["cpu_count"] >= 1
+
+
+def test_tuned_params_name_a_preset_by_its_path_under_the_working_directory(editor, tmp_path, monkeypatch):
+    from autotune.preset import FrontPoint, Preset
+    from autotune.preset_store import preset_filename
+
+    objectives = [{"name": "fidelity", "direction": "maximize", "metrics": {}},
+                  {"name": "edit_strength", "direction": "maximize", "metrics": {}}]
+    points = [FrontPoint(EditParams(w_src=s, w_tgt=t, steps=2), {"fidelity": f, "edit_strength": e})
+              for s, t, f, e in ((0.1, 2.0, 30.0, 0.2), (0.4, 5.0, 25.0, 0.6), (0.9, 9.0, 20.0, 0.9))]
+    info = editor.model_info()
+    preset = Preset.from_front(points, category="change_color", model=info, objectives=objectives)
+    (tmp_path / "presets").mkdir()
+    preset.save(tmp_path / "presets" / preset_filename(info.get("id", "model"), "change_color"))
+    monkeypatch.chdir(tmp_path)
+    params, source = bench.tuned_params(editor, "change_color", None, presets=tmp_path / "presets")
+    assert (params.w_src.start, params.w_tgt.start) == (0.4, 5.0)  # the balanced pick
+    assert source == f"preset presets/{preset_filename(info.get('id', 'model'), 'change_color')} (balanced)"
