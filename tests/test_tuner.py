@@ -433,3 +433,24 @@ def test_database_lost_mid_study_then_resumed_in_the_same_process(tmp_path, monk
     assert [t.user_attrs.get("fail_kind") for t in trials[2:4]] == ["stale", "stale"]  # abandoned, swept
     assert result.counts["complete"] == 6
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+@pytest.mark.parametrize("done", [3, 4])
+def test_tpe_models_the_objectives_after_one_batch_of_four(done):
+    import warnings
+
+    from autotune.tuner import make_sampler
+
+    space = SearchSpace.default()
+    sampler = make_sampler("tpe", 0, space, batch=4)
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+    dists = space.distributions()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate TPE is marked experimental
+        for i in range(done):
+            trial = study.ask(dists)
+            study.tell(trial, [float(i), float(-i)])
+        probe = study.ask(dists)
+        relative = sampler.sample_relative(study, study._storage.get_trial(probe._trial_id),
+                                           sampler.infer_relative_search_space(study, probe))
+    assert (relative != {}) == (done >= 4)  # {}: still the random start-up
