@@ -225,7 +225,7 @@ def plot_front(study: optuna.Study, picks: Sequence[Pick], path: Path) -> Path:
                        label=f"paper point {p.name} ({p.params.w_src.start:g}, {p.params.w_tgt.start:g})")
         else:
             ax.scatter([p.values[0]], [p.values[1]], marker="o", s=PICK_SIZES[p.name], facecolors="none",
-                       edgecolors=PICK_COLORS[p.name], linewidths=2.2, zorder=3,
+                       edgecolors=PICK_COLORS[p.name], linewidths=2.2, zorder=5,  # hollow: above a paper star it marks
                        label=f"{p.name} pick ({p.params.w_src.start:.3g}, {p.params.w_tgt.start:.3g})")
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
