@@ -92,7 +92,7 @@ def test_two_point_front_ties_go_to_fidelity_and_collinear_to_the_middle():
 
 
 def test_a_slightly_sagging_front_is_balanced_in_the_middle_not_at_an_end():
-    # The shipped shapes add_object front: scaled (1, 0), (0.498, 0.5), (0, 1). The middle lies a hair below
+    # An earlier shipped shapes add_object front: scaled (1, 0), (0.498, 0.5), (0, 1). The middle lies a hair below
     # the chord x + y = 1, but it is the point nearest the ideal (distance 0.71 against 1 for both ends).
     front = [{"fidelity": f, "edit_strength": e} for f, e in [(19.70, 0.35), (17.56, 0.40), (15.44, 0.45)]]
     assert pick_indices(front, ("maximize", "maximize")) == {"conservative": 0, "balanced": 1, "aggressive": 2}
