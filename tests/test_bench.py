@@ -207,7 +207,6 @@ def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, task
         del editor.edit_task
     assert calls == [(tasks[0].id, 2), (tasks[0].id, 2)]
     assert f"grid {tasks[0].category}" in capsys.readouterr().err  # the bar: one step per engine call
-
     assert table.w_src == [0.0, 2.0] and table.w_tgt == [1.0, 12.0]
     one = editor.edit(tasks[0].image, tasks[0].source_prompt, tasks[0].target_prompt,
                       EditParams(steps=2, w_src=2.0, w_tgt=1.0), blend_words=tasks[0].blend_words)
