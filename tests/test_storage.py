@@ -178,8 +178,12 @@ def test_sigkill_mid_trial_then_resume(storage_url, tmp_path):
             study = study or _study(storage_url, name)
         except KeyError:
             continue
-        states = [t.state for t in study.get_trials()]
-        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+        trials = study.get_trials()
+        # The second batch (trials 2, 3) asked and none of it told yet: the kill lands mid-batch. (Waiting only for
+        # "a COMPLETE and a RUNNING trial" could catch the first batch between its two tells and kill too late.)
+        second = [t.state for t in trials if t.number >= 2]
+        if any(t.state == TrialState.COMPLETE for t in trials) and second and \
+                all(state == TrialState.RUNNING for state in second):
             break
     else:
         proc.kill()
