@@ -179,11 +179,12 @@ def test_sigkill_mid_trial_then_resume(storage_url, tmp_path):
         except KeyError:
             continue
         trials = study.get_trials()
-        # The second batch (trials 2, 3) asked and none of it told yet: the kill lands mid-batch. (Waiting only for
-        # "a COMPLETE and a RUNNING trial" could catch the first batch between its two tells and kill too late.)
-        second = [t.state for t in trials if t.number >= 2]
-        if any(t.state == TrialState.COMPLETE for t in trials) and second and \
-                all(state == TrialState.RUNNING for state in second):
+        # The second batch (trials 2, 3) asked, its parameters drawn, none of it told yet: the kill lands while it
+        # is edited. (Waiting only for "a COMPLETE and a RUNNING trial" could catch the first batch between its two
+        # tells and kill too late, or a trial half way through drawing its parameters.)
+        second = [t for t in trials if t.number >= 2]
+        if any(t.state == TrialState.COMPLETE for t in trials) and len(second) == 2 and \
+                all(t.state == TrialState.RUNNING and set(t.params) == {"w_src", "w_tgt"} for t in second):
             break
     else:
         proc.kill()
