@@ -175,6 +175,16 @@ class ThroughputResult:
     autotune_unet_rows: int = 0  # samples through the UNet (sum of the calls' batch sizes)
     naive_unet_calls: int = 0
     naive_unet_rows: int = 0
+    threads: int = 0  # torch CPU threads of both loops (0: not a CPU run)
+    naive_one_thread_seconds: float | None = None  # the naive loop again at 1 thread, when `threads` > 1
+
+    @property
+    def ratio_one_thread(self) -> float | None:
+        """The speed-up against the naive loop at 1 thread: its small batches barely use a second core, and pay
+        for splitting the work, so on a CPU it may be faster alone; the stricter baseline."""
+        if not self.naive_one_thread_seconds:
+            return None
+        return self.autotune_trials_per_min / (60.0 * self.naive_trials / self.naive_one_thread_seconds)
 
     @property
     def ceiling_without_pruning(self) -> float:
@@ -204,7 +214,10 @@ class ThroughputResult:
               self.autotune_trials_per_min, self.engine_calls, self.candidate_edits, auto_calls, auto_rows],
              ["naive (one candidate per call, fresh inversion, no pruning)", self.naive_trials, self.naive_seconds,
               self.naive_trials_per_min, self.naive_trials * self.tasks, self.naive_trials * self.tasks,
-              naive_calls, naive_rows]])
+              naive_calls, naive_rows]]
+            + ([["naive again at 1 thread", self.naive_trials, self.naive_one_thread_seconds,
+                 60.0 * self.naive_trials / self.naive_one_thread_seconds, self.naive_trials * self.tasks,
+                 self.naive_trials * self.tasks, naive_calls, naive_rows]] if self.naive_one_thread_seconds else []))
         work = ""
         if auto_calls and auto_rows:
             auto_ms = 1000 * self.autotune_seconds / max(self.autotune_unet_rows, 1)
@@ -217,21 +230,27 @@ class ThroughputResult:
                     "the target branches' 2 samples per step and task, which every loop must compute). On a GPU a "
                     "batched call costs little more than a single one until the device is full, so there the calls "
                     "count (not measured here: no GPU).")
-        return (table + f"\n\n**Speed-up: {self.ratio:.2f}x** trials per minute (target >= 5x). "
+        threads = ""
+        if self.threads:
+            threads = f" Both loops at {self.threads} CPU thread(s)"
+            one = self.ratio_one_thread
+            threads += (f"; against the naive loop at 1 thread (its small batches gain little from a second core): "
+                        f"**{one:.2f}x**." if one is not None else ".")
+        return (table + f"\n\n**Speed-up: {self.ratio:.2f}x** trials per minute (target >= 5x).{threads} "
                 f"{self.tasks} tasks, {self.steps} DDIM steps, sampler {self.sampler}, batch {self.batch}, "
                 f"{self._tasks_per_call()} per engine call; "
                 f"{self.pruned} of {self.trials} trials pruned. Both loops ran the same trial parameters." + work)
 
 
 def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequence[EditParams],
-               progress: bool = False) -> float:
+               progress: bool = False, desc: str = "naive loop") -> float:
     """The loop a user would write: every trial edits every task alone, from scratch. Returns seconds."""
     from tqdm.auto import tqdm
 
     device = torch.device(getattr(editor, "device", "cpu"))
     _sync(device)
     start = time.perf_counter()
-    for p in tqdm(params, desc="naive loop", unit="trial", disable=not progress):
+    for p in tqdm(params, desc=desc, unit="trial", disable=not progress):
         for task in tasks:
             editor.cache.clear()  # no inversion (or VAE latent) reuse between calls
             result = editor.edit(task.image, task.source_prompt, task.target_prompt, p, blend_words=task.blend_words)
@@ -244,7 +263,8 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
                      steps: int = 50, sampler: str = "tpe", seed: int = 0, naive_trials: int | None = None,
                      prune: bool = True, task_batch: int | None = None, progress: bool = False) -> ThroughputResult:
     """Run `tune` for `trials` trials, then the naive loop on `naive_trials` (default all) of the same trial
-    parameters, spread evenly over the study, in this process: the subset's rate stands for the whole study's."""
+    parameters, spread evenly over the study, in this process: the subset's rate stands for the whole study's.
+    On a CPU with several torch threads the naive loop is timed again at 1 thread, the stricter baseline there."""
     import optuna
 
     from autotune.tuner import tune
@@ -275,6 +295,14 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
     timed: list[float] = []
     naive_calls = record_unet_calls(unet, lambda: timed.append(naive_loop(editor, tasks, scorer, subset, progress)))
     naive_seconds = timed[0]
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    one_thread = None
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            one_thread = naive_loop(editor, tasks, scorer, subset, progress, desc="naive loop, 1 thread")
+        finally:
+            torch.set_num_threads(threads)
     auto_rate = 60.0 * len(done) / auto_seconds
     naive_rate = 60.0 * n_naive / naive_seconds
     return ThroughputResult(len(done), len(tasks), batch, steps, sampler, auto_seconds, auto_rate,
@@ -282,7 +310,7 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
                             naive_seconds, naive_rate, auto_rate / naive_rate,
                             task_batch, int(getattr(editor, "max_batch", 0)),
                             len(auto_calls), sum(c[0][0] for c in auto_calls),
-                            len(naive_calls), sum(c[0][0] for c in naive_calls))
+                            len(naive_calls), sum(c[0][0] for c in naive_calls), threads, one_thread)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -116,6 +116,31 @@ def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch)
     assert 1.0 < r.ceiling_without_pruning and "Samples ceiling without pruning" in r.markdown()
     per_sample = 1000 * r.autotune_seconds / r.autotune_unet_rows
     assert f"{per_sample:.2f} vs" in r.markdown() and "as many tasks as 16 target branches hold" in r.markdown()
+    assert r.threads == 1 and r.naive_one_thread_seconds is None and "naive again at 1 thread" not in r.markdown()
+
+
+def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scorer, monkeypatch):
+    seen = []
+    real_naive = bench.naive_loop
+
+    def watching(editor, tasks, scorer, params, progress=False, desc="naive loop"):
+        seen.append((torch.get_num_threads(), list(params), desc))
+        return real_naive(editor, tasks, scorer, params, progress, desc)
+
+    monkeypatch.setattr(bench, "naive_loop", watching)
+    torch.set_num_threads(2)
+    try:
+        r = bench.bench_throughput(editor, tasks, scorer, trials=2, batch=2, steps=2, sampler="random")
+        assert torch.get_num_threads() == 2  # restored after the 1-thread run
+    finally:
+        torch.set_num_threads(1)
+    assert [(threads, desc) for threads, _, desc in seen] == [(2, "naive loop"), (1, "naive loop, 1 thread")]
+    assert seen[0][1] == seen[1][1]  # the same trial parameters
+    assert r.threads == 2 and r.naive_one_thread_seconds > 0
+    assert math.isclose(r.ratio_one_thread, r.autotune_trials_per_min / (60 * 2 / r.naive_one_thread_seconds))
+    text = r.markdown()
+    assert "| naive again at 1 thread | 2 |" in text and f"**{r.ratio_one_thread:.2f}x**" in text
+    assert "Both loops at 2 CPU thread(s)" in text
 
 
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
