@@ -235,3 +235,31 @@ def test_stale_trial_of_another_host_is_swept_after_the_grace_period(storage_url
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].params == trials[0].params
     assert WORKER_ATTR not in waiting[0].system_attrs and LEASE_ATTR not in waiting[0].system_attrs
+
+
+def test_a_trial_stopped_half_way_through_drawing_is_retried_with_what_it_drew(storage_url, tmp_path):
+    # A worker that dies between drawing w_src and w_tgt leaves a RUNNING trial with only w_src: the retry keeps
+    # that w_src (a WAITING trial's parameters are fixed) and draws the rest.
+    from autotune.search_space import SearchSpace
+
+    name = f"half-{uuid.uuid4().hex[:8]}"
+    store = open_storage(storage_url, heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=store.storage, study_name=name, directions=["maximize", "maximize"])
+    w_src = SearchSpace.default().distributions()["w_src"]
+    trial = study.ask({"w_src": w_src})
+    drawn = trial.params["w_src"]
+    study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, {"host": "elsewhere", "pid": 1})
+    store._beat([trial._trial_id])
+    time.sleep(2.5)  # past the grace period: the worker is gone
+
+    result = tune(FakeEditor(), make_tasks(2), category="change_color", trials=3, batch=1, storage=store,
+                  study_name=name, scorer=FakeScorer(), sampler="random", seed=1, progress=False,
+                  save_preset=False, artifacts=False, project_dir=tmp_path, prune=False)
+    trials = result.study.get_trials()
+    # Failed by the tuner's sweep (fail_kind "stale") or, on an RDB, by Optuna's own heartbeat check (no fail_kind)
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs.get("fail_kind", "stale") == "stale"
+    assert set(trials[0].params) == {"w_src"}
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params["w_src"] == drawn and 1.0 <= retry[0].params["w_tgt"] <= 12.0
+    assert result.counts["complete"] == 3
