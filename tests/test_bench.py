@@ -4,6 +4,7 @@ rewritten in place. (Not timed tests: the benchmarks themselves run with `autotu
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 import optuna
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from autotune import bench
+from autotune.errors import InputError
 from autotune.params import EditParams
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -130,17 +132,22 @@ def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scor
     monkeypatch.setattr(bench, "naive_loop", watching)
     torch.set_num_threads(2)
     try:
-        r = bench.bench_throughput(editor, tasks, scorer, trials=2, batch=2, steps=2, sampler="random")
+        r = bench.bench_throughput(editor, tasks, scorer, trials=2, batch=2, steps=2, sampler="random", runs=2)
         assert torch.get_num_threads() == 2  # restored after the 1-thread run
     finally:
         torch.set_num_threads(1)
-    assert [(threads, desc) for threads, _, desc in seen] == [(2, "naive loop"), (1, "naive loop, 1 thread")]
-    assert seen[0][1] == seen[1][1]  # the same trial parameters
+    assert [(threads, desc) for threads, _, desc in seen] == [(2, "naive loop"), (1, "naive loop, 1 thread")] * 2
+    assert seen[0][1] == seen[1][1] == seen[2][1]  # the same trial parameters, in every run
     assert r.threads == 2 and r.naive_one_thread_seconds > 0
     assert math.isclose(r.ratio_one_thread, r.autotune_trials_per_min / (60 * 2 / r.naive_one_thread_seconds))
+    # Two runs: the one reported is the lower of the two (the cautious middle), and both ratios are listed.
+    assert len(r.ratios) == 2 and r.ratio == min(r.ratios) and r.ratio_one_thread in r.ratios_one_thread
     text = r.markdown()
-    assert "| naive again at 1 thread | 2 |" in text and f"**{r.ratio_one_thread:.2f}x**" in text
-    assert "Both loops at 2 CPU thread(s)" in text
+    assert "| naive again at 1 thread | 2 |" in text and "Both loops at 2 CPU thread(s)" in text
+    assert f"The median of 2 runs of the whole comparison ({r.ratios[0]:.2f}x, {r.ratios[1]:.2f}x)" in text
+    assert f"**{statistics.median(r.ratios_one_thread):.2f}x**, the median of" in text
+    with pytest.raises(InputError, match="runs=0 must be a whole number >= 1"):
+        bench.bench_throughput(editor, tasks, scorer, trials=2, runs=0)
 
 
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):

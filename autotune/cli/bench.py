@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds (efficiency)")
     parser.add_argument("--budget", type=int, default=60, help="trial budget per sampler run (efficiency)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (overhead)")
+    parser.add_argument("--runs", type=int, default=1, help="runs of the whole throughput comparison; the median "
+                        "is reported, with every run's ratio")
     parser.add_argument("--inversion-samples", type=int, default=20, help="rendered scenes (inversion)")
     parser.add_argument("--presets", help="directory of tuned presets (quality); default: the preset lookup order")
     parser.add_argument("--cache-dir", default=".autotune/bench", help="where grid tables are kept between runs")
@@ -74,7 +76,7 @@ def command_line(args: argparse.Namespace, which: str) -> str:
     opts = {
         "throughput": [("--category", args.category), ("--tasks", args.tasks), ("--trials", args.trials),
                        ("--batch", args.batch), ("--task-batch", args.task_batch), ("--sampler", args.sampler),
-                       ("--naive-trials", args.naive_trials), ("--seed", args.seed)],
+                       ("--naive-trials", args.naive_trials), ("--runs", args.runs), ("--seed", args.seed)],
         "overhead": [("--category", args.category), ("--repeats", args.repeats)],
         "efficiency": [("--categories", args.categories), ("--tasks", args.tasks), ("--grid", args.grid),
                        ("--seeds", args.seeds), ("--budget", args.budget), ("--batch", args.batch)],
@@ -105,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [c for c in [*categories, args.category] if c not in bench.SHAPES_CATEGORIES]
     if unknown:
         raise InputError(f"not a shapes category: {', '.join(unknown)}; use {', '.join(bench.SHAPES_CATEGORIES)}")
-    for name in ("steps", "tasks", "trials", "batch", "grid", "seeds", "budget", "repeats", "inversion_samples"):
+    for name in ("steps", "tasks", "trials", "batch", "grid", "seeds", "budget", "repeats", "runs",
+                 "inversion_samples"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
     which = list(_ORDER) if args.which == "all" else [args.which]
@@ -157,7 +160,7 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
         tasks = _tasks(args.category, "tune", args.tasks, args.seed)
         return bench.bench_throughput(editor, tasks, scorer, trials=args.trials, batch=args.batch, steps=args.steps,
                                       sampler=args.sampler, seed=args.seed, naive_trials=args.naive_trials,
-                                      task_batch=args.task_batch, progress=True), ""
+                                      task_batch=args.task_batch, progress=True, runs=args.runs), ""
     if name == "overhead":
         editor = _editor(args, state)
         task = _tasks(args.category, "tune", 1, args.seed)[0]
