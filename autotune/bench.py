@@ -301,9 +301,8 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
                                        task_batch=task_batch, progress=progress))
     ranked = sorted(results, key=lambda r: r.ratio)
     median = ranked[(len(ranked) - 1) // 2]  # the lower middle of an even count: the cautious side
-    return replace(median, ratios=[r.ratio for r in results],
-                               ratios_one_thread=[r.ratio_one_thread for r in results
-                                                  if r.ratio_one_thread is not None])
+    one_thread = [r.ratio_one_thread for r in results if r.ratio_one_thread is not None]
+    return replace(median, ratios=[r.ratio for r in results], ratios_one_thread=one_thread)
 
 
 def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, trials: int, batch: int, steps: int,
