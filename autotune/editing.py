@@ -36,13 +36,14 @@ def sample_branches(
     """
     x = start
     per_step_uncond = uncond.dim() == 4
+    context = None if per_step_uncond else torch.cat([uncond, cond])  # one tensor: its text K/V are projected once
     with attention_control(unet, controller):
         for i in tqdm(range(grid.steps), desc="edit", disable=not progress, leave=False):
             if controller is not None:
                 controller.step = i
-            u = uncond[i] if per_step_uncond else uncond
             x_in = torch.cat([x, x])
-            out = unet(x_in, grid.timesteps[i], encoder_hidden_states=torch.cat([u, cond])).sample
+            step_context = torch.cat([uncond[i], cond]) if per_step_uncond else context
+            out = unet(x_in, grid.timesteps[i], encoder_hidden_states=step_context).sample
             eps_u, eps_c = to_epsilon(out, x_in, grid.alphas[i], grid.prediction_type).chunk(2)
             eps = eps_u + scales[i][:, None, None, None] * (eps_c - eps_u)
             x = ddim_move(eps, x, grid.alphas[i], grid.alphas_prev[i])

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from autotune.attention import attention_control
 from autotune.ddim import DDIMGrid, ddim_move, to_epsilon
 
 
@@ -49,13 +50,16 @@ def guided_eps(
     scale: float,
     alpha: float,
     prediction_type: str,
+    both: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """eps_uncond + scale * (eps_cond - eps_uncond), skipping the branch a scale of 0 or 1 does not need."""
+    """eps_uncond + scale * (eps_cond - eps_uncond), skipping the branch a scale of 0 or 1 does not need.
+    `both` is `torch.cat([uncond, cond])` made once by a caller that loops, so that text K/V are projected once."""
     if scale == 1.0:
         return to_epsilon(unet(x, t, encoder_hidden_states=cond).sample, x, alpha, prediction_type)
     if scale == 0.0:
         return to_epsilon(unet(x, t, encoder_hidden_states=uncond).sample, x, alpha, prediction_type)
-    out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+    both = torch.cat([uncond, cond]) if both is None else both
+    out = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample
     eps_u, eps_c = to_epsilon(out, torch.cat([x, x]), alpha, prediction_type).chunk(2)
     return eps_u + scale * (eps_c - eps_u)
 
@@ -82,23 +86,24 @@ def ddim_invert(
     n = grid.steps
     x = (image_latent[None].expand(rows, *image_latent.shape) if image_latent.dim() == 3 else image_latent).clone()
     cond_rows, uncond_rows = cond.expand(rows, -1, -1), uncond.expand(rows, -1, -1)
+    both = torch.cat([uncond_rows, cond_rows])  # the same tensors at every step: text K/V projected once
     table = torch.tensor(per_row, dtype=x.dtype, device=x.device).T  # (steps, rows)
     trajectory = [x]
-    for j in tqdm(range(n), desc="invert", disable=not progress, leave=False):
-        i = n - 1 - j  # the denoising step with this timestep
-        at_step = {row[i] for row in per_row}
-        if len(at_step) == 1:  # one scale for every row: guided_eps may skip a branch
-            scale = at_step.pop()
-            eps = guided_eps(
-                unet, x, grid.timesteps[i], cond_rows, uncond_rows, scale, grid.alphas[i], grid.prediction_type
-            )
-        else:
-            x_in = torch.cat([x, x])
-            out = unet(x_in, grid.timesteps[i], encoder_hidden_states=torch.cat([uncond_rows, cond_rows])).sample
-            eps_u, eps_c = to_epsilon(out, x_in, grid.alphas[i], grid.prediction_type).chunk(2)
-            eps = eps_u + table[i][:, None, None, None] * (eps_c - eps_u)
-        x = ddim_move(eps, x, grid.alphas_prev[i], grid.alphas[i])
-        trajectory.append(x)
+    with attention_control(unet, None):
+        for j in tqdm(range(n), desc="invert", disable=not progress, leave=False):
+            i = n - 1 - j  # the denoising step with this timestep
+            at_step = {row[i] for row in per_row}
+            if len(at_step) == 1:  # one scale for every row: guided_eps may skip a branch
+                scale = at_step.pop()
+                eps = guided_eps(unet, x, grid.timesteps[i], cond_rows, uncond_rows, scale, grid.alphas[i],
+                                 grid.prediction_type, both)
+            else:
+                x_in = torch.cat([x, x])
+                out = unet(x_in, grid.timesteps[i], encoder_hidden_states=both).sample
+                eps_u, eps_c = to_epsilon(out, x_in, grid.alphas[i], grid.prediction_type).chunk(2)
+                eps = eps_u + table[i][:, None, None, None] * (eps_c - eps_u)
+            x = ddim_move(eps, x, grid.alphas_prev[i], grid.alphas[i])
+            trajectory.append(x)
     stacked = torch.stack(trajectory[::-1], dim=1)  # (rows, steps+1, C, h, w)
     return stacked if many else stacked[0]
 
