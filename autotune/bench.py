@@ -180,6 +180,7 @@ class ThroughputResult:
     naive_one_thread_seconds: float | None = None  # the naive loop again at 1 thread, when `threads` > 1
     ratios: list[float] = field(default_factory=list)  # every run's speed-up, when several were run
     ratios_one_thread: list[float] = field(default_factory=list)
+    invert_ahead: bool = True  # `tune(invert_ahead=...)`: a batch's tasks inverted in one loop before its first call
 
     @property
     def ratio_one_thread(self) -> float | None:
@@ -199,9 +200,10 @@ class ThroughputResult:
         return self.naive_unet_rows / max(self.naive_trials, 1) / floor
 
     def _tasks_per_call(self) -> str:
-        if self.task_batch is not None:
-            return f"{self.task_batch} task(s)"
-        return f"as many tasks as {self.max_batch} target branches hold"
+        calls = (f"{self.task_batch} task(s)" if self.task_batch is not None
+                 else f"as many tasks as {self.max_batch} target branches hold")
+        ahead = "inverted ahead in one loop per batch" if self.invert_ahead else "each call inverting its own tasks"
+        return f"{calls} per engine call, {ahead}"
 
     def markdown(self) -> str:
         def per_trial(value: int, trials: int) -> float:
@@ -255,7 +257,7 @@ class ThroughputResult:
                 threads += "."
         return (table + f"\n\n**Speed-up: {self.ratio:.2f}x** trials per minute (target >= 5x).{runs}{threads} "
                 f"{self.tasks} tasks, {self.steps} DDIM steps, sampler {self.sampler}, batch {self.batch}, "
-                f"{self._tasks_per_call()} per engine call; "
+                f"{self._tasks_per_call()}; "
                 f"{self.pruned} of {self.trials} trials pruned. Both loops ran the same trial parameters." + work)
 
 
@@ -279,7 +281,7 @@ def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequ
 def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, trials: int = 16, batch: int = 4,
                      steps: int = 50, sampler: str = "tpe", seed: int = 0, naive_trials: int | None = None,
                      prune: bool = True, task_batch: int | None = None, progress: bool = False,
-                     runs: int = 1) -> ThroughputResult:
+                     runs: int = 1, invert_ahead: bool = True) -> ThroughputResult:
     """Run `tune` for `trials` trials, then the naive loop on `naive_trials` (default all) of the same trial
     parameters, spread evenly over the study, in this process: the subset's rate stands for the whole study's.
     On a CPU with several torch threads the naive loop is timed again at 1 thread (on some CPUs its faster setting).
@@ -298,7 +300,7 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
             print(f"throughput run {run + 1} of {runs}", file=sys.stderr)
         results.append(_throughput_run(editor, tasks, scorer, trials=trials, batch=batch, steps=steps,
                                        sampler=sampler, seed=seed, naive_trials=naive_trials, prune=prune,
-                                       task_batch=task_batch, progress=progress))
+                                       task_batch=task_batch, progress=progress, invert_ahead=invert_ahead))
     ranked = sorted(results, key=lambda r: r.ratio)
     median = ranked[(len(ranked) - 1) // 2]  # the lower middle of an even count: the cautious side
     one_thread = [r.ratio_one_thread for r in results if r.ratio_one_thread is not None]
@@ -307,7 +309,7 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
 
 def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, trials: int, batch: int, steps: int,
                     sampler: str, seed: int, naive_trials: int | None, prune: bool, task_batch: int | None,
-                    progress: bool) -> ThroughputResult:
+                    progress: bool, invert_ahead: bool) -> ThroughputResult:
     from autotune.tuner import tune
 
     category = tasks[0].category
@@ -321,7 +323,8 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
         auto_calls = record_unet_calls(unet, lambda: runs.append(tune(
             editor, tasks, category=category, trials=trials, batch=batch, storage=f"{tmp}/bench.journal",
             sampler=sampler, seed=seed, scorer=scorer, search_space=bench_space(steps), progress=progress,
-            prune=prune, artifacts=False, save_preset=False, project_dir=tmp, task_batch=task_batch)))
+            prune=prune, artifacts=False, save_preset=False, project_dir=tmp, task_batch=task_batch,
+            invert_ahead=invert_ahead)))
         _sync(device)
         auto_seconds = time.perf_counter() - start
         result = runs[0]
@@ -348,7 +351,8 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
                             naive_seconds, naive_rate, auto_rate / naive_rate,
                             task_batch, int(getattr(editor, "max_batch", 0)),
                             len(auto_calls), sum(c[0][0] for c in auto_calls),
-                            len(naive_calls), sum(c[0][0] for c in naive_calls), threads, one_thread)
+                            len(naive_calls), sum(c[0][0] for c in naive_calls), threads, one_thread,
+                            invert_ahead=invert_ahead)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -70,6 +70,10 @@ class TensorCache:
         self.misses += 1
         return None
 
+    def peek(self, key: str) -> Any:
+        """The in-memory value, or None; not counted as a hit or miss and not moved up the LRU order."""
+        return self._items.get(key)
+
     def put(self, key: str, tensor: Any, persist: bool = True) -> None:
         """Keep `tensor`; on disk too when the cache has a directory and `persist` is on (tensors only)."""
         self._remember(key, tensor)

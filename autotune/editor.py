@@ -225,6 +225,30 @@ class Editor:
         latents = self._trajectory(prepared, source, schedule, steps)
         return Inversion(latents, self._grid(steps).timesteps, str(schedule), source_prompt)
 
+    def invert_tasks(self, tasks: Sequence[EditTask], candidates: Sequence[EditParams]) -> int:
+        """Cache the inversion of every task under every candidate's inversion guidance, the missing ones
+        inverted together in one batch; returns how many were missing. A tuner that edits its tasks in chunks
+        calls it before the first chunk: one inversion loop for the study's batch instead of one per chunk
+        (tasks whose source branch is already recorded need no inversion and are skipped)."""
+        items = [self._check_inputs(t.image, t.source_prompt, t.target_prompt, t.blend_words) for t in tasks]
+        by_steps: dict[int, dict[str, tuple[_Prepared, TokenizedPrompt, GuidanceSchedule]]] = {}
+        for item in items:
+            for cand in candidates:
+                if not isinstance(cand, EditParams):
+                    raise InputError(f"candidates must be EditParams objects, got a {type(cand).__name__}")
+                record_key = self._source_key(item.prepared, item.source, cand, cand.steps)
+                if self.record_sources and isinstance(self.cache.peek(record_key), SourceRecord):
+                    continue
+                schedule = cand.inversion_scale
+                key = cache_key(item.prepared.digest, item.source.text, json.dumps(schedule.to_dict(), sort_keys=True))
+                by_steps.setdefault(cand.steps, {})[key] = (item.prepared, item.source, schedule)
+        missing = 0
+        for steps, wanted in by_steps.items():
+            before = self.cache.misses
+            self._trajectories(list(wanted.values()), steps)
+            missing += self.cache.misses - before
+        return missing
+
     def _trajectory(
         self, prepared: _Prepared, source: TokenizedPrompt, schedule: GuidanceSchedule, steps: int
     ) -> torch.Tensor:

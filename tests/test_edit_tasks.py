@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageOps
 
 from autotune import Editor, EditParams
+from autotune.errors import InputError
 from autotune.tasks import EditTask
 from tests.conftest import tiny_editor
 from tests.test_source_record import CANDIDATES as RECORD_CANDIDATES
@@ -115,3 +116,28 @@ def test_local_blend_of_several_tasks_on_the_shapes_model(rows_seen):
         _assert_same(row, alone.edit_task(task, candidates))
     unblended = alone.edit_tasks(tasks, [c.with_(blend_threshold=1.0, blend_start=1.0) for c in candidates])
     assert max((a.latent - b.latent).abs().max() for ra, rb in zip(got, unblended) for a, b in zip(ra, rb)) > 1e-2
+
+
+def test_inverting_tasks_ahead_is_one_loop_and_changes_no_edit(tiny_model_dir, photos):
+    from autotune.source_record import SourceRecord
+
+    tasks = _tasks(photos, "refine")
+    candidates = [EditParams(w_src=w, w_tgt=g, steps=5) for w, g in ((0.5, 7.5), (0.8, 7.5), (0.5, 3.0))]
+    ahead = tiny_editor(tiny_model_dir, max_batch=64)
+    rows: list[int] = []
+    ahead.components.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    assert ahead.invert_tasks(tasks, candidates) == 6  # 3 tasks x 2 distinct w_src
+    assert rows == [2 * 6] * 5  # one 5-step loop: the unconditional and conditional rows of all six
+    rows.clear()
+    assert ahead.invert_tasks(tasks, candidates) == 0 and rows == []
+    got = ahead.edit_tasks(tasks, candidates)
+    assert rows == [2 * (6 + 9)] * 5  # the edit loop alone: 6 source and 9 target branches, nothing inverted
+    for row, want in zip(got, tiny_editor(tiny_model_dir, max_batch=64).edit_tasks(tasks, candidates), strict=True):
+        _assert_same(row, want)
+    # A task whose source branch is recorded needs no inversion, even once its inversion left the cache.
+    for key in [k for k, v in ahead.cache._items.items() if not isinstance(v, SourceRecord)]:
+        ahead.cache._items.pop(key)
+    rows.clear()
+    assert ahead.invert_tasks(tasks, candidates) == 0 and rows == []
+    with pytest.raises(InputError, match="candidates must be EditParams"):
+        ahead.invert_tasks(tasks, [{"w_src": 0.5}])

@@ -81,6 +81,36 @@ def test_tasks_share_engine_calls_up_to_max_batch(tmp_path):
     assert _outcomes(result) == _outcomes(run(tmp_path / "c", trials=8, batch=4, tasks=6, editor=FakeEditor()))
 
 
+class InvertingFakeEditor(BatchingFakeEditor):
+    """Records `invert_tasks` calls; `fail_invert` makes them raise."""
+
+    def __init__(self, fail_invert: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fail_invert = fail_invert
+        self.inverted: list[tuple[list[str], list[float]]] = []
+
+    def invert_tasks(self, tasks, candidates):
+        self.inverted.append(([t.id for t in tasks], [c.w_src.start for c in candidates]))
+        if self.fail_invert:
+            raise RuntimeError("out of memory while inverting ahead")
+        return 0
+
+
+def test_a_batch_inverts_its_tasks_ahead_when_they_take_several_calls(tmp_path):
+    editor = InvertingFakeEditor()
+    result = run(tmp_path / "a", trials=8, batch=4, tasks=6, editor=editor)
+    # 6 tasks at 2 per call: all six inverted for the batch's four candidates before the first call
+    assert [ids for ids, _ in editor.inverted] == [[f"t{i:02d}" for i in range(6)]] * 2
+    batches = [result.study.trials[:4], result.study.trials[4:]]
+    assert [w for _, w in editor.inverted] == [[round(t.params["w_src"], 6) for t in b] for b in batches]
+    one_call = InvertingFakeEditor()
+    run(tmp_path / "b", trials=4, batch=4, tasks=2, editor=one_call)
+    assert one_call.inverted == []  # one call holds every task: it inverts them itself
+    failing = InvertingFakeEditor(fail_invert=True)
+    assert _outcomes(run(tmp_path / "c", trials=8, batch=4, tasks=6, editor=failing)) == _outcomes(result)
+    assert len(failing.inverted) == 2 and failing.task_calls == editor.task_calls
+
+
 def test_a_failing_multi_task_call_fails_only_its_candidate(tmp_path):
     kw = {"trials": 24, "batch": 4, "scorer": FakeScorer(nan_below=0.3)}
     batching = BatchingFakeEditor(fail_above=10.0, oom_above=11.0)

@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch", type=int, default=4, help="trials per batch")
     parser.add_argument("--task-batch", type=int, help="tasks per engine call in the throughput run (default: as "
                         "`autotune tune`, as many as the editor's max_batch target branches hold)")
+    parser.add_argument("--no-invert-ahead", dest="invert_ahead", action="store_false",
+                        help="throughput: each engine call inverts its own tasks (`autotune tune --no-invert-ahead`)")
     parser.add_argument("--sampler", default="tpe", help="sampler of the throughput run")
     parser.add_argument("--grid", type=int, default=15, help="grid points per axis (efficiency, quality)")
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds (efficiency)")
@@ -76,7 +78,8 @@ def command_line(args: argparse.Namespace, which: str) -> str:
     opts = {
         "throughput": [("--category", args.category), ("--tasks", args.tasks), ("--trials", args.trials),
                        ("--batch", args.batch), ("--task-batch", args.task_batch), ("--sampler", args.sampler),
-                       ("--naive-trials", args.naive_trials), ("--runs", args.runs), ("--seed", args.seed)],
+                       ("--naive-trials", args.naive_trials), ("--runs", args.runs), ("--seed", args.seed)]
+        + ([("--no-invert-ahead", True)] if not args.invert_ahead else []),
         "overhead": [("--category", args.category), ("--repeats", args.repeats)],
         "efficiency": [("--categories", args.categories), ("--tasks", args.tasks), ("--grid", args.grid),
                        ("--seeds", args.seeds), ("--budget", args.budget), ("--batch", args.batch)],
@@ -87,7 +90,9 @@ def command_line(args: argparse.Namespace, which: str) -> str:
                    ("--batch", args.batch)],
     }[which]
     for flag, value in opts:
-        if value is not None:
+        if value is True:  # a switch
+            parts.append(flag)
+        elif value is not None:
             parts += [flag, str(value)]
     return shlex.join(parts)
 
@@ -160,7 +165,8 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
         tasks = _tasks(args.category, "tune", args.tasks, args.seed)
         return bench.bench_throughput(editor, tasks, scorer, trials=args.trials, batch=args.batch, steps=args.steps,
                                       sampler=args.sampler, seed=args.seed, naive_trials=args.naive_trials,
-                                      task_batch=args.task_batch, progress=True, runs=args.runs), ""
+                                      task_batch=args.task_batch, progress=True, runs=args.runs,
+                                      invert_ahead=args.invert_ahead), ""
     if name == "overhead":
         editor = _editor(args, state)
         task = _tasks(args.category, "tune", 1, args.seed)[0]
