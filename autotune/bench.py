@@ -9,7 +9,7 @@ Each `bench_*` function returns a small dataclass of figures whose `markdown()` 
    inversion every time, no batching, no pruning), on the trial parameters the tuner asked: trials per minute
    and the ratio.
 2. `bench_overhead`: one candidate edit against the UNet forward passes it cannot avoid: the same calls (shapes,
-   timesteps, batch sizes, recorded by a forward hook during the edit) replayed alone with the default attention.
+   timesteps, batch sizes, recorded by a forward hook during the edit) replayed alone, SDPA attention throughout.
 3. `bench_efficiency`: per category, a dense w_src x w_tgt grid is edited and scored once; TPE, GP and random
    search then query that table (nearest grid point) and we count the trials each needs to reach 98% of the
    grid's best scalarised score.
@@ -386,7 +386,8 @@ class OverheadResult:
               (self.warm_edit_seconds - self.vae_seconds) / self.warm_unet_seconds]])
         return (table + f"\n\nTarget: ratio <= 1.2. Medians of {self.repeats} runs, {self.steps} DDIM steps; the "
                 "UNet calls are recorded by a forward hook during the edit and replayed alone (same shapes, "
-                "timesteps and batch sizes, default attention processors, random inputs). The VAE encode + decode "
+                "timesteps and batch sizes, random inputs, SDPA attention throughout, text keys and values "
+                "projected once per run of same-shaped calls as in the engine). The VAE encode + decode "
                 f"of one image takes {self.vae_seconds:.3g} s (unavoidable too, but not a UNet pass)."
                 + self._sample_costs())
 
@@ -426,16 +427,24 @@ def record_unet_calls(unet: Any, run: Callable[[], Any]) -> list[tuple[torch.Siz
 @torch.no_grad()
 def replay_unet_calls(unet: Any, calls: Sequence[tuple[torch.Size, Any, torch.Size]], device: torch.device,
                       dtype: torch.dtype) -> float:
-    """Seconds for the same UNet calls alone (inputs made before the clock starts)."""
+    """Seconds for the same UNet calls alone (inputs made before the clock starts). One text-embedding tensor per
+    shape, under autotune's attention processors: consecutive calls of a shape project its text keys and values
+    once, as the engine's loops do, so that the replay does no work the engine avoids."""
+    from autotune.attention import attention_control
+
     gen = torch.Generator(device="cpu").manual_seed(0)
-    inputs = [(torch.randn(s, generator=gen).to(device, dtype), t, torch.randn(e, generator=gen).to(device, dtype))
-              for s, t, e in calls]
-    _sync(device)
-    start = time.perf_counter()
-    for x, t, e in inputs:
-        unet(x, t, encoder_hidden_states=e)
-    _sync(device)
-    return time.perf_counter() - start
+    texts: dict[torch.Size, torch.Tensor] = {}
+    for _, _, e in calls:
+        if e not in texts:
+            texts[e] = torch.randn(e, generator=gen).to(device, dtype)
+    inputs = [(torch.randn(s, generator=gen).to(device, dtype), t, texts[e]) for s, t, e in calls]
+    with attention_control(unet, None):
+        _sync(device)
+        start = time.perf_counter()
+        for x, t, e in inputs:
+            unet(x, t, encoder_hidden_states=e)
+        _sync(device)
+        return time.perf_counter() - start
 
 
 def bench_overhead(editor: Any, task: EditTask, params: EditParams | None = None, repeats: int = 3
