@@ -227,9 +227,10 @@ class Editor:
 
     def invert_tasks(self, tasks: Sequence[EditTask], candidates: Sequence[EditParams]) -> int:
         """Cache the inversion of every task under every candidate's inversion guidance, the missing ones
-        inverted together in one batch; returns how many were missing. A tuner that edits its tasks in chunks
+        inverted together in batches; returns how many were missing. A tuner that edits its tasks in chunks
         calls it before the first chunk: one inversion loop for the study's batch instead of one per chunk
-        (tasks whose source branch is already recorded need no inversion and are skipped)."""
+        (tasks whose source branch is already recorded need no inversion and are skipped). At most `max_batch`
+        inversions run in one loop, as many as one chunk of an edit may invert."""
         items = [self._check_inputs(t.image, t.source_prompt, t.target_prompt, t.blend_words) for t in tasks]
         by_steps: dict[int, dict[str, tuple[_Prepared, TokenizedPrompt, GuidanceSchedule]]] = {}
         for item in items:
@@ -244,10 +245,16 @@ class Editor:
                 by_steps.setdefault(cand.steps, {})[key] = (item.prepared, item.source, schedule)
         missing = 0
         for steps, wanted in by_steps.items():
-            before = self.cache.misses
-            self._trajectories(list(wanted.values()), steps)
-            missing += self.cache.misses - before
+            todo = [pair for pair in wanted.values() if self.cache.peek(self._inversion_key(*pair, steps)) is None]
+            for at in range(0, len(todo), self.max_batch):  # no larger than a chunk's own inversions: same memory
+                before = self.cache.misses
+                self._trajectories(todo[at : at + self.max_batch], steps)
+                missing += self.cache.misses - before
         return missing
+
+    def _inversion_key(self, prepared: _Prepared, source: TokenizedPrompt, schedule: GuidanceSchedule, steps: int
+                       ) -> str:
+        return cache_key("inversion", prepared.digest, source.text, self._model_key(), steps, schedule.to_dict())
 
     def _trajectory(
         self, prepared: _Prepared, source: TokenizedPrompt, schedule: GuidanceSchedule, steps: int
@@ -259,10 +266,7 @@ class Editor:
     ) -> list[torch.Tensor]:
         """Inversions of (image, source prompt, schedule): cached ones looked up, the missing ones inverted
         together in one batch (per latent size)."""
-        keys = [
-            cache_key("inversion", prepared.digest, source.text, self._model_key(), steps, s.to_dict())
-            for prepared, source, s in wanted
-        ]
+        keys = [self._inversion_key(prepared, source, schedule, steps) for prepared, source, schedule in wanted]
         found = {key: self.cache.get(key, self.device) for key in dict.fromkeys(keys)}
         missing: dict[tuple[int, ...], list[str]] = {}
         for key, value in found.items():
