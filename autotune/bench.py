@@ -180,7 +180,7 @@ class ThroughputResult:
     naive_one_thread_seconds: float | None = None  # the naive loop again at 1 thread, when `threads` > 1
     ratios: list[float] = field(default_factory=list)  # every run's speed-up, when several were run
     ratios_one_thread: list[float] = field(default_factory=list)
-    invert_ahead: bool = True  # `tune(invert_ahead=...)`: a batch's tasks inverted in one loop before its first call
+    invert_ahead: bool = True  # `tune(invert_ahead=...)`: a batch's tasks inverted before its first call
 
     @property
     def ratio_one_thread(self) -> float | None:
@@ -202,7 +202,8 @@ class ThroughputResult:
     def _tasks_per_call(self) -> str:
         calls = (f"{self.task_batch} task(s)" if self.task_batch is not None
                  else f"as many tasks as {self.max_batch} target branches hold")
-        ahead = "inverted ahead in one loop per batch" if self.invert_ahead else "each call inverting its own tasks"
+        ahead = ("inverted ahead before each batch's first call" if self.invert_ahead
+                 else "each call inverting its own tasks")
         return f"{calls} per engine call, {ahead}"
 
     def markdown(self) -> str:

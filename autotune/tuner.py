@@ -4,9 +4,9 @@ One round of the loop (ask-and-tell, so the GPU engine sees batches):
 
 1. Sweep: fail and re-queue trials left RUNNING by workers that died (`TuneStorage.sweep`).
 2. Ask K trials at once (`batch`); the paper points, enqueued when the study was created, come out first.
-3. When the tasks take more than one engine call, invert them all for the K candidates in one loop first
-   (`editor.invert_tasks`): the inversions of new (task, w_src) pairs then run as one batch, not one small
-   batch per call.
+3. When the tasks take more than one engine call, invert them all for the K candidates first
+   (`editor.invert_tasks`): the inversions of new (task, w_src) pairs then run in large batches (up to the
+   editor's `max_batch` per loop), not in one small batch per call.
 4. In a fixed task order (sorted by id), in chunks of as many tasks as the engine batches (`editor.edit_tasks`,
    or one `editor.edit_task(task, [K params])` per task), then one `scorer.score(task, [K, 3, H, W])` call per
    task; per-task metrics are kept for every candidate.
@@ -292,8 +292,8 @@ class _Evaluator:
                 c.thumbs.append(_thumb(r.pixels))
 
     def _invert_ahead(self, cands: list[_Candidate]) -> None:
-        """Invert every task for the batch in one loop before the first chunk, when the tasks take more than one
-        chunk: each chunk would otherwise run its own inversion loop of small calls. A failure here only costs the
+        """Invert every task for the batch before the first chunk, when the tasks take more than one chunk: each
+        chunk would otherwise run its own inversion loop of small calls. A failure here only costs the
         look-ahead; the chunks invert what they still miss and isolate the failing candidate."""
         invert = getattr(self.editor, "invert_tasks", None)
         alive = [c for c in cands if c.state == "running"]
@@ -554,11 +554,11 @@ def tune(
             so that `autotune report` and `presets from-study` can reload the same tasks.
         task_batch: tasks per engine call (the pruner decides between calls); default: as many as the editor's
             `max_batch` target branches hold (4 tasks for 4 live candidates), 1 for an engine without `edit_tasks`.
-        invert_ahead: when the tasks take several engine calls, invert them all for a batch in one loop before the
-            first call (an editor with `invert_tasks`). Fewer, larger UNet calls for some wasted inversions of
-            candidates pruned after the first call: on the shapes model on a CPU 26% fewer calls, 5% more samples,
-            about 10% less time (docs/tuning.md); where a UNet call is compute-bound (a large model on a GPU) it
-            may cost about those 5%.
+        invert_ahead: when the tasks take several engine calls, invert them all for a batch, in large batches,
+            before the first call (an editor with `invert_tasks`). Fewer, larger UNet calls for some wasted
+            inversions of candidates pruned after the first call: on the shapes model on a CPU 26% fewer calls, 5%
+            more samples, about 9% less time (docs/tuning.md); where a UNet call is compute-bound (a large model on
+            a GPU) it may cost about those 5%.
     """
     # 1. Check inputs.
     category = category_name(category)
