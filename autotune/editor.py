@@ -229,8 +229,9 @@ class Editor:
         """Cache the inversion of every task under every candidate's inversion guidance, the missing ones
         inverted together in batches; returns how many were missing. A tuner that edits its tasks in chunks
         calls it before the first chunk: one inversion loop for the study's batch instead of one per chunk
-        (tasks whose source branch is already recorded need no inversion and are skipped). At most `max_batch`
-        inversions run in one loop, as many as one chunk of an edit may invert."""
+        (tasks whose source branch is already recorded need no inversion and are skipped). At most `2 * max_batch`
+        inversions run in one loop: as many rows as the largest edit loop (`max_batch` target and up to `max_batch`
+        source branches), which also holds attention maps."""
         items = [self._check_inputs(t.image, t.source_prompt, t.target_prompt, t.blend_words) for t in tasks]
         by_steps: dict[int, dict[str, tuple[_Prepared, TokenizedPrompt, GuidanceSchedule]]] = {}
         for item in items:
@@ -246,9 +247,10 @@ class Editor:
         missing = 0
         for steps, wanted in by_steps.items():
             todo = [pair for pair in wanted.values() if self.cache.peek(self._inversion_key(*pair, steps)) is None]
-            for at in range(0, len(todo), self.max_batch):  # no larger than a chunk's own inversions: same memory
+            per_loop = 2 * self.max_batch
+            for at in range(0, len(todo), per_loop):
                 before = self.cache.misses
-                self._trajectories(todo[at : at + self.max_batch], steps)
+                self._trajectories(todo[at : at + per_loop], steps)
                 missing += self.cache.misses - before
         return missing
 

@@ -141,8 +141,8 @@ def test_inverting_tasks_ahead_is_one_loop_and_changes_no_edit(tiny_model_dir, p
     assert ahead.invert_tasks(tasks, candidates) == 0 and rows == []
     with pytest.raises(InputError, match="candidates must be EditParams"):
         ahead.invert_tasks(tasks, [{"w_src": 0.5}])
-    # No larger than an edit's chunk: at most max_batch inversions per loop.
-    small = tiny_editor(tiny_model_dir, max_batch=4)
+    # No more rows than the largest edit loop: at most 2 * max_batch inversions per loop.
+    small = tiny_editor(tiny_model_dir, max_batch=2)
     rows.clear()
     small.components.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     assert small.invert_tasks(tasks, candidates) == 6 and rows == [2 * 4] * 5 + [2 * 2] * 5
