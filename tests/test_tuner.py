@@ -111,6 +111,23 @@ def test_a_batch_inverts_its_tasks_ahead_when_they_take_several_calls(tmp_path):
     assert len(failing.inverted) == 2 and failing.task_calls == editor.task_calls
 
 
+@pytest.mark.parametrize("flag", [[], ["--no-invert-ahead"]])
+def test_cli_tune_inverts_ahead_unless_told_not_to(tmp_path, monkeypatch, flag):
+    import autotune.cli.edit
+    import autotune.cli.tune
+    import autotune.task_sources
+    from autotune.cli import main
+
+    editor = InvertingFakeEditor()
+    monkeypatch.setattr(autotune.cli.edit, "load_editor", lambda args, presets=None: editor)
+    monkeypatch.setattr(autotune.cli.tune, "_scorer", lambda args, editor: FakeScorer())
+    monkeypatch.setattr(autotune.task_sources, "load_tasks", lambda *a, **k: make_tasks(6))
+    code = main(["tune", "--model", "fake", "--tasks", "shapes:change_color", "--trials", "4", "--batch", "4", "-q",
+                 "--project-dir", str(tmp_path), "--presets-dir", str(tmp_path / "presets"), *flag])
+    assert code == 0 and len(editor.task_calls) == 3  # 6 tasks, 2 per call
+    assert len(editor.inverted) == (0 if flag else 1)
+
+
 def test_a_failing_multi_task_call_fails_only_its_candidate(tmp_path):
     kw = {"trials": 24, "batch": 4, "scorer": FakeScorer(nan_below=0.3)}
     batching = BatchingFakeEditor(fail_above=10.0, oom_above=11.0)
