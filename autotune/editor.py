@@ -228,8 +228,8 @@ class Editor:
     def invert_tasks(self, tasks: Sequence[EditTask], candidates: Sequence[EditParams]) -> int:
         """Cache the inversion of every task under every candidate's inversion guidance, the missing ones
         inverted together in batches; returns how many were missing. A tuner that edits its tasks in chunks
-        calls it before the first chunk: one inversion loop for the study's batch instead of one per chunk
-        (tasks whose source branch is already recorded need no inversion and are skipped). At most `2 * max_batch`
+        calls it before the first chunk: large inversion batches for its batch of trials instead of a small one per
+        chunk (tasks whose source branch is already recorded need no inversion and are skipped). At most `2 * max_batch`
         inversions run in one loop: as many rows as the largest edit loop (`max_batch` target and up to `max_batch`
         source branches), which also holds attention maps."""
         items = [self._check_inputs(t.image, t.source_prompt, t.target_prompt, t.blend_words) for t in tasks]
@@ -241,12 +241,13 @@ class Editor:
                 record_key = self._source_key(item.prepared, item.source, cand, cand.steps)
                 if self.record_sources and isinstance(self.cache.peek(record_key), SourceRecord):
                     continue
-                schedule = cand.inversion_scale
-                key = cache_key(item.prepared.digest, item.source.text, json.dumps(schedule.to_dict(), sort_keys=True))
-                by_steps.setdefault(cand.steps, {})[key] = (item.prepared, item.source, schedule)
+                pair = (item.prepared, item.source, cand.inversion_scale)
+                key = self._inversion_key(*pair, cand.steps)
+                if self.cache.peek(key) is None:
+                    by_steps.setdefault(cand.steps, {})[key] = pair
         missing = 0
         for steps, wanted in by_steps.items():
-            todo = [pair for pair in wanted.values() if self.cache.peek(self._inversion_key(*pair, steps)) is None]
+            todo = list(wanted.values())
             per_loop = 2 * self.max_batch
             for at in range(0, len(todo), per_loop):
                 before = self.cache.misses
