@@ -6,7 +6,8 @@ mappings and blend words are per row). While a candidate's replacement window is
 its target branch takes the source branch's attention maps: cross-attention through the token
 mapper (refine or word swap) and re-weighting, self-attention as is at low resolutions. LocalBlend
 reads the accumulated cross-attention of the blend words and keeps the source latent outside them.
-Layers and steps that need no control run the fused SDPA kernel.
+Layers and steps that need no control run the fused SDPA kernel, and so does the unconditional half
+of every call: its maps are never read.
 
 Source branches can also come from records of earlier runs (`autotune.source_record`): their maps
 are recomputed from the recorded queries and keys and their latents read back, so the batch holds
@@ -103,21 +104,19 @@ class EditController:
         n_query: int,
         place: str,
     ) -> torch.Tensor:
-        """Edit the target rows of `probs` in place; `query` and `key` are the layer's projections of the
-        whole batch (unconditional rows, then conditional), for recording and recomputing source maps."""
+        """Edit the target rows of `probs` in place. `probs`, `query` and `key` are the conditional half of the
+        batch (live source rows, then target rows): the unconditional half needs no control and runs SDPA."""
         g = self.groups
         live_rows = g + len(self.src_of)
-        heads = probs.shape[0] // (2 * live_rows)
-        view = probs.view(2, -1, heads, *probs.shape[1:])
-        cond = view[1]
+        heads = probs.shape[0] // live_rows
+        cond = probs.view(live_rows, heads, *probs.shape[1:])
         target = cond[g:]
         step = self.step
         inject_cross = is_cross and self._any_cross[step]
         inject_self = not is_cross and self._any_self[step] and n_query <= self.self_max_tokens
         if inject_cross or inject_self:
             if self.recorder is not None and g:
-                rows = slice(live_rows, live_rows + g)  # the live source branches' conditional rows
-                self.recorder.attention(name, is_cross, query[rows], key[rows])
+                self.recorder.attention(name, is_cross, query[:g], key[:g])  # the live source branches
             sources = cond[:g]
             if self.recorded:
                 sources = torch.cat([sources, self._recorded_maps(attn, name, is_cross, heads)])
@@ -193,7 +192,8 @@ def _normalised_mask(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class ControlledAttnProcessor:
-    """Runs SDPA, or explicit softmax attention routed through the controller when it asks for it.
+    """Runs SDPA, or, when the controller asks for maps, explicit softmax attention for the conditional half
+    routed through the controller (the unconditional half still runs SDPA).
 
     A cross-attention layer's keys and values depend on the text embeddings only, and a sampling loop passes the
     same embeddings at every step: they are projected once and reused while the caller passes the very same
@@ -234,17 +234,21 @@ class ControlledAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query = attn.to_q(hidden_states)
         key, value = self._key_value(attn, hidden_states, encoder_hidden_states)
-        if explicit:
+        if explicit:  # maps for the conditional half only (the unconditional half's are never read)
             attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-            probs = attn.get_attention_scores(attn.head_to_batch_dim(query), attn.head_to_batch_dim(key),
-                                              attention_mask)
-            probs = self.controller.control(attn, self.name, probs, query, key, self.is_cross, n_query, self.place)
-            hidden_states = attn.batch_to_head_dim(torch.bmm(probs, attn.head_to_batch_dim(value)))
-        else:  # what AttnProcessor2_0 does, with the keys and values given
-            head_dim = key.shape[-1] // attn.heads
-            q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-            hidden_states = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
-            hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+            half = batch // 2
+            uncond_mask, cond_mask = (None, None) if attention_mask is None else attention_mask.chunk(2)
+            query_c, key_c = query[half:], key[half:]
+            probs = attn.get_attention_scores(attn.head_to_batch_dim(query_c), attn.head_to_batch_dim(key_c),
+                                              cond_mask)
+            probs = self.controller.control(attn, self.name, probs, query_c, key_c, self.is_cross, n_query,
+                                            self.place)
+            hidden_states = torch.cat([
+                _sdpa(attn, query[:half], key[:half], value[:half], uncond_mask),
+                attn.batch_to_head_dim(torch.bmm(probs, attn.head_to_batch_dim(value[half:]))),
+            ])
+        else:
+            hidden_states = _sdpa(attn, query, key, value, None)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
@@ -266,6 +270,18 @@ class ControlledAttnProcessor:
         key, value = attn.to_k(projected), attn.to_v(projected)
         self._text_kv = (context, context._version, key, value) if reusable else None
         return key, value
+
+
+def _sdpa(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+          mask: torch.Tensor | None) -> torch.Tensor:
+    """What AttnProcessor2_0 does with the projections given; `mask` as `Attention.prepare_attention_mask` makes
+    it, (batch * heads, 1 or queries, keys)."""
+    batch, head_dim = query.shape[0], key.shape[-1] // attn.heads
+    q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+    if mask is not None:
+        mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
+    return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
 
 
 @contextlib.contextmanager

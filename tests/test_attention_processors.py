@@ -1,5 +1,6 @@
 """autotune's attention processors: the same outputs as diffusers' own, with text keys and values projected once per
-loop (and again whenever the caller's text tensor is another one or was changed in place)."""
+loop (and again whenever the caller's text tensor is another one or was changed in place), and explicit maps only
+where Prompt-to-Prompt reads them."""
 
 from __future__ import annotations
 
@@ -59,3 +60,40 @@ def test_inversion_and_editing_project_text_once_per_loop(tiny_model_dir):
     count[0] = 0
     editor.edit(image, "a photo of a cat", "a photo of a dog", EditParams(w_src=0.5, steps=6))
     assert count[0] == layers  # the inversion came from the cache; the edit loop projected once
+
+
+class _ScalingController:
+    """Asks for maps at every layer and scales the conditional half's by `factor` (1: no change)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self.seen: list[int] = []
+
+    def needs_probs(self, is_cross: bool, n_query: int, place: str) -> bool:
+        return True
+
+    def control(self, attn, name, probs, query, key, is_cross, n_query, place):
+        self.seen.append(query.shape[0])
+        return probs * self.factor
+
+
+def test_controlled_layers_compute_maps_for_the_conditional_half_only(tiny_model_dir):
+    unet = tiny_editor(tiny_model_dir).components.unet
+    layers = len(unet.attn_processors)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 16, 16, generator=gen)
+    uncond, cond = torch.randn(3, 77, 32, generator=gen), torch.randn(3, 77, 32, generator=gen)
+    x_in, text = torch.cat([x, x]), torch.cat([uncond, cond])
+    t = torch.tensor(301)
+    with torch.no_grad():
+        want = unet(x_in, t, encoder_hidden_states=text).sample  # diffusers' AttnProcessor2_0
+        identity = _ScalingController(1.0)
+        with attention_control(unet, identity):
+            same = unet(x_in, t, encoder_hidden_states=text).sample
+        scaling = _ScalingController(0.5)
+        with attention_control(unet, scaling):
+            scaled = unet(x_in, t, encoder_hidden_states=text).sample
+    torch.testing.assert_close(same, want)  # explicit maps for one half, SDPA for the other: the same outputs
+    assert identity.seen == [3] * layers  # every layer, and only the 3 conditional rows reach the controller
+    torch.testing.assert_close(scaled[:3], want[:3])  # the unconditional half is never controlled
+    assert (scaled[3:] - want[3:]).abs().max() > 1e-3  # the conditional half is
