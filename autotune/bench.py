@@ -6,8 +6,8 @@ Each `bench_*` function returns a small dataclass of figures whose `markdown()` 
 
 1. `bench_throughput`: the tuner's loop (`tune`: batched `edit_task`, cached inversions and source branches,
    pruning) against the loop a user would write (each trial edits each task alone, cache cleared: a fresh
-   inversion every time, no batching, no pruning), on the trial parameters the tuner asked: trials per minute
-   and the ratio.
+   inversion every time, no batching, no pruning), on the trial parameters the tuner asked, run between the
+   tuner's batches so that both loops meet the same machine: trials per minute and the ratio.
 2. `bench_overhead`: one candidate edit against the UNet forward passes it cannot avoid: the same calls (shapes,
    timesteps, batch sizes, recorded by a forward hook during the edit) replayed alone, SDPA attention throughout.
 3. `bench_efficiency`: per category, a dense w_src x w_tgt grid is edited and scored once; TPE, GP and random
@@ -259,7 +259,8 @@ class ThroughputResult:
         return (table + f"\n\n**Speed-up: {self.ratio:.2f}x** trials per minute (target >= 5x).{runs}{threads} "
                 f"{self.tasks} tasks, {self.steps} DDIM steps, sampler {self.sampler}, batch {self.batch}, "
                 f"{self._tasks_per_call()}; "
-                f"{self.pruned} of {self.trials} trials pruned. Both loops ran the same trial parameters." + work)
+                f"{self.pruned} of {self.trials} trials pruned. Both loops ran the same trial parameters, taking "
+                "turns: the naive trials ran between the tuner's batches, the tuner's clock stopped meanwhile." + work)
 
 
 def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequence[EditParams],
@@ -283,9 +284,10 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
                      steps: int = 50, sampler: str = "tpe", seed: int = 0, naive_trials: int | None = None,
                      prune: bool = True, task_batch: int | None = None, progress: bool = False,
                      runs: int = 1, invert_ahead: bool = True) -> ThroughputResult:
-    """Run `tune` for `trials` trials, then the naive loop on `naive_trials` (default all) of the same trial
-    parameters, spread evenly over the study, in this process: the subset's rate stands for the whole study's.
-    On a CPU with several torch threads the naive loop is timed again at 1 thread (on some CPUs its faster setting).
+    """Run `tune` for `trials` trials and, between its batches, the naive loop on `naive_trials` (default all) of
+    the same trial parameters, spread evenly over the study (the subset's rate stands for the whole study's): the
+    two loops alternate, so a drift of the machine's speed reaches both. On a CPU with several torch threads the
+    naive loop is timed again at 1 thread right after (on some CPUs its faster setting).
     `runs` repeats the whole comparison (the same study each time) and returns the run of median speed-up, with
     every run's ratios: on a shared or virtual machine one run's ratio moves by 10-20%."""
     import optuna
@@ -315,45 +317,77 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
 
     category = tasks[0].category
     device = torch.device(getattr(editor, "device", "cpu"))
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    naive = _NaiveBetweenBatches(editor, tasks, scorer, trials, naive_trials, one_thread=threads > 1)
     with tempfile.TemporaryDirectory() as tmp:
         editor.cache.clear()
         unet = editor.components.unet
         _sync(device)
         start = time.perf_counter()
         runs: list[Any] = []
-        auto_calls = record_unet_calls(unet, lambda: runs.append(tune(
+        calls = record_unet_calls(unet, lambda: runs.append(tune(
             editor, tasks, category=category, trials=trials, batch=batch, storage=f"{tmp}/bench.journal",
             sampler=sampler, seed=seed, scorer=scorer, search_space=bench_space(steps), progress=progress,
             prune=prune, artifacts=False, save_preset=False, project_dir=tmp, task_batch=task_batch,
-            invert_ahead=invert_ahead)))
+            invert_ahead=invert_ahead, callbacks=[naive])), naive.recorder)
         _sync(device)
-        auto_seconds = time.perf_counter() - start
+        auto_seconds = time.perf_counter() - start - naive.wall_seconds
         result = runs[0]
         done = [t for t in result.study.trials if "params" in t.user_attrs]
-    params = [EditParams.from_dict(t.user_attrs["params"]) for t in done]
-    n_naive = len(params) if naive_trials is None else max(1, min(naive_trials, len(params)))
-    # Spread over the study: a trial's cost depends on its parameters (guidance 0 or 1 skips half a branch).
-    subset = [params[round(i * len(params) / n_naive)] for i in range(n_naive)]
-    timed: list[float] = []
-    naive_calls = record_unet_calls(unet, lambda: timed.append(naive_loop(editor, tasks, scorer, subset, progress)))
-    naive_seconds = timed[0]
-    threads = torch.get_num_threads() if device.type == "cpu" else 0
-    one_thread = None
-    if threads > 1:
-        torch.set_num_threads(1)
-        try:
-            one_thread = naive_loop(editor, tasks, scorer, subset, progress, desc="naive loop, 1 thread")
-        finally:
-            torch.set_num_threads(threads)
+    auto_calls = [c for at, c in enumerate(calls) if at not in naive.call_indices]
+    naive_calls = [calls[at] for at in naive.counted_indices]
     auto_rate = 60.0 * len(done) / auto_seconds
-    naive_rate = 60.0 * n_naive / naive_seconds
+    naive_rate = 60.0 * naive.timed / naive.seconds
     return ThroughputResult(len(done), len(tasks), batch, steps, sampler, auto_seconds, auto_rate,
-                            result.engine_calls, result.candidate_edits, result.counts.get("pruned", 0), n_naive,
-                            naive_seconds, naive_rate, auto_rate / naive_rate,
+                            result.engine_calls, result.candidate_edits, result.counts.get("pruned", 0), naive.timed,
+                            naive.seconds, naive_rate, auto_rate / naive_rate,
                             task_batch, int(getattr(editor, "max_batch", 0)),
                             len(auto_calls), sum(c[0][0] for c in auto_calls),
-                            len(naive_calls), sum(c[0][0] for c in naive_calls), threads, one_thread,
-                            invert_ahead=invert_ahead)
+                            len(naive_calls), sum(c[0][0] for c in naive_calls), threads,
+                            naive.one_thread_seconds if threads > 1 else None, invert_ahead=invert_ahead)
+
+
+class _NaiveBetweenBatches:
+    """A `tune` callback that times the naive loop on some of the study's trials while the study runs, right after
+    their batch: both loops then see the same machine (a virtual machine's speed drifts by 10-20% within minutes,
+    more than the gains worth measuring), and the tuner's clock is stopped meanwhile (`wall_seconds` is subtracted).
+    The naive loop runs on a copy of the editor with a cache of its own, so it cannot clear the tuner's.
+    `naive_trials` of the `trials` (all when None) are picked evenly in the order trials are recorded."""
+
+    def __init__(self, editor: Any, tasks: Sequence[EditTask], scorer: Any, trials: int, naive_trials: int | None,
+                 *, one_thread: bool) -> None:
+        import copy
+
+        count = trials if naive_trials is None else max(1, min(naive_trials, trials))
+        self.picked = {round(i * trials / count) for i in range(count)}
+        self.editor = copy.copy(editor)
+        self.editor.cache = type(editor.cache)()
+        self.tasks, self.scorer, self.one_thread = tasks, scorer, one_thread
+        self.recorder = _CallRecorder()
+        self.seen = self.timed = 0
+        self.seconds = self.one_thread_seconds = self.wall_seconds = 0.0
+        self.call_indices: set[int] = set()  # the UNet calls made here, to leave out of the tuner's count
+        self.counted_indices: list[int] = []  # those of the naive loop at the default thread count
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        at, self.seen = self.seen, self.seen + 1
+        if at not in self.picked or "params" not in trial.user_attrs:
+            return
+        params = [EditParams.from_dict(trial.user_attrs["params"])]
+        begin, first = time.perf_counter(), len(self.recorder.calls)
+        self.seconds += naive_loop(self.editor, self.tasks, self.scorer, params)
+        self.counted_indices += range(first, len(self.recorder.calls))
+        if self.one_thread:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                self.one_thread_seconds += naive_loop(self.editor, self.tasks, self.scorer, params,
+                                                      desc="naive loop, 1 thread")
+            finally:
+                torch.set_num_threads(threads)
+        self.call_indices.update(range(first, len(self.recorder.calls)))
+        self.timed += 1
+        self.wall_seconds += time.perf_counter() - begin
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -415,8 +449,9 @@ class _CallRecorder:
         self.calls.append((sample.shape, t, states.shape))
 
 
-def record_unet_calls(unet: Any, run: Callable[[], Any]) -> list[tuple[torch.Size, Any, torch.Size]]:
-    recorder = _CallRecorder()
+def record_unet_calls(unet: Any, run: Callable[[], Any], recorder: _CallRecorder | None = None
+                      ) -> list[tuple[torch.Size, Any, torch.Size]]:
+    recorder = recorder if recorder is not None else _CallRecorder()
     handle = unet.register_forward_pre_hook(recorder, with_kwargs=True)
     try:
         run()

@@ -531,6 +531,7 @@ def tune(
     task_source: Mapping[str, str] | None = None,
     task_batch: int | None = None,
     invert_ahead: bool = True,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
 ) -> TuneResult:
     """Tune the editing parameters for one category: a two-objective study, resumable and shareable.
 
@@ -559,6 +560,9 @@ def tune(
             inversions of candidates pruned after the first call: on the shapes model on a CPU 26% fewer calls, 5%
             more samples, about 9% less time (docs/tuning.md); where a UNet call is compute-bound (a large model on
             a GPU) it may cost about those 5%.
+        callbacks: called as `callback(study, frozen_trial)` for each trial once its batch is recorded, as in
+            Optuna's `study.optimize(callbacks=...)` (`study.stop()` does not apply: the budget is `trials`). An
+            exception in a callback ends the study there; every recorded trial is kept.
     """
     # 1. Check inputs.
     category = category_name(category)
@@ -568,6 +572,8 @@ def tune(
         raise InputError(f"batch={batch!r} must be a whole number >= 1")
     if task_batch is not None and (isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1):
         raise InputError(f"task_batch={task_batch!r} must be a whole number >= 1 (or None: as many as fit)")
+    if callbacks is not None and not all(callable(c) for c in callbacks):
+        raise InputError("callbacks must be a list of functions called as callback(study, frozen_trial)")
     chosen = sorted((t for t in tasks if t.category == category), key=lambda t: t.id)
     if not chosen:
         found = sorted({t.category for t in tasks})
@@ -665,8 +671,11 @@ def tune(
             for cand in asked:
                 _tell(study, cand, objs, signs, ids, sources, artifact_store)
             store.release([c.trial for c in asked])
-            asked = []
+            told, asked = asked, []
             bar.update(study, _budget(study))
+            for cand in told:
+                for callback in callbacks or ():
+                    callback(study, study._storage.get_trial(cand.trial._trial_id))
     except KeyboardInterrupt:
         for cand in asked:
             store.fail_and_retry(study, study._storage.get_trial(cand.trial._trial_id), "interrupted",

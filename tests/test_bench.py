@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 
 import numpy as np
 import optuna
@@ -79,14 +80,22 @@ def test_naive_loop_inverts_every_call(editor, tasks, scorer):
 
 
 def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch):
-    edits = []
-    original = editor.edit
+    from autotune.editor import Editor
 
-    def counting(*a, **k):
+    events, edits = [], []
+    real_edit, real_edit_tasks = Editor.edit, Editor.edit_tasks
+
+    def counting(self, *a, **k):
         edits.append(k.get("params") or a[3])
-        return original(*a, **k)
+        events.append("naive")
+        return real_edit(self, *a, **k)
 
-    monkeypatch.setattr(editor, "edit", counting)
+    def tuning(self, *a, **k):
+        events.append("tune")
+        return real_edit_tasks(self, *a, **k)
+
+    monkeypatch.setattr(Editor, "edit", counting)
+    monkeypatch.setattr(Editor, "edit_tasks", tuning)
     import autotune.tuner
 
     trial_params = []
@@ -99,10 +108,16 @@ def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch)
         return result
 
     monkeypatch.setattr(autotune.tuner, "tune", keeping_the_trials)
+    began = time.perf_counter()
     r = bench.bench_throughput(editor, tasks, scorer, trials=4, batch=2, steps=2, naive_trials=3, sampler="random")
+    wall = time.perf_counter() - began
     assert r.trials == 4 and r.naive_trials == 3 and r.tasks == 2
     assert len(edits) == 3 * 2  # the naive loop: one edit per (trial, task)
     assert edits[::2] == [trial_params[i] for i in (0, 1, 3)]  # spread over the study, not its first three
+    # Taking turns: each batch's engine call, then the naive trials picked from that batch.
+    assert events == ["tune", "naive", "naive", "naive", "naive", "tune", "naive", "naive"]
+    assert len(editor.cache) > 0  # the naive loop cleared its own cache, not the tuner's
+    assert r.autotune_seconds + r.naive_seconds < wall  # the tuner's clock stopped while the naive loop ran
     assert r.autotune_seconds > 0 and r.naive_seconds > 0
     assert math.isclose(r.naive_trials_per_min, 60 * 3 / r.naive_seconds)
     assert math.isclose(r.autotune_trials_per_min, 60 * 4 / r.autotune_seconds)
@@ -136,8 +151,10 @@ def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scor
         assert torch.get_num_threads() == 2  # restored after the 1-thread run
     finally:
         torch.set_num_threads(1)
-    assert [(threads, desc) for threads, _, desc in seen] == [(2, "naive loop"), (1, "naive loop, 1 thread")] * 2
-    assert seen[0][1] == seen[1][1] == seen[2][1]  # the same trial parameters, in every run
+    # Each trial (2 per run) is timed at 2 threads, then at 1, right after its batch.
+    assert [(threads, desc) for threads, _, desc in seen] == [(2, "naive loop"), (1, "naive loop, 1 thread")] * 4
+    assert all(len(params) == 1 for _, params, _ in seen)
+    assert seen[0][1] == seen[1][1] == seen[4][1] != seen[2][1]  # the same trial parameters, in every run
     assert r.threads == 2 and r.naive_one_thread_seconds > 0
     assert math.isclose(r.ratio_one_thread, r.autotune_trials_per_min / (60 * 2 / r.naive_one_thread_seconds))
     # Two runs: the one reported is the lower of the two (the cautious middle), and both ratios are listed.

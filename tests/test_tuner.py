@@ -128,6 +128,36 @@ def test_cli_tune_inverts_ahead_unless_told_not_to(tmp_path, monkeypatch, flag):
     assert len(editor.inverted) == (0 if flag else 1)
 
 
+def test_callbacks_see_each_trial_once_its_batch_is_recorded(tmp_path):
+    editor = FakeEditor()
+    seen = []
+
+    def watch(study, trial):
+        # At a callback the whole batch is recorded: no trial of the study is still running.
+        running = [t.number for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        seen.append((trial.number, trial.state, trial.values, running, len(editor.calls)))
+
+    result = run(tmp_path / "a", trials=6, batch=4, editor=editor, callbacks=[watch])
+    assert [n for n, *_ in seen] == list(range(6))
+    assert all(state == TrialState.COMPLETE and len(values) == 2 and running == []
+               for _, state, values, running, _ in seen)
+    by_number = {t.number: t.values for t in result.study.trials}
+    assert all(values == by_number[n] for n, _, values, _, _ in seen)
+    calls = [c for *_, c in seen]
+    assert calls[0] == calls[3] < calls[4] == calls[5]  # called after the first batch, before the second ran
+
+    def stop_after_first(study, trial):
+        raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        run(tmp_path / "b", trials=8, batch=4, callbacks=[stop_after_first])
+    kept = optuna.load_study(study_name=result.study.study_name, storage=open_storage(
+        str(tmp_path / "b" / "s.journal")).storage).trials
+    assert [t.state for t in kept] == [TrialState.COMPLETE] * 4  # the batch it ended on is kept, nothing left open
+    with pytest.raises(InputError, match="callbacks must be a list of functions"):
+        run(tmp_path / "c", callbacks=["not a function"])
+
+
 def test_a_failing_multi_task_call_fails_only_its_candidate(tmp_path):
     kw = {"trials": 24, "batch": 4, "scorer": FakeScorer(nan_below=0.3)}
     batching = BatchingFakeEditor(fail_above=10.0, oom_above=11.0)
