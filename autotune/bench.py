@@ -271,11 +271,14 @@ def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequ
     device = torch.device(getattr(editor, "device", "cpu"))
     _sync(device)
     start = time.perf_counter()
-    for p in tqdm(params, desc=desc, unit="trial", disable=not progress):
-        for task in tasks:
-            editor.cache.clear()  # no inversion (or VAE latent) reuse between calls
-            result = editor.edit(task.image, task.source_prompt, task.target_prompt, p, blend_words=task.blend_words)
-            scorer.score(task, result.pixels[None])
+    with tqdm(total=len(params) * len(tasks), desc=desc, unit="edit", disable=not progress, leave=False) as bar:
+        for p in params:
+            for task in tasks:
+                editor.cache.clear()  # no inversion (or VAE latent) reuse between calls
+                result = editor.edit(task.image, task.source_prompt, task.target_prompt, p,
+                                     blend_words=task.blend_words)
+                scorer.score(task, result.pixels[None])
+                bar.update()
     _sync(device)
     return time.perf_counter() - start
 
@@ -318,7 +321,8 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
     category = tasks[0].category
     device = torch.device(getattr(editor, "device", "cpu"))
     threads = torch.get_num_threads() if device.type == "cpu" else 0
-    naive = _NaiveBetweenBatches(editor, tasks, scorer, trials, naive_trials, one_thread=threads > 1)
+    naive = _NaiveBetweenBatches(editor, tasks, scorer, trials, naive_trials, one_thread=threads > 1,
+                                 progress=progress)
     with tempfile.TemporaryDirectory() as tmp:
         editor.cache.clear()
         unet = editor.components.unet
@@ -355,14 +359,14 @@ class _NaiveBetweenBatches:
     `naive_trials` of the `trials` (all when None) are picked evenly in the order trials are recorded."""
 
     def __init__(self, editor: Any, tasks: Sequence[EditTask], scorer: Any, trials: int, naive_trials: int | None,
-                 *, one_thread: bool) -> None:
+                 *, one_thread: bool, progress: bool) -> None:
         import copy
 
         count = trials if naive_trials is None else max(1, min(naive_trials, trials))
         self.picked = {round(i * trials / count) for i in range(count)}
         self.editor = copy.copy(editor)
         self.editor.cache = type(editor.cache)()
-        self.tasks, self.scorer, self.one_thread = tasks, scorer, one_thread
+        self.tasks, self.scorer, self.one_thread, self.progress = tasks, scorer, one_thread, progress
         self.recorder = _CallRecorder()
         self.seen = self.timed = 0
         self.seconds = self.one_thread_seconds = self.wall_seconds = 0.0
@@ -375,14 +379,15 @@ class _NaiveBetweenBatches:
             return
         params = [EditParams.from_dict(trial.user_attrs["params"])]
         begin, first = time.perf_counter(), len(self.recorder.calls)
-        self.seconds += naive_loop(self.editor, self.tasks, self.scorer, params)
+        self.seconds += naive_loop(self.editor, self.tasks, self.scorer, params, self.progress,
+                                   desc=f"naive loop, trial {trial.number}")
         self.counted_indices += range(first, len(self.recorder.calls))
         if self.one_thread:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                self.one_thread_seconds += naive_loop(self.editor, self.tasks, self.scorer, params,
-                                                      desc="naive loop, 1 thread")
+                self.one_thread_seconds += naive_loop(self.editor, self.tasks, self.scorer, params, self.progress,
+                                                      desc=f"naive loop, trial {trial.number}, 1 thread")
             finally:
                 torch.set_num_threads(threads)
         self.call_indices.update(range(first, len(self.recorder.calls)))

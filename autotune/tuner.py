@@ -572,7 +572,7 @@ def tune(
         raise InputError(f"batch={batch!r} must be a whole number >= 1")
     if task_batch is not None and (isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1):
         raise InputError(f"task_batch={task_batch!r} must be a whole number >= 1 (or None: as many as fit)")
-    if callbacks is not None and not all(callable(c) for c in callbacks):
+    if callbacks is not None and not _all_callable(callbacks):
         raise InputError("callbacks must be a list of functions called as callback(study, frozen_trial)")
     chosen = sorted((t for t in tasks if t.category == category), key=lambda t: t.id)
     if not chosen:
@@ -701,6 +701,13 @@ def tune(
     return TuneResult(study, list(study.best_trials), preset, path, store.url, evaluator.engine_calls,
                       evaluator.candidate_edits,
                       {k: counts[k] for k in ("complete", "pruned", "failed", "retried")})
+
+
+def _all_callable(callbacks: Any) -> bool:
+    try:
+        return not callable(callbacks) and all(callable(c) for c in callbacks)
+    except TypeError:  # not iterable
+        return False
 
 
 def _check_prompts(editor: Any, tasks: Sequence[EditTask]) -> None:

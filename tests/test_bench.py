@@ -152,7 +152,9 @@ def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scor
     finally:
         torch.set_num_threads(1)
     # Each trial (2 per run) is timed at 2 threads, then at 1, right after its batch.
-    assert [(threads, desc) for threads, _, desc in seen] == [(2, "naive loop"), (1, "naive loop, 1 thread")] * 4
+    each_run = [(2, "naive loop, trial 0"), (1, "naive loop, trial 0, 1 thread"),
+                (2, "naive loop, trial 1"), (1, "naive loop, trial 1, 1 thread")]
+    assert [(threads, desc) for threads, _, desc in seen] == each_run * 2
     assert all(len(params) == 1 for _, params, _ in seen)
     assert seen[0][1] == seen[1][1] == seen[4][1] != seen[2][1]  # the same trial parameters, in every run
     assert r.threads == 2 and r.naive_one_thread_seconds > 0

@@ -154,8 +154,9 @@ def test_callbacks_see_each_trial_once_its_batch_is_recorded(tmp_path):
     kept = optuna.load_study(study_name=result.study.study_name, storage=open_storage(
         str(tmp_path / "b" / "s.journal")).storage).trials
     assert [t.state for t in kept] == [TrialState.COMPLETE] * 4  # the batch it ended on is kept, nothing left open
-    with pytest.raises(InputError, match="callbacks must be a list of functions"):
-        run(tmp_path / "c", callbacks=["not a function"])
+    for bad in (["not a function"], watch, 3):
+        with pytest.raises(InputError, match="callbacks must be a list of functions"):
+            run(tmp_path / "c", callbacks=bad)
 
 
 def test_a_failing_multi_task_call_fails_only_its_candidate(tmp_path):
