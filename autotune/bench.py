@@ -111,14 +111,26 @@ def _rewrite_section(path: Path, name: str, body: str) -> Path:
     return atomic.write_text(path, text)
 
 
+def other_load(machine: dict[str, Any]) -> float | None:
+    """The 1-minute load beyond the benchmark's own: its torch threads on a CPU (a run at 2 threads on 2 CPUs makes
+    a load of about 2 by itself), one Python thread driving a GPU."""
+    load, cpus = machine.get("load_average_1min"), machine.get("cpu_count")
+    if load is None or not cpus:
+        return None
+    own = (machine.get("torch_threads") or 1) if str(machine.get("device", "cpu")).startswith("cpu") else 1
+    return max(0.0, load - own)
+
+
 def section(title: str, command: str, machine: dict[str, Any], table: str, notes: str = "") -> str:
     """A BENCHMARKS.md section: title, exact command, date, machine, figures, notes."""
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     load = machine.get("load_average_1min")
     busy = ""
-    if load is not None and machine.get("cpu_count") and load > 0.75 * machine["cpu_count"]:
-        busy = (f" **The machine was busy** (1-minute load {load} on {machine['cpu_count']} CPUs): absolute times "
-                "are inflated; ratios measured in the same run are the figures to read.")
+    others = other_load(machine)
+    if others is not None and others > 0.25 * machine["cpu_count"]:
+        busy = (f" **The machine was busy** (1-minute load {load} on {machine['cpu_count']} CPUs, about "
+                f"{others:.1f} beyond this benchmark's own): absolute times are inflated; ratios measured in the same "
+                "run are the figures to read.")
     lines = [f"## {title}", "", f"Command: `{command}`", "",
              f"Measured {date} on {machine.get('cpu_count')} CPUs, torch {machine.get('torch')} "
              f"({machine.get('torch_threads')} threads), device {machine.get('device')}"

@@ -70,6 +70,10 @@ def test_section_names_command_machine_and_a_busy_machine():
     assert "busy" in text
     machine["load_average_1min"] = 0.1
     assert "busy" not in bench.section("T", "c", machine, "x")
+    machine["load_average_1min"] = 1.9  # the benchmark's own 2 threads
+    assert "busy" not in bench.section("T", "c", machine, "x")
+    machine.update(torch_threads=1, load_average_1min=2.0)  # another job beside a 1-thread run
+    assert "about 1.0 beyond this benchmark's own" in bench.section("T", "c", machine, "x")
 
 
 def test_naive_loop_inverts_every_call(editor, tasks, scorer):
