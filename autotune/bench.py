@@ -352,6 +352,9 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
         done = [t for t in result.study.trials if "params" in t.user_attrs]
     auto_calls = [c for at, c in enumerate(calls) if at not in naive.call_indices]
     naive_calls = [calls[at] for at in naive.counted_indices]
+    if not naive.timed:
+        raise InputError(f"the {len(naive.picked)} trial(s) picked for the naive loop all failed in the tuner; "
+                         "see its log, or time more with --naive-trials")
     auto_rate = 60.0 * len(done) / auto_seconds
     naive_rate = 60.0 * naive.timed / naive.seconds
     return ThroughputResult(len(done), len(tasks), batch, steps, sampler, auto_seconds, auto_rate,
@@ -386,9 +389,11 @@ class _NaiveBetweenBatches:
         self.counted_indices: list[int] = []  # those of the naive loop at the default thread count
 
     def __call__(self, study: Any, trial: Any) -> None:
+        from optuna.trial import TrialState
+
         at, self.seen = self.seen, self.seen + 1
-        if at not in self.picked or "params" not in trial.user_attrs:
-            return
+        if at not in self.picked or trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            return  # a failed trial's parameters would fail the naive loop too: nothing to compare
         params = [EditParams.from_dict(trial.user_attrs["params"])]
         begin, first = time.perf_counter(), len(self.recorder.calls)
         self.seconds += naive_loop(self.editor, self.tasks, self.scorer, params, self.progress,

@@ -173,6 +173,21 @@ def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scor
         bench.bench_throughput(editor, tasks, scorer, trials=2, runs=0)
 
 
+def test_throughput_leaves_failed_trials_out_of_the_naive_loop(editor, tasks, scorer, monkeypatch):
+    class FailingScorer:
+        def __init__(self) -> None:
+            self.metrics, self.describe = scorer.metrics, scorer.describe
+
+        def score(self, task, pixels):
+            raise ValueError("this scorer fails every edit")
+
+    timed = []
+    monkeypatch.setattr(bench, "naive_loop", lambda *a, **k: timed.append(a) or 1.0)
+    with pytest.raises(InputError, match="the 2 trial.s. picked for the naive loop all failed in the tuner"):
+        bench.bench_throughput(editor, tasks, FailingScorer(), trials=2, batch=2, steps=2, sampler="random")
+    assert timed == []  # never timed: the naive loop would have failed the same way
+
+
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
     r = bench.bench_overhead(editor, tasks[0], EditParams(steps=3), repeats=1)
     assert r.cold_unet_calls == 3 + 3  # inversion (w=0.5: one call per step) + two-branch sampling
