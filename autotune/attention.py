@@ -236,6 +236,8 @@ class ControlledAttnProcessor:
         key, value = self._key_value(attn, hidden_states, encoder_hidden_states)
         if explicit:  # maps for the conditional half only (the unconditional half's are never read)
             attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
+            if attention_mask is not None and attention_mask.dim() == 2:  # from a (batch, keys) mask: one row per query
+                attention_mask = attention_mask[:, None]
             half = batch // 2
             uncond_mask, cond_mask = (None, None) if attention_mask is None else attention_mask.chunk(2)
             query_c, key_c = query[half:], key[half:]

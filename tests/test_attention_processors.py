@@ -97,3 +97,29 @@ def test_controlled_layers_compute_maps_for_the_conditional_half_only(tiny_model
     assert identity.seen == [3] * layers  # every layer, and only the 3 conditional rows reach the controller
     torch.testing.assert_close(scaled[:3], want[:3])  # the unconditional half is never controlled
     assert (scaled[3:] - want[3:]).abs().max() > 1e-3  # the conditional half is
+
+
+def test_masked_attention_matches_diffusers_with_and_without_control():
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from autotune.attention import ControlledAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, cross_attention_dim=16, heads=4, dim_head=8).eval()
+    hidden, text = torch.randn(4, 10, 32), torch.randn(4, 7, 16)
+    mask = torch.ones(4, 7)
+    mask[:, 5:] = 0  # the last two text tokens of every row masked out
+    mask[1, 3] = 0
+    additive = (1 - mask) * -10000.0  # diffusers' form; the UNet passes it as (batch, 1, keys)
+    for given in (additive[:, None], additive):
+        with torch.no_grad():
+            want = AttnProcessor2_0()(attn, hidden, text, given)
+            plain = ControlledAttnProcessor(None, "x.attn2.processor", "down", is_cross=True)(attn, hidden, text, given)
+            identity = _ScalingController(1.0)
+            controlled = ControlledAttnProcessor(identity, "x.attn2.processor", "down", is_cross=True)(
+                attn, hidden, text, given)
+        torch.testing.assert_close(plain, want)
+        torch.testing.assert_close(controlled, want)  # explicit maps for the conditional half, masked the same way
+        assert identity.seen == [2]
+    unmasked = AttnProcessor2_0()(attn, hidden, text)
+    assert (unmasked - want).abs().max() > 1e-3  # the mask mattered
