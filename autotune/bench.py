@@ -50,7 +50,7 @@ from autotune.tasks import EditTask
 BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory")
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 THRESHOLD = 0.98
-EFFICIENCY_SAMPLERS = ("tpe", "gp", "random")
+EFFICIENCY_SAMPLERS = ("tpe", "tpe-plain", "gp", "random")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -648,24 +648,38 @@ def grid_scores(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, points: 
                      time.perf_counter() - start)
 
 
+def efficiency_space(table: GridTable) -> SearchSpace:
+    """The tuner's search space over the table's ranges: w_src on the tuner's grid (steps of 0.1) wherever that
+    grid fits the table's range, since the cost-aware sampler counts on trials sharing a w_src."""
+    default = SearchSpace.default()
+    spec: dict[str, dict[str, float]] = {}
+    for name, values in (("w_src", table.w_src), ("w_tgt", table.w_tgt)):
+        low, high = float(values[0]), float(values[-1])
+        spec[name] = {"low": low, "high": high}
+        step = default.knobs[name].step
+        if step and high > low and math.isclose(round((high - low) / step) * step, high - low, abs_tol=1e-9):
+            spec[name]["step"] = step
+    return SearchSpace(spec, default.base)
+
+
 def trials_to_reach(table: GridTable, sampler: str, seed: int, budget: int = 60, batch: int = 4,
-                    threshold: float = THRESHOLD) -> tuple[int | None, float]:
-    """Run `sampler` (configured as the tuner configures it, two objectives, asked `batch` at a time) against the
-    grid table; return (trials until the running best scalarised score reaches `threshold` x the grid's best, or
-    None within `budget`) and the best fraction reached."""
+                    threshold: float = THRESHOLD) -> tuple[int | None, float, int]:
+    """Run `sampler` (configured as the tuner configures it, two objectives, asked `batch` at a time, on the
+    tuner's space: `efficiency_space`) against the grid table for `budget` trials; return the trials until the
+    running best scalarised score first reaches `threshold` x the grid's best (None: not within the budget), the
+    best fraction reached, and how many distinct w_src values the budget drew (each costs every task an inversion
+    and a source branch in a real study)."""
     import optuna
 
     from autotune.tuner import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = SearchSpace.default()
-    space = SearchSpace({"w_src": {"low": table.w_src[0], "high": table.w_src[-1]},
-                         "w_tgt": {"low": table.w_tgt[0], "high": table.w_tgt[-1]}}, space.base)
+    space = efficiency_space(table)
     scal = table.scalarised()
     goal = threshold * float(scal.max())
     study = optuna.create_study(directions=table.directions, sampler=make_sampler(sampler, seed, space, batch))
     dists = space.distributions()
-    best, n = -math.inf, 0
+    best, n, reached, drawn = -math.inf, 0, None, set()
     import warnings
 
     with warnings.catch_warnings():
@@ -676,10 +690,11 @@ def trials_to_reach(table: GridTable, sampler: str, seed: int, budget: int = 60,
                 i, j = table.nearest(trial.params["w_src"], trial.params["w_tgt"])
                 study.tell(trial, [table.fidelity[i][j], table.strength[i][j]])
                 n += 1
+                drawn.add(round(float(trial.params["w_src"]), 6))
                 best = max(best, float(scal[i, j]))
-                if best >= goal:
-                    return n, best / float(scal.max())
-    return None, best / float(scal.max())
+                if reached is None and best >= goal:
+                    reached = n
+    return reached, best / float(scal.max()), len(drawn)
 
 
 @dataclass
@@ -691,6 +706,7 @@ class EfficiencyRow:
     best_w_tgt: float
     paper_fraction: float  # scalarised score of the nearest grid point to (0.5, 7.5), as a share of the best
     needed: dict[str, list[int | None]]  # sampler -> trials needed per seed (None: not within the budget)
+    drawn: dict[str, list[int]] = field(default_factory=dict)  # sampler -> distinct w_src in the budget, per seed
 
 
 @dataclass
@@ -718,12 +734,17 @@ class EfficiencyResult:
         for r in self.rows:
             rows.append([r.category, r.tasks, f"({r.best_w_src:.3g}, {r.best_w_tgt:.3g})", f"{r.paper_fraction:.1%}"]
                         + [cell(r.needed[s]) for s in EFFICIENCY_SAMPLERS if s in r.needed])
+        shown = [s for s in EFFICIENCY_SAMPLERS if any(s in r.drawn for r in self.rows)]
+        drawn = _table(["category"] + [f"{s}: w_src values drawn" for s in shown],
+                       [[r.category] + [f"{statistics.median(r.drawn[s]):g}" for s in shown] for r in self.rows])
         return (_table(header, rows) + f"\n\nTarget: <= 30 trials. Grid {self.points} x {self.points} over w_src in "
                 f"[0, 2] x w_tgt in [1, 12], {self.steps} DDIM steps, edited and scored once per category; each "
                 "sampler (configured as the tuner configures it: two objectives, asked "
-                f"{self.batch} at a time, no paper points enqueued) then queries the table at the nearest grid "
-                f"point. Scalarised score: fidelity and edit strength each scaled to [0, 1] over the grid, averaged. "
-                f"Median (worst) over {self.seeds} seeds, budget {self.budget} trials.")
+                f"{self.batch} at a time, w_src on the tuner's grid of 0.1, no paper points enqueued) then queries "
+                "the table at the nearest grid point. Scalarised score: fidelity and edit strength each scaled to "
+                f"[0, 1] over the grid, averaged. Median (worst) over {self.seeds} seeds, budget {self.budget} trials."
+                "\n\nHow many of w_src's values each sampler drew in those trials (median over the seeds): in a "
+                "study, each new one costs every task an inversion and a source branch.\n\n" + drawn)
 
 
 def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = EFFICIENCY_SAMPLERS, seeds: int = 5,
@@ -733,9 +754,11 @@ def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = E
         scal = table.scalarised()
         i, j = np.unravel_index(int(np.argmax(scal)), scal.shape)
         pi, pj = table.nearest(PAPER_POINTS["siminversion"]["w_src"], PAPER_POINTS["siminversion"]["w_tgt"])
-        needed = {s: [trials_to_reach(table, s, seed, budget, batch)[0] for seed in range(seeds)] for s in samplers}
+        runs = {s: [trials_to_reach(table, s, seed, budget, batch) for seed in range(seeds)] for s in samplers}
         rows.append(EfficiencyRow(table.category, table.tasks, table.seconds, table.w_src[i], table.w_tgt[j],
-                                  float(scal[pi, pj] / scal.max()), needed))
+                                  float(scal[pi, pj] / scal.max()),
+                                  {s: [run[0] for run in got] for s, got in runs.items()},
+                                  {s: [run[2] for run in got] for s, got in runs.items()}))
     steps = tables[0].steps if tables else 0
     points = len(tables[0].w_src) if tables else 0
     return EfficiencyResult(points, steps, budget, seeds, batch, rows)

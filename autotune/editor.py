@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -443,7 +442,7 @@ class Editor:
 
         # 3. Source branches: one per task and distinct (method, inversion guidance, source guidance); the ones
         #    recorded by an earlier run with these windows are read back, the others run live (first).
-        group_of = [_source_group(c) for c in candidates]
+        group_of = [c.source_group() for c in candidates]
         first_of = {key: group_of.index(key) for key in dict.fromkeys(group_of)}
         groups = [(t, key) for t in range(len(items)) for key in first_of]  # (task, source group)
         windows = self._windows(candidates, steps, any(it.words for it in items), start_shape=shape)
@@ -546,7 +545,7 @@ class Editor:
         }
 
     def _source_key(self, prepared: _Prepared, source: TokenizedPrompt, params: EditParams, steps: int) -> str:
-        return cache_key("source-branch", prepared.digest, source.text, self._model_key(), steps, _source_group(params))
+        return cache_key("source-branch", prepared.digest, source.text, self._model_key(), steps, params.source_group())
 
     def _source_record(self, key: str, windows: dict) -> SourceRecord | None:
         if not self.record_sources:
@@ -650,14 +649,6 @@ class Editor:
         if not levels:
             raise InputError("this UNet has no cross-attention layers; Prompt-to-Prompt editing needs them")
         return min(levels, key=lambda f: (abs(f - 4), -f))
-
-
-def _source_group(params: EditParams) -> tuple:
-    """What a source branch depends on besides the image, the source prompt and the steps."""
-    iterations = params.null_text_iterations if params.method == "null_text" else None
-    scales = (json.dumps(params.inversion_scale.to_dict(), sort_keys=True),
-              json.dumps(params.source_scale.to_dict(), sort_keys=True))  # exact, as the inversion cache's key
-    return (params.method, *scales, iterations)
 
 
 def _blend_pair(blend_words: Any) -> tuple[str, str] | None:

@@ -6,6 +6,7 @@ with SimInversion's guidance pair (w_src = 0.5 for inversion and the source bran
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -87,6 +88,14 @@ class EditParams:
         if self.method == "siminversion":
             return self.w_src  # type: ignore[return-value]
         return GuidanceSchedule.constant(1.0)
+
+    def source_group(self) -> tuple:
+        """What the inversion and the source branch depend on besides the image, the source prompt and the steps:
+        candidates that share it share that work (the editor's cache keys; the tuner's cost-aware sampler)."""
+        iterations = self.null_text_iterations if self.method == "null_text" else None
+        scales = (json.dumps(self.inversion_scale.to_dict(), sort_keys=True),
+                  json.dumps(self.source_scale.to_dict(), sort_keys=True))  # exact, as the inversion cache's key
+        return (self.method, *scales, iterations)
 
     def with_(self, **changes: Any) -> "EditParams":
         return replace(self, **changes)

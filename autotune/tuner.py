@@ -43,6 +43,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autotune.cost_aware_tpe import CostAwareTPESampler
 from autotune.errors import AutotuneError, InputError, StorageError
 from autotune.objectives import Objectives, default_objectives
 from autotune.params import EditParams
@@ -59,7 +60,7 @@ from autotune.tasks import EditTask, category_name
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
+SAMPLERS = ("tpe", "tpe-plain", "gp", "nsga2", "random", "grid")
 DEFAULT_SAMPLER = "tpe"
 ARTIFACT_TASKS = 8  # edited images of at most this many tasks go into a front trial's artifact
 THUMB = 128  # longest side of each image in the artifact
@@ -79,14 +80,20 @@ def make_sampler(name: str, seed: int, space: SearchSpace, batch: int = 4) -> op
       bad so K trials asked together spread out instead of piling on one point; multi-objective capable. It
       models the objectives once 4 trials are done (Optuna's default waits for 10): one batch explores at
       random, then TPE. On the shapes grids that reaches 98% of the best in fewer trials (BENCHMARKS.md, 3).
+      It is cost-aware (`CostAwareTPESampler`): a candidate whose w_src no trial has used yet, and so costs
+      every task an inversion and a source branch, must look `NEW_SOURCE_COST` times as promising.
+    - `tpe-plain`: the same TPE without the cost: every w_src counts alike.
     - `gp`: Gaussian-process Bayesian optimisation (Optuna's GPSampler, multi-objective via log EHVI); best for
       small budgets and few knobs; it considers running trials but has no true q-batch acquisition.
     - `nsga2`: the genetic NSGA-II (population = max(8, 2 * batch)); for large budgets.
     - `random`: a baseline; `grid`: `SearchSpace.grid()` points (5 per numeric knob plus the paper values).
     """
     if name == "tpe":
+        return CostAwareTPESampler(space, multivariate=True, constant_liar=True, seed=seed,
+                                   n_startup_trials=TPE_STARTUP_TRIALS)
+    if name == "tpe-plain":
         return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
-                                            n_startup_trials=TPE_STARTUP_TRIALS)
+                                          n_startup_trials=TPE_STARTUP_TRIALS)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if name == "nsga2":

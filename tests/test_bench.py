@@ -241,25 +241,30 @@ def test_trials_to_reach_matches_a_replay_of_the_sampler():
     n = 15
     f = np.add.outer(np.arange(n), np.arange(n)).astype(float)  # best only at the far corner
     table = _table(f, f)
-    needed, frac = bench.trials_to_reach(table, "random", seed=3, budget=200, batch=4)
-    # independent replay: RandomSampler with the same seed asks the same points
+    needed, frac, drawn = bench.trials_to_reach(table, "random", seed=3, budget=200, batch=4)
+    # independent replay: RandomSampler with the same seed asks the same points, w_src on the tuner's 0.1 grid
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=3))
-    space = bench.SearchSpace({"w_src": {"low": 0.0, "high": 2.0}, "w_tgt": {"low": 1.0, "high": 12.0}})
+    space = bench.SearchSpace({"w_src": {"low": 0.0, "high": 2.0, "step": 0.1}, "w_tgt": {"low": 1.0, "high": 12.0}})
     scal = table.scalarised()
-    expected = None
+    expected, values = None, set()
     for k in range(200):
         trial = study.ask(space.distributions())
         i = int(np.argmin(np.abs(np.linspace(0, 2, n) - trial.params["w_src"])))
         j = int(np.argmin(np.abs(np.linspace(1, 12, n) - trial.params["w_tgt"])))
         study.tell(trial, [0.0, 0.0])
-        if scal[i, j] >= 0.98:
+        values.add(round(trial.params["w_src"], 6))
+        if expected is None and scal[i, j] >= 0.98:
             expected = k + 1
-            break
     assert needed == expected
+    assert drawn == len(values) == 21  # 200 random trials draw every grid value
     if needed is not None:
         assert frac >= 0.98
     flat = _table(np.ones((3, 3)), np.ones((3, 3)))
     assert bench.trials_to_reach(flat, "tpe", seed=0, budget=5)[0] == 1
+    # a table over a range the tuner's grid does not fit keeps w_src continuous
+    odd = _table(f, f, w_src=list(np.linspace(0.05, 1.0, n)))
+    assert bench.efficiency_space(odd).knobs["w_src"].step is None
+    assert bench.efficiency_space(table).knobs["w_src"].step == 0.1
 
 
 def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, tasks, scorer, capsys):
