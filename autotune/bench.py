@@ -51,6 +51,10 @@ BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "m
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 THRESHOLD = 0.98
 EFFICIENCY_SAMPLERS = ("tpe", "tpe-plain", "gp", "random")
+# A trial whose w_src is new to the study runs an inversion and a source branch besides its target branch, each
+# two UNet predictions per step: three times the samples of a trial whose w_src is cached (no pruning counted).
+NEW_SOURCE_WORK = 3
+PAPER_NOTE = {True: "the paper points enqueued first, as `tune` does", False: "no paper points enqueued"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -663,12 +667,15 @@ def efficiency_space(table: GridTable) -> SearchSpace:
 
 
 def trials_to_reach(table: GridTable, sampler: str, seed: int, budget: int = 60, batch: int = 4,
-                    threshold: float = THRESHOLD) -> tuple[int | None, float, int]:
+                    threshold: float = THRESHOLD, paper_points: bool = False
+                    ) -> tuple[int | None, float, int, int | None]:
     """Run `sampler` (configured as the tuner configures it, two objectives, asked `batch` at a time, on the
-    tuner's space: `efficiency_space`) against the grid table for `budget` trials; return the trials until the
+    tuner's space: `efficiency_space`; with `paper_points`, those first, as `tune` enqueues them) against the grid
+    table for `budget` trials; return the trials until the
     running best scalarised score first reaches `threshold` x the grid's best (None: not within the budget), the
-    best fraction reached, and how many distinct w_src values the budget drew (each costs every task an inversion
-    and a source branch in a real study)."""
+    best fraction reached, how many distinct w_src values the budget drew, and the work until the threshold in
+    target branches per task (a trial with a new w_src costs `NEW_SOURCE_WORK`: its inversion and source branch
+    too; None: not reached)."""
     import optuna
 
     from autotune.tuner import make_sampler
@@ -678,8 +685,11 @@ def trials_to_reach(table: GridTable, sampler: str, seed: int, budget: int = 60,
     scal = table.scalarised()
     goal = threshold * float(scal.max())
     study = optuna.create_study(directions=table.directions, sampler=make_sampler(sampler, seed, space, batch))
+    if paper_points:
+        for _, values in space.paper_points():
+            study.enqueue_trial(values)
     dists = space.distributions()
-    best, n, reached, drawn = -math.inf, 0, None, set()
+    best, n, reached, drawn, work, work_reached = -math.inf, 0, None, set(), 0, None
     import warnings
 
     with warnings.catch_warnings():
@@ -690,11 +700,13 @@ def trials_to_reach(table: GridTable, sampler: str, seed: int, budget: int = 60,
                 i, j = table.nearest(trial.params["w_src"], trial.params["w_tgt"])
                 study.tell(trial, [table.fidelity[i][j], table.strength[i][j]])
                 n += 1
-                drawn.add(round(float(trial.params["w_src"]), 6))
+                w_src = round(float(trial.params["w_src"]), 6)
+                work += 1 if w_src in drawn else NEW_SOURCE_WORK
+                drawn.add(w_src)
                 best = max(best, float(scal[i, j]))
                 if reached is None and best >= goal:
-                    reached = n
-    return reached, best / float(scal.max()), len(drawn)
+                    reached, work_reached = n, work
+    return reached, best / float(scal.max()), len(drawn), work_reached
 
 
 @dataclass
@@ -707,6 +719,7 @@ class EfficiencyRow:
     paper_fraction: float  # scalarised score of the nearest grid point to (0.5, 7.5), as a share of the best
     needed: dict[str, list[int | None]]  # sampler -> trials needed per seed (None: not within the budget)
     drawn: dict[str, list[int]] = field(default_factory=dict)  # sampler -> distinct w_src in the budget, per seed
+    work: dict[str, list[int | None]] = field(default_factory=dict)  # sampler -> work to the threshold, per seed
 
 
 @dataclass
@@ -717,6 +730,7 @@ class EfficiencyResult:
     seeds: int
     batch: int
     rows: list[EfficiencyRow]
+    paper_points: bool = False
 
     def _show(self, v: float) -> str:
         return f">{self.budget}" if v > self.budget else f"{v:g}"
@@ -734,34 +748,43 @@ class EfficiencyResult:
         for r in self.rows:
             rows.append([r.category, r.tasks, f"({r.best_w_src:.3g}, {r.best_w_tgt:.3g})", f"{r.paper_fraction:.1%}"]
                         + [cell(r.needed[s]) for s in EFFICIENCY_SAMPLERS if s in r.needed])
+        def work_cell(values: list[int | None]) -> str:
+            got = [v if v is not None else math.inf for v in values]
+            return "not reached" if statistics.median(got) == math.inf else f"{statistics.median(got):g}"
+
         shown = [s for s in EFFICIENCY_SAMPLERS if any(s in r.drawn for r in self.rows)]
-        drawn = _table(["category"] + [f"{s}: w_src values drawn" for s in shown],
-                       [[r.category] + [f"{statistics.median(r.drawn[s]):g}" for s in shown] for r in self.rows])
+        drawn = _table(["category"] + [f"{s}: w_src drawn / work to 98%" for s in shown],
+                       [[r.category] + [f"{statistics.median(r.drawn[s]):g} / {work_cell(r.work[s])}" for s in shown]
+                        for r in self.rows])
         return (_table(header, rows) + f"\n\nTarget: <= 30 trials. Grid {self.points} x {self.points} over w_src in "
                 f"[0, 2] x w_tgt in [1, 12], {self.steps} DDIM steps, edited and scored once per category; each "
                 "sampler (configured as the tuner configures it: two objectives, asked "
-                f"{self.batch} at a time, w_src on the tuner's grid of 0.1, no paper points enqueued) then queries "
+                f"{self.batch} at a time, w_src on the tuner's grid of 0.1, "
+                f"{PAPER_NOTE[self.paper_points]}) then queries "
                 "the table at the nearest grid point. Scalarised score: fidelity and edit strength each scaled to "
                 f"[0, 1] over the grid, averaged. Median (worst) over {self.seeds} seeds, budget {self.budget} trials."
-                "\n\nHow many of w_src's values each sampler drew in those trials (median over the seeds): in a "
-                "study, each new one costs every task an inversion and a source branch.\n\n" + drawn)
+                "\n\nHow many of w_src's 21 values each sampler drew in those trials, and its work until 98% in "
+                "target branches per task (a trial with a w_src new to the study costs "
+                f"{NEW_SOURCE_WORK}: its inversion and source branch too), medians over the seeds.\n\n" + drawn)
 
 
 def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = EFFICIENCY_SAMPLERS, seeds: int = 5,
-                     budget: int = 60, batch: int = 4) -> EfficiencyResult:
+                     budget: int = 60, batch: int = 4, paper_points: bool = False) -> EfficiencyResult:
     rows = []
     for table in tables:
         scal = table.scalarised()
         i, j = np.unravel_index(int(np.argmax(scal)), scal.shape)
         pi, pj = table.nearest(PAPER_POINTS["siminversion"]["w_src"], PAPER_POINTS["siminversion"]["w_tgt"])
-        runs = {s: [trials_to_reach(table, s, seed, budget, batch) for seed in range(seeds)] for s in samplers}
+        runs = {s: [trials_to_reach(table, s, seed, budget, batch, paper_points=paper_points) for seed in range(seeds)]
+                for s in samplers}
         rows.append(EfficiencyRow(table.category, table.tasks, table.seconds, table.w_src[i], table.w_tgt[j],
                                   float(scal[pi, pj] / scal.max()),
                                   {s: [run[0] for run in got] for s, got in runs.items()},
-                                  {s: [run[2] for run in got] for s, got in runs.items()}))
+                                  {s: [run[2] for run in got] for s, got in runs.items()},
+                                  {s: [run[3] for run in got] for s, got in runs.items()}))
     steps = tables[0].steps if tables else 0
     points = len(tables[0].w_src) if tables else 0
-    return EfficiencyResult(points, steps, budget, seeds, batch, rows)
+    return EfficiencyResult(points, steps, budget, seeds, batch, rows, paper_points)
 
 
 def cached_grid(editor: Any, tasks: Sequence[EditTask], scorer: Any, cache_dir: str | Path | None, *,

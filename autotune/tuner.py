@@ -43,7 +43,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.cost_aware_tpe import CostAwareTPESampler
+from autotune.cost_aware_tpe import NEW_SOURCE_COST, CostAwareTPESampler
 from autotune.errors import AutotuneError, InputError, StorageError
 from autotune.objectives import Objectives, default_objectives
 from autotune.params import EditParams
@@ -624,7 +624,8 @@ def tune(
         "autotune.scorer": scorer.describe(),
         "autotune.task_fingerprint": fingerprint,
         "autotune.task_count": len(chosen),
-        "autotune.sampler": {"name": sampler, "seed": seed},
+        "autotune.sampler": {"name": sampler, "seed": seed,
+                             **({"new_source_cost": NEW_SOURCE_COST} if sampler == "tpe" else {})},
         "autotune.storage": store.url,
         **({"autotune.task_source": dict(task_source)} if task_source else {}),
     }, store)

@@ -239,28 +239,35 @@ def test_scalarised_scales_each_objective_to_the_grid():
 
 def test_trials_to_reach_matches_a_replay_of_the_sampler():
     n = 15
-    f = np.add.outer(np.arange(n), np.arange(n)).astype(float)  # best only at the far corner
+    f = np.minimum(np.add.outer(np.arange(n), np.arange(n)), 22).astype(float)  # best: a corner of 28 cells
     table = _table(f, f)
-    needed, frac, drawn = bench.trials_to_reach(table, "random", seed=3, budget=200, batch=4)
+    needed, frac, drawn, work = bench.trials_to_reach(table, "random", seed=3, budget=200, batch=4)
     # independent replay: RandomSampler with the same seed asks the same points, w_src on the tuner's 0.1 grid
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=3))
     space = bench.SearchSpace({"w_src": {"low": 0.0, "high": 2.0, "step": 0.1}, "w_tgt": {"low": 1.0, "high": 12.0}})
     scal = table.scalarised()
-    expected, values = None, set()
+    expected, values, spent, expected_work = None, set(), 0, None
     for k in range(200):
         trial = study.ask(space.distributions())
         i = int(np.argmin(np.abs(np.linspace(0, 2, n) - trial.params["w_src"])))
         j = int(np.argmin(np.abs(np.linspace(1, 12, n) - trial.params["w_tgt"])))
         study.tell(trial, [0.0, 0.0])
+        spent += 1 if round(trial.params["w_src"], 6) in values else 3  # a new w_src: inversion + source branch
         values.add(round(trial.params["w_src"], 6))
         if expected is None and scal[i, j] >= 0.98:
-            expected = k + 1
-    assert needed == expected
+            expected, expected_work = k + 1, spent
+    assert needed == expected and work == expected_work
+    assert needed is not None and needed <= work <= 3 * needed
     assert drawn == len(values) == 21  # 200 random trials draw every grid value
     if needed is not None:
         assert frac >= 0.98
     flat = _table(np.ones((3, 3)), np.ones((3, 3)))
     assert bench.trials_to_reach(flat, "tpe", seed=0, budget=5)[0] == 1
+    # with the paper points enqueued, as `tune` does, a table whose best is SimInversion's (0.5, 7.5) is solved at once
+    paper = np.zeros((n, n))
+    i, j = table.nearest(0.5, 7.5)
+    paper[i, j] = 1.0
+    assert bench.trials_to_reach(_table(paper, paper), "random", seed=0, budget=4, paper_points=True)[0] == 1
     # a table over a range the tuner's grid does not fit keeps w_src continuous
     odd = _table(f, f, w_src=list(np.linspace(0.05, 1.0, n)))
     assert bench.efficiency_space(odd).knobs["w_src"].step is None

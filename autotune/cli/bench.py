@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     parser.add_argument("--grid", type=int, default=15, help="grid points per axis (efficiency, quality)")
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds (efficiency)")
     parser.add_argument("--budget", type=int, default=60, help="trial budget per sampler run (efficiency)")
+    parser.add_argument("--paper-points", action="store_true",
+                        help="efficiency: enqueue the paper points first in every sampler run, as `autotune tune` does")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (overhead)")
     parser.add_argument("--runs", type=int, default=1, help="runs of the whole throughput comparison; the median "
                         "is reported, with every run's ratio")
@@ -82,7 +84,8 @@ def command_line(args: argparse.Namespace, which: str) -> str:
         + ([("--no-invert-ahead", True)] if not args.invert_ahead else []),
         "overhead": [("--category", args.category), ("--repeats", args.repeats)],
         "efficiency": [("--categories", args.categories), ("--tasks", args.tasks), ("--grid", args.grid),
-                       ("--seeds", args.seeds), ("--budget", args.budget), ("--batch", args.batch)],
+                       ("--seeds", args.seeds), ("--budget", args.budget), ("--batch", args.batch)]
+        + ([("--paper-points", True)] if args.paper_points else []),
         "quality": [("--categories", args.categories), ("--tasks", args.tasks), ("--grid", args.grid),
                     ("--presets", args.presets)],
         "inversion": [("--inversion-samples", args.inversion_samples), ("--seed", args.seed)],
@@ -174,7 +177,7 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     if name == "efficiency":
         grids = _grids(args, categories, state)
         return bench.bench_efficiency(list(grids.values()), seeds=args.seeds, budget=args.budget,
-                                      batch=args.batch), ""
+                                      batch=args.batch, paper_points=args.paper_points), ""
     if name == "quality":
         editor = _editor(args, state)
         tuned = {}
