@@ -197,6 +197,7 @@ class ThroughputResult:
     ratios: list[float] = field(default_factory=list)  # every run's speed-up, when several were run
     ratios_one_thread: list[float] = field(default_factory=list)
     invert_ahead: bool = True  # `tune(invert_ahead=...)`: a batch's tasks inverted before its first call
+    source_groups: int = 0  # distinct source work (w_src, for SimInversion) among the study's trials
 
     @property
     def ratio_one_thread(self) -> float | None:
@@ -275,8 +276,10 @@ class ThroughputResult:
         return (table + f"\n\n**Speed-up: {self.ratio:.2f}x** trials per minute (target >= 5x).{runs}{threads} "
                 f"{self.tasks} tasks, {self.steps} DDIM steps, sampler {self.sampler}, batch {self.batch}, "
                 f"{self._tasks_per_call()}; "
-                f"{self.pruned} of {self.trials} trials pruned. Both loops ran the same trial parameters, taking "
-                "turns: the naive trials ran between the tuner's batches, the tuner's clock stopped meanwhile." + work)
+                f"{self.pruned} of {self.trials} trials pruned; the study drew {self.source_groups} distinct "
+                "w_src values (each costs every task an inversion and a source branch). Both loops ran the same "
+                "trial parameters, taking turns: the naive trials ran between the tuner's batches, the tuner's "
+                "clock stopped meanwhile." + work)
 
 
 def naive_loop(editor: Any, tasks: Sequence[EditTask], scorer: Any, params: Sequence[EditParams],
@@ -354,6 +357,7 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
         auto_seconds = time.perf_counter() - start - naive.wall_seconds
         result = runs[0]
         done = [t for t in result.study.trials if "params" in t.user_attrs]
+        groups = {(p.source_group(), p.steps) for p in (EditParams.from_dict(t.user_attrs["params"]) for t in done)}
     auto_calls = [c for at, c in enumerate(calls) if at not in naive.call_indices]
     naive_calls = [calls[at] for at in naive.counted_indices]
     if not naive.timed:
@@ -367,7 +371,8 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
                             task_batch, int(getattr(editor, "max_batch", 0)),
                             len(auto_calls), sum(c[0][0] for c in auto_calls),
                             len(naive_calls), sum(c[0][0] for c in naive_calls), threads,
-                            naive.one_thread_seconds if threads > 1 else None, invert_ahead=invert_ahead)
+                            naive.one_thread_seconds if threads > 1 else None, invert_ahead=invert_ahead,
+                            source_groups=len(groups))
 
 
 class _NaiveBetweenBatches:

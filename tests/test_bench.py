@@ -138,6 +138,9 @@ def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch)
     per_sample = 1000 * r.autotune_seconds / r.autotune_unet_rows
     assert f"{per_sample:.2f} vs" in r.markdown() and "as many tasks as 16 target branches hold" in r.markdown()
     assert r.threads == 1 and r.naive_one_thread_seconds is None and "naive again at 1 thread" not in r.markdown()
+    # the source work the study drew: its distinct w_src values (steps and method are fixed here)
+    assert r.source_groups == len({p.w_src.start for p in trial_params}) >= 1
+    assert f"the study drew {r.source_groups} distinct w_src values" in r.markdown()
 
 
 def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scorer, monkeypatch):
