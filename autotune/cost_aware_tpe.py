@@ -10,7 +10,10 @@ This sampler ranks TPE's candidates by density ratio per unit cost, as cost-awar
 (Snoek et al. 2012, "expected improvement per second"): the acquisition log l(x) - log g(x) of a candidate with
 unused source work is lowered by log(new_source_cost). The default cost, 2 (below the measured 3, so a clearly
 better new w_src still wins), was chosen on the shapes grid tables, where it reached 98% of the grid's best within
-30 trials as often as plain TPE did and drew about a third fewer w_src values (BENCHMARKS.md, docs/tuning.md).
+30 trials about as often as plain TPE did, drew about a third fewer w_src values and needed less work to get there
+(BENCHMARKS.md, 3; docs/tuning.md, "Samplers"). The known set is the study's trials (COMPLETE, PRUNED, RUNNING):
+what this process's cache holds when one worker runs the study; other workers' inversions count only if they share
+the editor's disk cache (`cache_dir=`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class CostAwareTPESampler(optuna.samplers.TPESampler):
         for name in ("_sample", "_compute_acquisition_func"):
             if not callable(getattr(optuna.samplers.TPESampler, name, None)):
                 raise RuntimeError(f"optuna {optuna.__version__}'s TPESampler has no {name}(); "
-                                   "the cost-aware sampler needs it: use --sampler random/gp, or optuna 4.x-5.x")
+                                   "the cost-aware TPE needs it: use --sampler tpe-plain, or optuna 4.x-5.x")
         super().__init__(**tpe_kwargs)
         self.space = space
         self.new_source_cost = float(new_source_cost)

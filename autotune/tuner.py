@@ -549,8 +549,8 @@ def tune(
         batch: trials asked at once, edited together.
         storage: None (`<project_dir>/studies.journal`), a `.journal` path, or an RDB URL (`postgresql://...`).
         study_name: default `<model>--<category>--<task fingerprint prefix>`.
-        sampler: "tpe" (default), "gp", "nsga2", "random" or "grid"; this worker's seed is `seed` if it created
-            the study, else derived from `seed`, host and pid (each worker its own seed).
+        sampler: "tpe" (default, cost-aware), "tpe-plain", "gp", "nsga2", "random" or "grid"; this worker's seed
+            is `seed` if it created the study, else derived from `seed`, host and pid (each worker its own seed).
         scorer: a `Scorer` (metrics / score / describe).
         objectives: see `autotune.objectives`; default chosen from the scorer's metrics.
         search_space: a `SearchSpace` or its dict; default w_src in [0, 2] in steps of 0.1, w_tgt in [1, 12].
