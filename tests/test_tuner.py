@@ -14,7 +14,7 @@ from autotune.errors import InputError, StorageError
 from autotune.pruning import replay
 from autotune.search_space import SearchSpace
 from autotune.storage import open_storage
-from autotune.tuner import DominationPruner, tune
+from autotune.tuner import SAMPLERS, DominationPruner, tune
 from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks, true_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -401,10 +401,12 @@ def test_a_different_task_set_is_refused_under_the_same_study_name(tmp_path):
              save_preset=False)
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "grid"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_every_sampler_runs(tmp_path, sampler):
     result = run(tmp_path, trials=5, batch=2, sampler=sampler, save_preset=False)
     assert len(result.study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    recorded = result.study.user_attrs["autotune.sampler"]
+    assert recorded["name"] == sampler and (recorded.get("new_source_cost") == 2.0) == (sampler == "tpe")
 
 
 def test_front_trials_keep_their_images_as_artifacts(tmp_path):
