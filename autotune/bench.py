@@ -676,11 +676,10 @@ def trials_to_reach(table: GridTable, sampler: str, seed: int, budget: int = 60,
                     ) -> tuple[int | None, float, int, int | None]:
     """Run `sampler` (configured as the tuner configures it, two objectives, asked `batch` at a time, on the
     tuner's space: `efficiency_space`; with `paper_points`, those first, as `tune` enqueues them) against the grid
-    table for `budget` trials; return the trials until the
-    running best scalarised score first reaches `threshold` x the grid's best (None: not within the budget), the
-    best fraction reached, how many distinct w_src values the budget drew, and the work until the threshold in
-    target branches per task (a trial with a new w_src costs `NEW_SOURCE_WORK`: its inversion and source branch
-    too; None: not reached)."""
+    table for `budget` trials. Returns the trials until the running best scalarised score first reaches
+    `threshold` x the grid's best (None: not within the budget), the best fraction reached, how many distinct w_src
+    values the budget drew, and the work until the threshold in target branches per task (a trial with a new w_src
+    costs `NEW_SOURCE_WORK`: its inversion and source branch too; None: not reached)."""
     import optuna
 
     from autotune.tuner import make_sampler
@@ -753,6 +752,7 @@ class EfficiencyResult:
         for r in self.rows:
             rows.append([r.category, r.tasks, f"({r.best_w_src:.3g}, {r.best_w_tgt:.3g})", f"{r.paper_fraction:.1%}"]
                         + [cell(r.needed[s]) for s in EFFICIENCY_SAMPLERS if s in r.needed])
+
         def work_cell(values: list[int | None]) -> str:
             got = [v if v is not None else math.inf for v in values]
             return "not reached" if statistics.median(got) == math.inf else f"{statistics.median(got):g}"
