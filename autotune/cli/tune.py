@@ -42,7 +42,9 @@ def register(subparsers) -> None:
     parser.add_argument("--storage", help="a .journal path or postgresql://user:password@host:5432/db; "
                         "unset: <project-dir>/studies.journal")
     parser.add_argument("--study", help="study name; unset: <model>--<category>--<task fingerprint>")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER, help="Optuna sampler")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                        help="Optuna sampler; tpe counts a new w_src's inversion cost, tpe-plain does not "
+                        "(docs/tuning.md, Samplers)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (other workers derive their own)")
     parser.add_argument("--presets-dir", default="presets", help="where the preset is written")
     parser.add_argument("--project-dir", default=".autotune", help="embedded storage and artifacts")
