@@ -773,15 +773,45 @@ class EfficiencyResult:
                 f"{NEW_SOURCE_WORK}: its inversion and source branch too), medians over the seeds.\n\n" + drawn)
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # GPSampler fits its model with torch: one thread per worker process
+
+
 def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = EFFICIENCY_SAMPLERS, seeds: int = 5,
-                     budget: int = 60, batch: int = 4, paper_points: bool = False) -> EfficiencyResult:
+                     budget: int = 60, batch: int = 4, paper_points: bool = False, jobs: int = 1,
+                     progress: bool = False) -> EfficiencyResult:
+    """Every (table, sampler, seed) run of `trials_to_reach`; with `jobs` > 1, in that many worker processes (the
+    runs are independent and seeded, so the figures are the same; GP's runs take most of the time)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    if jobs < 1:
+        raise InputError(f"jobs={jobs} must be >= 1")
+    work = [(t, s, seed) for t in range(len(tables)) for s in samplers for seed in range(seeds)]
+    bar = tqdm(total=len(work), desc="sampler runs", unit="run", disable=not progress)
+    if jobs == 1:
+        results = []
+        for t, s, seed in work:
+            results.append(trials_to_reach(tables[t], s, seed, budget, batch, paper_points=paper_points))
+            bar.update()
+    else:
+        # spawn, not fork: the parent holds torch's thread pool, which a forked child must not inherit
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
+            futures = [pool.submit(trials_to_reach, tables[t], s, seed, budget, batch, paper_points=paper_points)
+                       for t, s, seed in work]
+            for future in futures:
+                future.add_done_callback(lambda _: bar.update())
+            results = [future.result() for future in futures]
+    bar.close()
+    got = dict(zip(work, results))
     rows = []
-    for table in tables:
+    for t, table in enumerate(tables):
         scal = table.scalarised()
         i, j = np.unravel_index(int(np.argmax(scal)), scal.shape)
         pi, pj = table.nearest(PAPER_POINTS["siminversion"]["w_src"], PAPER_POINTS["siminversion"]["w_tgt"])
-        runs = {s: [trials_to_reach(table, s, seed, budget, batch, paper_points=paper_points) for seed in range(seeds)]
-                for s in samplers}
+        runs = {s: [got[t, s, seed] for seed in range(seeds)] for s in samplers}
         rows.append(EfficiencyRow(table.category, table.tasks, table.seconds, table.w_src[i], table.w_tgt[j],
                                   float(scal[pi, pj] / scal.max()),
                                   {s: [run[0] for run in got] for s, got in runs.items()},

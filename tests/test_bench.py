@@ -277,6 +277,21 @@ def test_trials_to_reach_matches_a_replay_of_the_sampler():
     assert bench.efficiency_space(table).knobs["w_src"].step == 0.1
 
 
+def test_efficiency_in_worker_processes_gives_the_same_figures(capsys):
+    n = 15
+    f = np.minimum(np.add.outer(np.arange(n), np.arange(n)), 22).astype(float)
+    tables = [_table(f, f), _table(f[::-1], f[::-1])]
+    kwargs = dict(samplers=("tpe", "random"), seeds=2, budget=12, batch=4)
+    alone = bench.bench_efficiency(tables, **kwargs)
+    pooled = bench.bench_efficiency(tables, jobs=2, progress=True, **kwargs)
+    assert [(r.needed, r.drawn, r.work) for r in pooled.rows] == [(r.needed, r.drawn, r.work) for r in alone.rows]
+    assert alone.rows[0].needed["random"] == [bench.trials_to_reach(tables[0], "random", seed, 12, 4)[0]
+                                              for seed in range(2)]
+    assert "sampler runs" in capsys.readouterr().err  # the progress bar
+    with pytest.raises(InputError, match="jobs=0 must be >= 1"):
+        bench.bench_efficiency(tables, jobs=0)
+
+
 def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, tasks, scorer, capsys):
     calls = []
     original = editor.edit_task
