@@ -50,6 +50,7 @@ from autotune.tasks import EditTask
 BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory")
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 THRESHOLD = 0.98
+TARGET_TRIALS = 30  # issue 7's target for the efficiency benchmark
 EFFICIENCY_SAMPLERS = ("tpe", "tpe-plain", "gp", "random")
 # A trial whose w_src is new to the study runs an inversion and a source branch besides its target branch, each
 # two UNet predictions per step: three times the samples of a trial whose w_src is cached (no pruning counted).
@@ -743,8 +744,8 @@ class EfficiencyResult:
         def cell(values: list[int | None]) -> str:
             got = [v if v is not None else self.budget + 1 for v in values]
             med = statistics.median(got)
-            worst = max(got)
-            return f"{self._show(med)} (worst {self._show(worst)})"
+            within = sum(v <= TARGET_TRIALS for v in got) / len(got)
+            return f"{self._show(med)} ({within:.0%} within {TARGET_TRIALS}, worst {self._show(max(got))})"
 
         header = ["category", "tasks", "grid best (w_src, w_tgt)", "(0.5, 7.5) reaches"] + \
             [f"{s} trials to 98%" for s in EFFICIENCY_SAMPLERS if any(s in r.needed for r in self.rows)]
@@ -761,13 +762,14 @@ class EfficiencyResult:
         drawn = _table(["category"] + [f"{s}: w_src drawn / work to 98%" for s in shown],
                        [[r.category] + [f"{statistics.median(r.drawn[s]):g} / {work_cell(r.work[s])}" for s in shown]
                         for r in self.rows])
-        return (_table(header, rows) + f"\n\nTarget: <= 30 trials. Grid {self.points} x {self.points} over w_src in "
-                f"[0, 2] x w_tgt in [1, 12], {self.steps} DDIM steps, edited and scored once per category; each "
-                "sampler (configured as the tuner configures it: two objectives, asked "
+        return (_table(header, rows) + f"\n\nTarget: <= {TARGET_TRIALS} trials. Grid {self.points} x {self.points} "
+                f"over w_src in [0, 2] x w_tgt in [1, 12], {self.steps} DDIM steps, edited and scored once per "
+                "category; each sampler (configured as the tuner configures it: two objectives, asked "
                 f"{self.batch} at a time, w_src on the tuner's grid of 0.1, "
                 f"{PAPER_NOTE[self.paper_points]}) then queries "
                 "the table at the nearest grid point. Scalarised score: fidelity and edit strength each scaled to "
-                f"[0, 1] over the grid, averaged. Median (worst) over {self.seeds} seeds, budget {self.budget} trials."
+                f"[0, 1] over the grid, averaged. Median over {self.seeds} seeds (the share of seeds within the "
+                f"target, the worst seed), budget {self.budget} trials."
                 "\n\nHow many of w_src's 21 values each sampler drew in those trials, and its work until 98% in "
                 "target branches per task (a trial with a w_src new to the study costs "
                 f"{NEW_SOURCE_WORK}: its inversion and source branch too), medians over the seeds.\n\n" + drawn)

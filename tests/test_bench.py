@@ -288,6 +288,10 @@ def test_efficiency_in_worker_processes_gives_the_same_figures(capsys):
     assert alone.rows[0].needed["random"] == [bench.trials_to_reach(tables[0], "random", seed, 12, 4)[0]
                                               for seed in range(2)]
     assert "sampler runs" in capsys.readouterr().err  # the progress bar
+    # a cell: the median, the share of seeds within 30 trials and the worst seed (">budget": not reached)
+    row = bench.EfficiencyRow("add_object", 16, 1.0, 0.5, 1.0, 0.5, {"tpe": [10, 31, 20, None]})
+    result = bench.EfficiencyResult(15, 10, 40, 4, 4, [row])
+    assert "| 25.5 (50% within 30, worst >40) |" in result.markdown()
     with pytest.raises(InputError, match="jobs=0 must be >= 1"):
         bench.bench_efficiency(tables, jobs=0)
 
