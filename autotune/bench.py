@@ -50,7 +50,7 @@ from autotune.tasks import EditTask
 BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory")
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 THRESHOLD = 0.98
-TARGET_TRIALS = 30  # issue 7's target for the efficiency benchmark
+TARGET_TRIALS = 30  # the trials the efficiency benchmark is read against (98% of the grid's best within them)
 EFFICIENCY_SAMPLERS = ("tpe", "tpe-plain", "gp", "random")
 # A trial whose w_src is new to the study runs an inversion and a source branch besides its target branch, each
 # two UNet predictions per step: three times the samples of a trial whose w_src is cached (no pruning counted).
@@ -807,13 +807,13 @@ def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = E
                 future.add_done_callback(lambda _: bar.update())
             results = [future.result() for future in futures]
     bar.close()
-    got = dict(zip(work, results))
+    by_run = dict(zip(work, results))
     rows = []
     for t, table in enumerate(tables):
         scal = table.scalarised()
         i, j = np.unravel_index(int(np.argmax(scal)), scal.shape)
         pi, pj = table.nearest(PAPER_POINTS["siminversion"]["w_src"], PAPER_POINTS["siminversion"]["w_tgt"])
-        runs = {s: [got[t, s, seed] for seed in range(seeds)] for s in samplers}
+        runs = {s: [by_run[t, s, seed] for seed in range(seeds)] for s in samplers}
         rows.append(EfficiencyRow(table.category, table.tasks, table.seconds, table.w_src[i], table.w_tgt[j],
                                   float(scal[pi, pj] / scal.max()),
                                   {s: [run[0] for run in got] for s, got in runs.items()},
