@@ -174,6 +174,44 @@ def measure_flow(model: str | Path, samples: int = 200, steps: int = FLOW_STEPS,
     return table, figures
 
 
+def flow_grid(model: str | Path, path: str | Path, count: int = 8, steps: int = FLOW_STEPS, seed: int = 3,
+              guidance: float = FLOW_GUIDANCE) -> Path:
+    """A PNG of the shapes-flow model's samples: captions of random world-version-2 scenes (one to four objects),
+    their scenes as rendered, and the model's images at `guidance` and at 1 (same seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    scenes = sorted((random_scene(rng, version=2) for _ in range(count)), key=lambda s: len(s.objects))
+    prompts = [caption(s) for s in scenes]
+    pipe = load_pipeline(model)
+    rows = {"rendered caption": np.stack([render_array(s) / 255.0 for s in scenes])}
+    for g in (guidance, 1.0):
+        rows[f"guidance {g:g}"] = generate(pipe, prompts, g, steps, seed)
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.9 * count, 2.05 * len(rows) + 0.9))
+    for r, (label, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(prompts[c].removeprefix("a ").removeprefix("an ").replace(" on a ", "\non a ")
+                             .replace(" and ", "\nand "), fontsize=6.5)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(f"shapes-flow, text to image through StableDiffusion3Pipeline ({steps} Euler steps, seed {seed})",
+                 fontsize=10)
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help=f"sampling steps for text-to-image (25 DDIM; shapes-flow: {FLOW_STEPS})")
     p.add_argument("--guidance", type=float, help=f"the default guidance (7.5; shapes-flow: {FLOW_GUIDANCE:g})")
     p.add_argument("--record", action="store_true", help="shapes-flow: also write the figures into its training.json")
+    p.add_argument("--grid", metavar="PNG", help="shapes-flow: also draw a picture of samples here")
     p.add_argument("--inversion-samples", type=int, default=20)
     p.add_argument("--inversion-steps", type=int, default=50)
     p.add_argument("--skip-inversion", action="store_true")
@@ -232,6 +271,8 @@ def _main_flow(args: argparse.Namespace, start: float) -> int:
         meta = json.loads(path.read_text()) if path.is_file() else {}
         meta["text_to_image"] = figures
         atomic.write_text(path, json.dumps(meta, indent=2) + "\n")
+    if args.grid:
+        print(f"wrote {flow_grid(args.model, args.grid, steps=steps, guidance=guidance)}")
     return 0
 
 

@@ -114,7 +114,10 @@ def build_text_encoder(dim: int, layers: int, projection: int) -> CLIPTextModelW
 
 
 def build_transformer(args: argparse.Namespace, latent: int, latent_channels: int) -> SD3Transformer2DModel:
-    return SD3Transformer2DModel(
+    """The SD3 transformer, initialised as DiT's adaLN-Zero (Peebles & Xie 2023): every modulation layer and the
+    output projection start at zero, so each block starts as the identity (diffusers leaves them random, as it
+    expects trained weights); DiT found this the best-converging initialisation."""
+    transformer = SD3Transformer2DModel(
         sample_size=latent, patch_size=args.patch_size, in_channels=latent_channels, out_channels=latent_channels,
         num_layers=args.layers, attention_head_dim=args.head_dim, num_attention_heads=args.heads,
         joint_attention_dim=args.text_dim + args.text_dim_2, caption_projection_dim=args.heads * args.head_dim,
@@ -122,6 +125,14 @@ def build_transformer(args: argparse.Namespace, latent: int, latent_channels: in
         pos_embed_max_size=latent // args.patch_size,
         qk_norm=args.qk_norm or None,
     )
+    with torch.no_grad():
+        layers = [transformer.norm_out.linear, transformer.proj_out]
+        for block in transformer.transformer_blocks:
+            layers += [block.norm1.linear, block.norm1_context.linear]
+        for layer in layers:
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return transformer
 
 
 def zero_t5(dim: int):
@@ -370,7 +381,7 @@ def train(args: argparse.Namespace) -> Path:
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
 
     checkpoint = state / "checkpoint.pt"
-    step, loss_avg, history, seconds_before = 0, None, [], 0.0
+    step, loss_avg, history, seconds_before, cpu_before = 0, None, [], 0.0, 0.0
     if checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=False)
         if saved["settings"] != settings_of(args):
@@ -385,7 +396,7 @@ def train(args: argparse.Namespace) -> Path:
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
         step, loss_avg, history = saved["step"], saved["loss_avg"], saved["history"]
-        seconds_before = saved["train_seconds"]
+        seconds_before, cpu_before = saved["train_seconds"], saved["train_cpu_seconds"]
         log(f"resumed from {checkpoint} at step {step} of {args.steps}")
     else:
         log("models: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items())
@@ -394,12 +405,13 @@ def train(args: argparse.Namespace) -> Path:
     def snapshot(at: int) -> None:
         save_checkpoint(checkpoint, at, models, ema, opt, gen,
                         {"settings": settings_of(args), "loss_avg": loss_avg, "history": history,
-                         "train_seconds": seconds_before + time.time() - t0})
+                         "train_seconds": seconds_before + time.time() - t0,
+                         "train_cpu_seconds": cpu_before + time.process_time() - c0})
 
     transformer.set_attn_processor(RepeatedTokenJointAttnProcessor(T5_ROWS))
     for m in models.values():
         m.train()
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()  # wall and CPU time: on a shared machine they tell different things
     first = step
     bar = tqdm(total=args.steps, initial=step, desc="shapes-flow", unit="step", mininterval=10, dynamic_ncols=True)
     with StopFlag() as stop:
@@ -444,6 +456,7 @@ def train(args: argparse.Namespace) -> Path:
                     return state
     bar.close()
     train_seconds = seconds_before + time.time() - t0
+    train_cpu = cpu_before + time.process_time() - c0
     if step > first:
         snapshot(step)  # the finished state, so that a crash while measuring does not cost the training
 
@@ -464,6 +477,9 @@ def train(args: argparse.Namespace) -> Path:
                 "scaling_factor": scale, "round_trip": data["vae_round_trip"]},
         "steps_done": step, "loss_history": history,
         "wall_time_minutes": {"data": round(data["seconds"] / 60, 1), "training": round(train_seconds / 60, 1)},
+        # CPU time of the training process over all its threads: divided by the threads, the wall time the
+        # training takes on an otherwise idle machine.
+        "training_cpu_minutes": round(train_cpu / 60, 1), "threads": args.threads,
         "t5_rows_trained_for": T5_ROWS,
     }
     save_pipeline(out, pipe, meta)
