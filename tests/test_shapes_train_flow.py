@@ -96,3 +96,12 @@ def test_a_stopped_run_continues_to_the_same_weights(tmp_path):
     assert history == json.loads((whole / "training.json").read_text())["loss_history"]
     with pytest.raises(SystemExit, match="other settings"):
         train_flow.main([*resumed, "--lr", "0.1"])
+    # Under the constant learning rate, a finished run can be extended: 3 steps, then 2 more, as 5 at once.
+    (tmp_path / "s3").mkdir()
+    shutil.copy(tmp_path / "s1" / "data.pt", tmp_path / "s3" / "data.pt")
+    extended = ["--out", str(tmp_path / "extended"), "--state", str(tmp_path / "s3"), *TINY]
+    train_flow.main([*extended, "--steps", "3"])
+    train_flow.main(extended)
+    a = load_file(whole / "transformer/diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "extended" / "transformer/diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -183,6 +183,14 @@ def velocity(transformer, noisy: torch.Tensor, sigma: torch.Tensor, rows: torch.
                        pooled_projections=pooled).sample
 
 
+def learning_rate(step: int, args: argparse.Namespace) -> float:
+    """Linear warmup, then constant (the default: with the EMA it needs no decay, and a run can be extended) or
+    cosine down to 10% at `--steps` (`train.lr_at`)."""
+    if args.lr_schedule == "cosine":
+        return lr_at(step, args.steps, args.lr, args.warmup)
+    return args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+
+
 def sample_sigmas(n: int, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
     """Noise levels in (0, 1): logit-normal (SD3's default, mean `--logit-mean`, std `--logit-std`), or uniform."""
     if args.timesteps == "uniform":
@@ -267,8 +275,9 @@ def prepare_data(args: argparse.Namespace, vae: AutoencoderKL, state: Path) -> d
 
 def settings_of(args: argparse.Namespace, everything: bool = False) -> dict:
     """The settings a checkpoint must share with its continuation (all but where to write, how often, how many
-    threads, and the inference-only shift and guidance), or with `everything`, all but the folders."""
-    skip = ("out", "state") if everything else RESUME_FREE
+    threads, the inference-only shift and guidance, and under a constant learning rate the number of steps: a
+    finished run can be extended), or with `everything`, all but the folders."""
+    skip = ("out", "state") if everything else RESUME_FREE + (("steps",) if args.lr_schedule == "constant" else ())
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k not in skip}
 
 
@@ -416,7 +425,7 @@ def train(args: argparse.Namespace) -> Path:
     bar = tqdm(total=args.steps, initial=step, desc="shapes-flow", unit="step", mininterval=10, dynamic_ncols=True)
     with StopFlag() as stop:
         while step < args.steps:
-            lr = lr_at(step, args.steps, args.lr, args.warmup)
+            lr = learning_rate(step, args)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = torch.randint(0, len(means), (args.batch,), generator=gen)
@@ -521,7 +530,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text-projection-2", type=int, default=32)
     p.add_argument("--steps", type=int, default=12000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema", type=float, default=0.999)
