@@ -45,11 +45,12 @@ def test_the_folder_is_an_sd3_pipeline_of_safetensors_under_30_mb_and_packaged()
     assert "shapes/weights/shapes-flow/**/*" in package_data["autotune"]
 
 
-def test_the_pipeline_has_16x16_attention_maps_and_the_shapes_tokenizer(pipe):
+def test_the_pipeline_has_16x16_latents_8x8_attention_maps_and_the_clip_tokenizer(pipe):
     from autotune.tokenizer import clip_tokenizer
 
     assert pipe.default_sample_size * pipe.vae_scale_factor == 64
-    assert pipe.transformer.config.sample_size // pipe.transformer.config.patch_size >= 16
+    assert pipe.transformer.config.sample_size == 16  # latents of 16 x 16
+    assert pipe.transformer.config.sample_size // pipe.transformer.config.patch_size >= 8  # image tokens per side
     prompt = "a red circle and a blue square on a white background"
     assert pipe.tokenizer(prompt).input_ids == pipe.tokenizer_2(prompt).input_ids == clip_tokenizer()(prompt).input_ids
 

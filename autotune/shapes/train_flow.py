@@ -529,7 +529,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=str(VAE_DIR), help="the AutoencoderKL to reuse (frozen)")
     p.add_argument("--n-images", type=int, default=30000)
     p.add_argument("--vae-check", type=int, default=400, help="fresh scenes for the VAE round-trip figures")
-    p.add_argument("--patch-size", type=int, default=1, help="1: 16 x 16 image tokens and attention maps")
+    p.add_argument("--patch-size", type=int, default=2,
+                   help="2 (SD3's): 8 x 8 image tokens and attention maps; 1: 16 x 16 at 2.5 times the cost")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
