@@ -29,7 +29,7 @@ def build_tiny_pipeline(path: Path, prediction_type: str = "epsilon", seed: int 
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from autotune.tokenizer import clip_tokenizer
+    from autotune.shapes.tokenizer import clip_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -106,16 +106,16 @@ def tiny_vpred_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rows_seen(monkeypatch) -> list[int]:
     """The batch rows (source + target branches) of every denoising run of the editor."""
-    import autotune.editor as editor_module
+    import autotune.engine.unet.sampling as sampling
 
     seen: list[int] = []
-    real = editor_module.sample_branches
+    real = sampling.sample_branches
 
     def spy(unet, grid, start, *args, **kwargs):
         seen.append(start.shape[0])
         return real(unet, grid, start, *args, **kwargs)
 
-    monkeypatch.setattr(editor_module, "sample_branches", spy)
+    monkeypatch.setattr(sampling, "sample_branches", spy)
     return seen
 
 
@@ -127,3 +127,14 @@ def tiny_editor(tiny_model_dir: Path, **kwargs):
 
     torch.set_num_threads(1)
     return Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine the tiny models run ~10x faster than with two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

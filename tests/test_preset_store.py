@@ -9,8 +9,8 @@ import pytest
 
 from autotune.errors import PresetError
 from autotune.params import EditParams
-from autotune.preset import FrontPoint, Preset, PresetWarning
-from autotune.preset_store import (
+from autotune.presets.preset import FrontPoint, Preset, PresetWarning
+from autotune.presets.store import (
     PresetStore,
     model_slug,
     open_presets,
@@ -20,7 +20,7 @@ from autotune.preset_store import (
     shipped_presets_dir,
     user_presets_dir,
 )
-from autotune.tasks import CATEGORIES
+from autotune.task import CATEGORIES
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 OBJ = [

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from autotune import Editor, EditParams, GuidanceSchedule
-from autotune.cache import TensorCache
-from autotune.source_record import SourceRecord
+from autotune.engine.cache import TensorCache
+from autotune.engine.unet.source_record import SourceRecord
 from tests.conftest import tiny_editor
 
 SRC = "a woman in a space suit"

@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 
 
 def _shapes_categories() -> tuple[str, ...]:
-    from autotune.bench import SHAPES_CATEGORIES
+    from autotune.bench._common import SHAPES_CATEGORIES
 
     return SHAPES_CATEGORIES
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import optuna
 
-    from autotune import bench
+    from autotune.bench import _common, markdown
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.threads:
@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
-    unknown = [c for c in [*categories, args.category] if c not in bench.SHAPES_CATEGORIES]
+    unknown = [c for c in [*categories, args.category] if c not in _common.SHAPES_CATEGORIES]
     if unknown:
-        raise InputError(f"not a shapes category: {', '.join(unknown)}; use {', '.join(bench.SHAPES_CATEGORIES)}")
+        raise InputError(f"not a shapes category: {', '.join(unknown)}; use {', '.join(_common.SHAPES_CATEGORIES)}")
     for name in ("steps", "tasks", "trials", "batch", "grid", "seeds", "budget", "jobs", "repeats", "runs",
                  "inversion_samples"):
         if getattr(args, name) < 1:
@@ -126,17 +126,17 @@ def run(args: argparse.Namespace) -> int:
     state: dict = {}
     for name in which:
         result, notes = _run_one(name, args, categories, state)
-        machine = bench.machine_info(args.device)
-        text = bench.section(_TITLES[name], command_line(args, name), machine, result.markdown(), notes)
+        machine = _common.machine_info(args.device)
+        text = markdown.section(_TITLES[name], command_line(args, name), machine, result.markdown(), notes)
         print(text)
-        bench.write_section(args.out, name, text)
+        markdown.write_section(args.out, name, text)
         print(f"(section {name!r} of {args.out} rewritten)\n")
     return 0
 
 
 def _editor(args: argparse.Namespace, state: dict):
     if "editor" not in state:
-        from autotune.editor import Editor
+        from autotune.engine.editor import Editor
 
         state["editor"] = Editor.from_pretrained(args.model, device=args.device, progress=False)
     return state["editor"]
@@ -149,19 +149,19 @@ def _tasks(category: str, split: str, count: int, seed: int = 0):
 
 
 def _grids(args: argparse.Namespace, categories: list[str], state: dict):
-    from autotune import bench
+    from autotune.bench import efficiency
     from autotune.shapes.scoring import ShapesScorer
 
     if "grids" not in state:
         editor = _editor(args, state)
-        state["grids"] = {c: bench.cached_grid(editor, _tasks(c, "tune", args.tasks, args.seed), ShapesScorer(),
-                                               args.cache_dir, points=args.grid, steps=args.steps, progress=True)
+        state["grids"] = {c: efficiency.cached_grid(editor, _tasks(c, "tune", args.tasks, args.seed), ShapesScorer(),
+                                                    args.cache_dir, points=args.grid, steps=args.steps, progress=True)
                           for c in categories}
     return state["grids"]
 
 
 def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: dict):
-    from autotune import bench
+    from autotune.bench import efficiency, inversion, memory, overhead, quality, throughput
     from autotune.params import EditParams
     from autotune.shapes.scoring import ShapesScorer
 
@@ -169,42 +169,42 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     if name == "throughput":
         editor = _editor(args, state)
         tasks = _tasks(args.category, "tune", args.tasks, args.seed)
-        return bench.bench_throughput(editor, tasks, scorer, trials=args.trials, batch=args.batch, steps=args.steps,
-                                      sampler=args.sampler, seed=args.seed, naive_trials=args.naive_trials,
-                                      task_batch=args.task_batch, progress=True, runs=args.runs,
-                                      invert_ahead=args.invert_ahead), ""
+        return throughput.bench_throughput(editor, tasks, scorer, trials=args.trials, batch=args.batch,
+                                           steps=args.steps, sampler=args.sampler, seed=args.seed,
+                                           naive_trials=args.naive_trials, task_batch=args.task_batch,
+                                           progress=True, runs=args.runs, invert_ahead=args.invert_ahead), ""
     if name == "overhead":
         editor = _editor(args, state)
         task = _tasks(args.category, "tune", 1, args.seed)[0]
-        return bench.bench_overhead(editor, task, EditParams(steps=args.steps), repeats=args.repeats), ""
+        return overhead.bench_overhead(editor, task, EditParams(steps=args.steps), repeats=args.repeats), ""
     if name == "efficiency":
         grids = _grids(args, categories, state)
-        return bench.bench_efficiency(list(grids.values()), seeds=args.seeds, budget=args.budget,
-                                      batch=args.batch, paper_points=args.paper_points, jobs=args.jobs,
-                                      progress=True), ""
+        return efficiency.bench_efficiency(list(grids.values()), seeds=args.seeds, budget=args.budget,
+                                           batch=args.batch, paper_points=args.paper_points, jobs=args.jobs,
+                                           progress=True), ""
     if name == "quality":
         editor = _editor(args, state)
         tuned = {}
         for c in categories:
-            params, source = bench.tuned_params(editor, c, None, presets=args.presets)
+            params, source = quality.tuned_params(editor, c, None, presets=args.presets)
             if params is None:
-                params, source = bench.tuned_params(editor, c, _grids(args, [c], {"editor": editor}).get(c),
-                                                    presets=args.presets)
+                params, source = quality.tuned_params(editor, c, _grids(args, [c], {"editor": editor}).get(c),
+                                                      presets=args.presets)
             tuned[c] = (params, source)
         heldout = {c: _tasks(c, "heldout", args.tasks, args.seed) for c in categories}
-        return bench.bench_quality(editor, scorer, heldout, tuned, progress=True), ""
+        return quality.bench_quality(editor, scorer, heldout, tuned, progress=True), ""
     if name == "inversion":
         model = _model_folder(args.model)
-        return bench.bench_inversion(model, args.inversion_samples, args.steps, args.seed), ""
+        return inversion.bench_inversion(model, args.inversion_samples, args.steps, args.seed), ""
     if name == "memory":
-        return bench.bench_memory(args.model, args.device, category=args.category, trials=args.trials,
-                                  batch=args.batch, tasks=args.tasks, steps=args.steps), ""
+        return memory.bench_memory(args.model, args.device, category=args.category, trials=args.trials,
+                                   batch=args.batch, tasks=args.tasks, steps=args.steps), ""
     raise InputError(f"unknown benchmark {name!r}")
 
 
 def _model_folder(model: str) -> str:
     """The shapes measurement loads a diffusers folder; resolve the short names to one."""
-    from autotune.models import SHORT_NAMES
+    from autotune.engine.checkpoint import SHORT_NAMES
 
     folder = SHORT_NAMES.get(model, model)
     if not Path(folder).is_dir():

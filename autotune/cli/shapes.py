@@ -36,10 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("rest", nargs=argparse.REMAINDER)
     train.set_defaults(handler=lambda args: _forward("autotune.shapes.train", args.rest))
 
-    measure = sub.add_parser("measure", help="measure the model (forwards to python -m autotune.shapes.measure)",
+    measure = sub.add_parser("measure", help="measure the model: text to image at two guidance scales, inversion "
+                             "error against w_inv (--help for the options)",
                              add_help=False)
     measure.add_argument("rest", nargs=argparse.REMAINDER)
-    measure.set_defaults(handler=lambda args: _forward("autotune.shapes.measure", args.rest))
+    measure.set_defaults(handler=lambda args: _forward("autotune.bench.shapes_model", args.rest))
 
 
 def _forward(module: str, rest: list[str]) -> int:

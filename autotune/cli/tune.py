@@ -16,8 +16,8 @@ from autotune.errors import InputError
 
 
 def register(subparsers) -> None:
-    from autotune.cli.edit import add_model_arguments
-    from autotune.tuner import DEFAULT_SAMPLER, SAMPLERS
+    from autotune.cli._common import add_model_arguments
+    from autotune.tuning.samplers import DEFAULT_SAMPLER, SAMPLERS
 
     parser = subparsers.add_parser(
         "tune",
@@ -73,14 +73,14 @@ def register(subparsers) -> None:
 
 
 def _space(args: argparse.Namespace):
-    from autotune.search_space import SearchSpace, parse_knob_arg
+    from autotune.tuning.search_space import SearchSpace, parse_knob_arg
 
     overrides = dict(parse_knob_arg(text) for text in args.space)
     return SearchSpace.default(**overrides)
 
 
 def _objectives(args: argparse.Namespace, scorer):
-    from autotune.objectives import Objectives, default_objectives, parse_objective_arg
+    from autotune.scoring.objectives import Objectives, default_objectives, parse_objective_arg
 
     if not args.fidelity and not args.strength:
         return None
@@ -90,39 +90,25 @@ def _objectives(args: argparse.Namespace, scorer):
     return Objectives(fid, strength)
 
 
-def _scorer(args: argparse.Namespace, editor):
-    kind = args.scorer
-    if kind == "auto":
-        kind = "shapes" if args.tasks.startswith("shapes") else "piebench"
-    if kind == "shapes":
-        from autotune.shapes.scoring import ShapesScorer
-
-        return ShapesScorer()
-    from autotune.scoring.piebench_scorer import PieBenchScorer
-
-    return PieBenchScorer(device=getattr(editor, "device", None)).load()
-
-
 def report(result) -> str:
     """The front, the paper points and how far tuning moved from them."""
+    from autotune import pareto
+
     lines = [result.summary()]
-    papers = result.paper_points()
-    dirs = result.study.directions
-    signs = [1 if d.name == "MAXIMIZE" else -1 for d in dirs]
-    for name, trial in papers.items():
-        better = [t for t in result.front if all(s * a >= s * b for s, a, b in zip(signs, t.values, trial.values,
-                                                                                    strict=True))]
+    signs = pareto.signs([d.name.lower() for d in result.study.directions])
+    for name, trial in result.paper_points().items():
+        better = [t for t in result.front if pareto.weakly_dominates(signs * t.values, signs * trial.values)]
         lines.append(f"paper point {name} (trial {trial.number}): fidelity {trial.values[0]:.4g}, edit strength "
                      f"{trial.values[1]:.4g}; {len(better)} front point(s) dominate or match it")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli.edit import load_editor
-    from autotune.pruning import DominationPruner
-    from autotune.task_sources import load_tasks, shapes_spec
-    from autotune.tasks import category_name
-    from autotune.tuner import tune
+    from autotune.cli._common import load_editor, make_scorer
+    from autotune.task import category_name
+    from autotune.tasks.sources import load_tasks, shapes_spec
+    from autotune.tuning.pruning import DominationPruner
+    from autotune.tuning.tuner import tune
 
     pruner = None if args.no_prune else DominationPruner(confidence=args.prune_confidence)
     if args.cache_mb < 1:
@@ -138,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--category: {exc}") from None
     from pathlib import Path
 
-    from autotune.storage import open_storage
-    from autotune.tuner import check_presets_dir
+    from autotune.presets.store import check_presets_dir
+    from autotune.tuning.storage import open_storage
 
     space = _space(args)
     check_presets_dir(Path(args.presets_dir))  # found now, not when the preset is written hours later
@@ -148,13 +134,13 @@ def run(args: argparse.Namespace) -> int:
     editor = load_editor(args)
     editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it
     if getattr(editor, "cache", None) is not None:
-        from autotune.cache import TensorCache
+        from autotune.engine.cache import TensorCache
 
         # Inversions on disk: re-runs, retries and other workers on this machine reuse them.
         keep_on_disk = not args.no_inversion_cache and editor.cache.directory is None
         directory = Path(args.project_dir) / "inversions" if keep_on_disk else editor.cache.directory
         editor.cache = TensorCache(max_bytes=args.cache_mb << 20, directory=directory)
-    scorer = _scorer(args, editor)
+    scorer = make_scorer(args, editor)
     result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
                   objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,
