@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune import flow_defaults
 from autotune.errors import InputError, PresetError
 from autotune.params import EditParams
 from autotune.presets.preset import STYLES, Preset, PresetWarning
@@ -354,7 +355,7 @@ SD1_CITATION = (
 def paper_default_presets() -> list[Preset]:
     """One untuned preset per PIE-Bench category for SD 1.x: SimInversion's 0.5 / 7.5 with PIE-Bench's P2P settings.
 
-    These are the files shipped in `presets/` (regenerate with
+    These are the files shipped in `presets/`, with `flow_paper_default_presets` (regenerate with
     `python -c "from autotune.presets.store import write_paper_defaults; write_paper_defaults('presets')"`).
     """
     params = EditParams(
@@ -374,5 +375,27 @@ def paper_default_presets() -> list[Preset]:
     return [Preset.paper_default(category, SD1_MODEL, params, SD1_CITATION, notes) for category in CATEGORIES.values()]
 
 
-def write_paper_defaults(directory: str | Path) -> list[Path]:
-    return [p.save(Path(directory) / preset_filename(p.model["id"], p.category)) for p in paper_default_presets()]
+# ---------------------------------------------------------------------------------------------------------------------
+# The shipped SD3 / SD3.5 / FLUX.1-dev presets: FlowEdit's published settings, not tuned
+
+FLOW_NOTES = (
+    "Untuned: FlowEdit's published setting for this model, the same for every category and every pick (FlowEdit "
+    "publishes one setting per model; its authors note that structural edits may need other values). Tune on your "
+    "own tasks (`autotune tune --method flowedit`) to get a measured front and real picks."
+)
+
+
+def flow_paper_default_presets() -> list[Preset]:
+    """One untuned FlowEdit preset per PIE-Bench category for SD3-medium, SD3.5 (FlowEdit's SD3 setting) and
+    FLUX.1-dev (`autotune.flow_defaults`)."""
+    models = ((flow_defaults.SD3_MEDIUM_MODEL, flow_defaults.FLOWEDIT_SD3),
+              (flow_defaults.SD35_MODEL, flow_defaults.FLOWEDIT_SD3),
+              (flow_defaults.FLUX_DEV_MODEL, flow_defaults.FLOWEDIT_FLUX_DEV))
+    return [Preset.paper_default(category, model, EditParams(**setting), flow_defaults.FLOWEDIT_CITATION, FLOW_NOTES)
+            for model, setting in models for category in CATEGORIES.values()]
+
+
+def write_paper_defaults(directory: str | Path, presets: list[Preset] | None = None) -> list[Path]:
+    """Write the shipped paper-default presets (all of them, or `presets`) into `directory`."""
+    chosen = presets if presets is not None else paper_default_presets() + flow_paper_default_presets()
+    return [p.save(Path(directory) / preset_filename(p.model["id"], p.category)) for p in chosen]
