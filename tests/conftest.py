@@ -138,3 +138,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD3 folder without T5 (tests/flow_pipelines.py)."""
+    from flow_pipelines import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FLUX.1-dev-like folder: guidance embedding, CLIP + T5 (tests/flow_pipelines.py)."""
+    from flow_pipelines import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny-flux"))
