@@ -366,3 +366,26 @@ def test_t5_prompt_limit_and_loading_with_t5(tmp_path, photo):
     assert editor.edit(photo, SRC, long, steps=2).latent.shape == editor.engine._prepare(photo).latent.shape
     with pytest.raises(InputError, match="T5 tokens, past the 256"):
         editor.edit(photo, SRC, " ".join(["red"] * 300), steps=2)
+
+
+def test_flux_schnell_has_no_guidance_embedding_and_uses_classifier_free_guidance(tmp_path, photo):
+    from flow_pipelines import build_tiny_flux
+
+    from autotune import Editor
+
+    editor = Editor.from_pretrained(str(build_tiny_flux(tmp_path / "schnell", guidance_embeds=False)), device="cpu",
+                                    progress=False)
+    p = editor.default_params()
+    assert (editor.model_info()["guidance"], p.steps, p.w_src.start, p.w_tgt.start) == ("cfg", 4, 1.0, 1.0)
+    assert editor.defaults().paper_points == {}  # nothing is published for schnell
+    seen: list[tuple[int, object]] = []
+    hook = editor.components.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["hidden_states"].shape[0], kwargs.get("guidance"))),
+        with_kwargs=True)
+    try:
+        editor.edit(photo, SRC, TGT)  # scale 1: one pass per branch, 3 of the 4 steps
+        editor.edit(photo, SRC, TGT, w_tgt=3.0, n_max=1.0)  # the target needs its unconditional pass too
+    finally:
+        hook.remove()
+    # the second edit's source velocities at steps 1-3 were recorded by the first: only step 0 computes one
+    assert seen == [(2, None)] * 3 + [(3, None)] + [(2, None)] * 3
