@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from autotune.params import EditParams
-from autotune.tuning.search_space import SearchSpace
+from autotune.tuning.search_space import SearchSpace, family_defaults
 
 BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory")
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
@@ -47,6 +47,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_space(steps: int) -> SearchSpace:
-    """The tuner's default search space (w_src in [0, 2] step 0.1, w_tgt in [1, 12]) with `steps` DDIM steps."""
-    return SearchSpace.default(base=EditParams(steps=steps))
+def bench_space(steps: int, editor: Any = None) -> SearchSpace:
+    """The tuner's default search space with `steps` sampling steps: the editor's family's (`SearchSpace.for_editor`),
+    else the UNet family's (w_src in [0, 2] step 0.1, w_tgt in [1, 12])."""
+    if editor is None:
+        return SearchSpace.default(base=EditParams(steps=steps))
+    return SearchSpace.for_editor(editor, family_defaults(editor, None).params.with_(steps=steps))

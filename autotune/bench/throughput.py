@@ -20,6 +20,7 @@ from autotune.bench.overhead import CallRecorder, record_unet_calls
 from autotune.errors import InputError
 from autotune.params import EditParams
 from autotune.task import EditTask
+from autotune.tuning.search_space import family_defaults
 
 
 @dataclass
@@ -170,7 +171,7 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
         raise InputError(f"runs={runs!r} must be a whole number >= 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Warm-up so neither loop pays for first-call kernel selection.
-    editor.edit_task(tasks[0], [EditParams(steps=steps)])
+    editor.edit_task(tasks[0], [family_defaults(editor, None).params.with_(steps=steps)])
     results = []
     for run in range(runs):
         if progress and runs > 1:
@@ -196,13 +197,13 @@ def _throughput_run(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tria
                                  progress=progress)
     with tempfile.TemporaryDirectory() as tmp:
         editor.cache.clear()
-        unet = editor.components.unet
+        denoiser = editor.components.denoiser
         sync(device)
         start = time.perf_counter()
         runs: list[Any] = []
-        calls = record_unet_calls(unet, lambda: runs.append(tune(
+        calls = record_unet_calls(denoiser, lambda: runs.append(tune(
             editor, tasks, category=category, trials=trials, batch=batch, storage=f"{tmp}/bench.journal",
-            sampler=sampler, seed=seed, scorer=scorer, search_space=bench_space(steps), progress=progress,
+            sampler=sampler, seed=seed, scorer=scorer, search_space=bench_space(steps, editor), progress=progress,
             prune=prune, artifacts=False, save_preset=False, project_dir=tmp, task_batch=task_batch,
             invert_ahead=invert_ahead, callbacks=[naive])), naive.recorder)
         sync(device)

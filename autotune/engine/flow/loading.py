@@ -52,6 +52,11 @@ class FlowComponents:
         return self.pipe.scheduler
 
     @property
+    def denoiser(self) -> Any:
+        """The model every sampling step calls (what the benchmarks hook, whatever the family)."""
+        return self.transformer
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -136,8 +141,10 @@ def load_components(
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
-    text_encoders = "CLIP x2" + (" + T5" if getattr(pipe, "text_encoder_3", None) is not None else "") \
-        if architecture == "sd3" else "CLIP + T5"
+    if architecture == "sd3":
+        text_encoders = "CLIP x2 + T5" if getattr(pipe, "text_encoder_3", None) is not None else "CLIP x2"
+    else:
+        text_encoders = "CLIP + T5"
     components = FlowComponents(pipe, architecture, device, dtype)
     components.info = {
         "id": model,

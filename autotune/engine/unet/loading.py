@@ -54,6 +54,11 @@ class Components:
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def denoiser(self) -> UNet2DConditionModel:
+        """The model every sampling step calls (what the benchmarks hook, whatever the family)."""
+        return self.unet
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
