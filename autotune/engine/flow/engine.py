@@ -251,7 +251,7 @@ class FlowEngine:
                 progress=self.settings.progress,
             )
             for key, trajectory in zip(same_size, computed):
-                trajectory = trajectory.contiguous()
+                trajectory = trajectory.to(self.dtype).contiguous()  # kept in the model's dtype, as the UNet family's
                 self.settings.cache.put(key, trajectory)
                 found[key] = trajectory
         return [found[key].to(self.device, torch.float32) for key in keys]
