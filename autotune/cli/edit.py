@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autotune.cli import _common
 from autotune.cli._common import (
     add_model_arguments,
     add_param_arguments,
     check_overrides,
     ensure_output_dir,
-    load_editor,
     param_overrides,
 )
 from autotune.errors import InputError
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     overrides = param_overrides(args)
     check_overrides(overrides)  # check the parameters before loading a model
-    editor = load_editor(args)
+    editor = _common.load_editor(args)  # looked up at call time, so a test may stand in for it
     params = _preset_params(args, editor) if args.preset else editor.default_params(overrides.get("method"))
     if overrides:
         params = params.with_(**overrides)

@@ -327,7 +327,8 @@ SD1_MODEL = {
     "id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "revision": None,
     "file_hash": None,
-    "applies_to": ["CompVis/stable-diffusion-v1-4", "runwayml/stable-diffusion-v1-5"],
+    # The same weights' other hub ids, and autotune's short names (a model loaded by short name is named by it).
+    "applies_to": ["CompVis/stable-diffusion-v1-4", "runwayml/stable-diffusion-v1-5", "sd15", "sd14"],
     # PIE-Bench's DDIM scheduler (autotune's scheduler="piebench").
     "scheduler": {
         "num_train_timesteps": 1000,
