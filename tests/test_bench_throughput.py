@@ -190,10 +190,11 @@ def test_runs_rotate_the_loops_and_every_run_is_kept(editor, tasks, scorer, monk
     loops = [AUTOTUNE, STRONG_NAIVE, NAIVE, *[v for f, v in FACTORS.items() if f != "sampler"]]  # random: no TPE
     assert r.thread_counts == [1, 2]  # 1 and the machine's default
     for run in range(3):
-        for threads in (1, 2):
-            got = [loop for rr, t, loop in order if rr == run and t == threads]
-            assert got == loops[run:] + loops[:run]  # the first run starts with the tuner, later ones rotate
-    assert len(r.loops) == 3 * 2 * len(loops)  # every loop of every run kept
+        got = [loop for rr, t, loop in order if rr == run and t == 2]
+        assert got == loops[run:] + loops[:run]  # the first run starts with the tuner, later ones rotate
+        got = [loop for rr, t, loop in order if rr == run and t == 1]
+        assert got == (loops[:3] * 2)[run:run + 3]  # the factors at the default thread count only
+    assert len(r.loops) == 3 * (len(loops) + 3)  # every loop of every run kept
     assert r.ratios(NAIVE, 1) == [(8 / (1.0 + run)) / (8 / 2.0) for run in range(3)]
     # a deadline already past: the first run runs, no other
     r = throughput.bench_throughput(editor, tasks, scorer, trials=4, steps=2, sampler="random", runs=3,

@@ -141,9 +141,10 @@ class ThroughputResult:
             rows.append([f"{loop} ({LOOP_NOTES[loop]})", _spread([r.edits_per_min for r in got]),
                          _spread([r.trials_per_min for r in got]),
                          f"{sum(r.pruned for r in got)} of {trials}" if loop.startswith(AUTOTUNE) else "-",
+                         statistics.median(r.source_groups for r in got),
                          sum(r.calls for r in got) / max(trials, 1), sum(r.rows for r in got) / max(trials, 1)])
-        loops_table = markdown.table(["loop", "edits / min", "trials / min", "trials pruned", "denoiser calls / trial",
-                                      "denoiser samples / trial"], rows)
+        loops_table = markdown.table(["loop", "edits / min", "trials / min", "trials pruned", "w_src values",
+                                      "denoiser calls / trial", "denoiser samples / trial"], rows)
         gains = []
         for baseline in (STRONG_NAIVE, NAIVE):
             if self.of(baseline, threads):
@@ -155,9 +156,11 @@ class ThroughputResult:
                               _spread(self.ratios(loop, threads, "trials_per_min"), "x")])
         gains_table = markdown.table(["speed-up", "in edits / min", "in trials / min"], gains)
         return (f"**{_threads_label(threads).capitalize()}.**\n\n" + loops_table + "\n\n" + gains_table
-                + "\n\nA factor is autotune's rate over its rate with that one factor switched off, the rest as "
-                "shipped, in the same run. Pruning gains in trials, not in edits: a pruned trial is a verdict "
-                "reached with fewer edits, and the edits left run in smaller batches.")
+                + "\n\nw_src values: the distinct source guidances among the trials timed (each costs every task an "
+                "inversion and a source branch where nothing is cached). A factor is autotune's rate over its rate "
+                "with that one factor switched off, the rest as shipped, in the same run. Pruning gains in trials, not "
+                "in edits: a pruned trial is a verdict reached with fewer edits, and the edits left run in smaller "
+                "batches.")
 
     def _every_run(self) -> str:
         rows = [[r.run + 1, _threads_label(r.threads), r.loop, r.seconds, r.trials, r.edits, r.pruned,
@@ -272,7 +275,8 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
     on a GPU, once); every loop of every run is kept. A run times each loop alone, from an empty cache: the tuner,
     the two baselines on the tuner's trial parameters, and (with `factors`) the tuner with each factor switched off.
     The first run starts with the tuner, whose trials give every run's baselines their parameters; later runs rotate
-    the order, so that a drift of the machine's speed does not always fall on the same loop. With a `deadline` (a
+    the order, so that a drift of the machine's speed does not always fall on the same loop. The factor runs are
+    made at the last (the machine's default) thread count only. With a `deadline` (a
     `time.perf_counter()` value), no run starts that would, at the pace of the runs before it, end after it (the
     first run always runs)."""
     import optuna
@@ -293,8 +297,7 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
             raise InputError(f"thread counts {counts} must be >= 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     naive_trials = trials if naive_trials is None else max(1, min(naive_trials, trials))
-    loops = [AUTOTUNE, STRONG_NAIVE, NAIVE] + [v for f, v in FACTORS.items()
-                                               if factors and not (f == "sampler" and sampler != "tpe")]
+    variants = [v for f, v in FACTORS.items() if factors and not (f == "sampler" and sampler != "tpe")]
     result = ThroughputResult(len(tasks), trials, batch, steps, sampler, seed, naive_trials, str(device), counts,
                               load_before=_load(), runs_asked=runs)
     settings = dict(trials=trials, batch=batch, steps=steps, sampler=sampler, seed=seed, progress=progress)
@@ -304,8 +307,10 @@ def bench_throughput(editor: Any, tasks: Sequence[EditTask], scorer: Any, *, tri
         for run in range(runs):
             if run and deadline is not None and time.perf_counter() + (time.perf_counter() - began) / run > deadline:
                 break
-            order = loops[run % len(loops):] + loops[:run % len(loops)]
             for threads in counts:
+                # the factors at the machine's default thread count only: what a user runs, and half the time
+                loops = [AUTOTUNE, STRONG_NAIVE, NAIVE] + (variants if threads == counts[-1] else [])
+                order = loops[run % len(loops):] + loops[:run % len(loops)]
                 if threads:
                     torch.set_num_threads(threads)
                 if run == 0:  # no loop pays for first-call kernel selection
