@@ -148,11 +148,14 @@ def test_the_section_states_where_a_preset_loses():
     r = QualityResult(quality.HELDOUT_SEED, {"add_object": n}, {"add_object": 0}, [], settings)
     text = r.markdown()
     losses = r.losses()
-    assert any(line.startswith("add_object balanced against (0.5, 7.5): edit success -75") for line in losses)
+    assert any(line.startswith("add_object balanced against (0.5, 7.5): edit success -75") and "full success -75"
+               in line for line in losses)
     assert not any(line.startswith("add_object conservative") for line in losses)
     assert "**Where a preset loses**" in text
     assert "loses edit success; loses full success; gains background PSNR" in text
-    assert f"Held-out split seed **{quality.HELDOUT_SEED}**" in text
+    assert f"Held-out split seed **{quality.HELDOUT_SEED}**, 60 tasks per category" in text
+    same = "| add_object | aggressive | (0.5, 7.5) | +0 [+0, +0] | +0 [+0, +0] | +0.0 [+0.0, +0.0] | the same setting |"
+    assert same in text
     assert Interval(0.1, 0.05, 0.2, 5).verdict() == "better" and Interval(0, -0.1, 0.1, 5).verdict() != "worse"
 
 

@@ -165,17 +165,16 @@ class QualityResult:
                                 resamples=self.resamples, seed=seed)
 
     def losses(self) -> list[str]:
-        """Every pick whose interval lies below zero against a baseline, on any metric."""
+        """Every pick whose interval lies below zero against a baseline, with the metrics it loses on."""
         out = []
         for s in self.settings:
             if s.setting not in PICKS:
                 continue
             for baseline in BASELINES:
-                for metric, label in METRICS.items():
-                    d = self.difference(s.category, s.setting, baseline, metric)
-                    if d.verdict() == "worse":
-                        out.append(f"{s.category} {s.setting} against {baseline}: {label} "
-                                   f"{_delta(d, metric)}")
+                lost = [f"{label} {_delta(d, metric)}" for metric, label in METRICS.items()
+                        if (d := self.difference(s.category, s.setting, baseline, metric)).verdict() == "worse"]
+                if lost:
+                    out.append(f"{s.category} {s.setting} against {baseline}: {', '.join(lost)}")
         return out
 
     def markdown(self) -> str:
@@ -193,6 +192,8 @@ class QualityResult:
                 ds = {m: self.difference(s.category, s.setting, baseline, m) for m in METRICS}
                 reading = "; ".join(f"{'loses' if d.verdict() == 'worse' else 'gains'} {METRICS[m]}"
                                     for m, d in ds.items() if d.verdict() != "no clear difference")
+                if s.params == self.of(s.category, baseline).params:
+                    reading = "the same setting"
                 deltas.append([s.category, s.setting, baseline, *[_delta(d, m) for m, d in ds.items()],
                                reading or "no clear difference"])
         delta_table = markdown.table(["category", "pick", "against", *[f"Δ {v} [95% CI]" for v in METRICS.values()],
@@ -202,7 +203,8 @@ class QualityResult:
                      if losses else "**No pick loses** on any metric against either baseline (no interval below 0).")
         used = "; ".join(f"{p.category}: {p.source}, {p.content_hash[:19]}…" for p in self.presets)
         left = sum(self.left_out.values())
-        return (f"Held-out split seed **{self.seed}**, {min(self.tasks.values())}-{max(self.tasks.values())} tasks "
+        low, high = min(self.tasks.values()), max(self.tasks.values())
+        return (f"Held-out split seed **{self.seed}**, {low if low == high else f'{low}-{high}'} tasks "
                 f"per category, read by no tuning run or design decision before this benchmark ({left} task(s) "
                 f"whose scene the held-out tasks of seed(s) {', '.join(map(str, self.seen_seeds))} show were left "
                 "out). Every setting edits the same tasks; only the guidance (and, for `ddim`, the method) differs.\n\n"

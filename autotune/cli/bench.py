@@ -129,6 +129,8 @@ def command_line(args: argparse.Namespace, which: str) -> str:
 
     if which == "gpu":
         parts = ["autotune", "bench", "gpu", "--device", args.device, "--size", args.size, "--models", args.models]
+        if args.threads:
+            parts += ["--threads", str(args.threads)]
         opts = [("--tasks", get("tasks")), ("--trials", get("trials")), ("--batch", get("batch")),
                 ("--steps", get("steps")), ("--naive-trials", args.naive_trials), ("--runs", get("runs")),
                 ("--category", args.category)]
