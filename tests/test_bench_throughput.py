@@ -211,7 +211,7 @@ def test_markdown_gives_medians_ranges_and_labels_the_projection():
     loops = []
     for k, secs in enumerate((60.0, 40.0, 50.0)):
         loops += [run(AUTOTUNE, k, secs, edits=24, pruned=2, calls=30, rows=300),
-                  run(STRONG_NAIVE, k, 120.0, calls=400, rows=1200), run(NAIVE, k, 30.0, trials=2, edits=8,
+                  run(STRONG_NAIVE, k, 120.0, calls=400, rows=1200), run(NAIVE, k, 10.0, trials=2, edits=8,
                                                                            calls=200, rows=600)]
     r = ThroughputResult(4, 8, 4, 50, "tpe", 0, 2, "cpu", [1], loops)
     text = r.markdown()
@@ -220,6 +220,9 @@ def test_markdown_gives_medians_ranges_and_labels_the_projection():
     vs_strong = [a / (32 / 120 * 60) for a in auto]
     assert f"| autotune vs strong naive | {statistics.median(vs_strong):.3g}x ({min(vs_strong):.3g}-" in text
     assert "| 6 of 24 |" in text  # pruned trials over all runs
+    slower = [a / (8 / 10 * 60) for a in auto]  # the naive loop edits faster than autotune here
+    assert f"**Where autotune loses** (median below 1x): autotune vs naive, in edits per minute: " \
+        f"{statistics.median(slower):.3g}x" in text
     assert "3 run(s) only: a trial of the code, not a recorded figure" in text
     assert "**Projection for a GPU (not measured: no GPU here).**" in text
     calls_per_edit = 90 / 72, 1200 / 96  # autotune and strong naive, over the three runs

@@ -145,17 +145,20 @@ class ThroughputResult:
                          sum(r.calls for r in got) / max(trials, 1), sum(r.rows for r in got) / max(trials, 1)])
         loops_table = markdown.table(["loop", "edits / min", "trials / min", "trials pruned", "w_src values",
                                       "denoiser calls / trial", "denoiser samples / trial"], rows)
-        gains = []
-        for baseline in (STRONG_NAIVE, NAIVE):
-            if self.of(baseline, threads):
-                gains.append([f"autotune vs {baseline}", _spread(self.ratios(baseline, threads), "x"),
-                              _spread(self.ratios(baseline, threads, "trials_per_min"), "x")])
-        for factor, loop in FACTORS.items():
-            if self.of(loop, threads):
-                gains.append([f"{factor} (autotune vs {loop})", _spread(self.ratios(loop, threads), "x"),
-                              _spread(self.ratios(loop, threads, "trials_per_min"), "x")])
+        gains, losses = [], []
+        compared = [(f"autotune vs {b}", b) for b in (STRONG_NAIVE, NAIVE)]
+        compared += [(f"{factor} (autotune vs {loop})", loop) for factor, loop in FACTORS.items()]
+        for label, loop in compared:
+            if not self.of(loop, threads):
+                continue
+            ratios = {unit: self.ratios(loop, threads, unit) for unit in ("edits_per_min", "trials_per_min")}
+            gains.append([label, _spread(ratios["edits_per_min"], "x"), _spread(ratios["trials_per_min"], "x")])
+            for unit, name in (("edits_per_min", "edits"), ("trials_per_min", "trials")):
+                if statistics.median(ratios[unit]) < 1:
+                    losses.append(f"{label}, in {name} per minute: {_spread(ratios[unit], 'x')}")
         gains_table = markdown.table(["speed-up", "in edits / min", "in trials / min"], gains)
-        return (f"**{_threads_label(threads).capitalize()}.**\n\n" + loops_table + "\n\n" + gains_table
+        lost = ("\n\n**Where autotune loses** (median below 1x): " + "; ".join(losses) + "." if losses else "")
+        return (f"**{_threads_label(threads).capitalize()}.**\n\n" + loops_table + "\n\n" + gains_table + lost
                 + "\n\nw_src values: the distinct source guidances among the trials timed (each costs every task an "
                 "inversion and a source branch where nothing is cached). A factor is autotune's rate over its rate "
                 "with that one factor switched off, the rest as shipped, in the same run. Pruning gains in trials, not "
