@@ -47,3 +47,32 @@ def test_cli_grades_the_fresh_task_set_beside_the_chosen_one(tiny_model_dir, tmp
     assert len(grids) == 2  # one table per task set, each cached under its tasks
     fresh, _ = _common.fresh_shapes_tasks("change_color", "tune", 1, 5)
     assert fresh[0].metadata["seed"] == 5
+
+
+def test_a_cached_grid_is_not_read_under_other_objectives(tmp_path, monkeypatch):
+    """A change of the default objectives (e.g. full success as edit strength) must recompute the tables."""
+    import autotune.scoring.objectives as objectives
+    from autotune.shapes.scoring import ShapesScorer
+    from autotune.shapes.tasks import shapes_tasks
+
+    made = []
+    monkeypatch.setattr(efficiency, "grid_scores", lambda *a, **k: made.append(1) or _table("change_color", 0))
+
+    class Model:
+        def model_info(self):
+            return {"weights": "w", "scheduler": {}}
+
+    tasks = shapes_tasks("change_color", "tune", 1)
+    for _ in range(2):
+        efficiency.cached_grid(Model(), tasks, ShapesScorer(), tmp_path, points=15, steps=10)
+    assert len(made) == 1  # the second read the cached table
+    real = objectives.default_objectives
+
+    def full_success(metrics):
+        got = real(metrics)
+        return objectives.Objectives(got.fidelity, objectives.Objective("edit_strength", "maximize",
+                                                                        {"full_success": 1.0}))
+
+    monkeypatch.setattr(objectives, "default_objectives", full_success)
+    efficiency.cached_grid(Model(), tasks, ShapesScorer(), tmp_path, points=15, steps=10)
+    assert len(made) == 2 and len(list(tmp_path.glob("grid-*.json"))) == 2

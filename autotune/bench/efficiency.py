@@ -291,14 +291,19 @@ def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = E
 
 def cached_grid(editor: Any, tasks: Sequence[EditTask], scorer: Any, cache_dir: str | Path | None, *,
                 points: int = 15, steps: int = 50, progress: bool = False) -> GridTable:
-    """`grid_scores`, kept as JSON under `cache_dir` keyed by the model's weights, the tasks, steps and points."""
+    """`grid_scores`, kept as JSON under `cache_dir` keyed by the model's weights, the tasks, steps, points, the scorer
+    and the objectives (a change of the default objectives must not read a table made under the old ones)."""
     from autotune.task import task_fingerprint
 
     if cache_dir is None:
         return grid_scores(editor, tasks, scorer, points=points, steps=steps, progress=progress)
+    from autotune.scoring.objectives import default_objectives
+
     info = editor.model_info()
+    objectives = default_objectives(scorer.metrics()).to_list()  # a table's two objectives come from these
     key = hashlib.sha256(json.dumps([info.get("weights"), info.get("scheduler"), task_fingerprint(tasks), points,
-                                     steps, scorer.describe()], sort_keys=True, default=str).encode()).hexdigest()[:16]
+                                     steps, scorer.describe(), objectives], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"grid-{tasks[0].category}-{key}.json"
     if path.is_file():
         return GridTable.from_json(path.read_text(encoding="utf-8"))
