@@ -44,7 +44,7 @@ def fresh_shapes_tasks(category: str, split: str, count: int, seed: int, seen_se
         drawn = shapes_tasks(category, split, asked, seed)  # the same seed gives the same first tasks
         kept = [t for t in drawn if scene_key(t) not in seen]
         if len(kept) >= count:
-            return kept[:count], drawn.index(kept[count - 1]) + 1 - count
+            return kept[:count], len(drawn) - len(kept)
         asked += count - len(kept)
 
 
