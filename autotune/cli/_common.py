@@ -19,7 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         help="hub id, local diffusers folder, single .safetensors file, or a short name "
-        "(shapes = the small model shipped with autotune; sd15, sd14, sd21). Default: %(default)s",
+        "(shapes = the small model shipped with autotune; sd15, sd14, sd21, sd21-base, sdxl). Default: %(default)s",
     )
     group.add_argument("--revision", help="hub revision (branch, tag or commit) of --model")
     group.add_argument("--config", help="for a single-file checkpoint: a diffusers folder or hub id with its configs")

@@ -31,6 +31,7 @@ SHORT_NAMES = {
     "sd14": "CompVis/stable-diffusion-v1-4",
     "sd21": "stabilityai/stable-diffusion-2-1",
     "sd21-base": "stabilityai/stable-diffusion-2-1-base",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 
 
