@@ -326,7 +326,8 @@ SD1_MODEL = {
     "id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "revision": None,
     "file_hash": None,
-    "applies_to": ["CompVis/stable-diffusion-v1-4", "runwayml/stable-diffusion-v1-5"],
+    # `sd15` and `sd14` are autotune's short names for them (what `editor.model_info()["id"]` then says).
+    "applies_to": ["CompVis/stable-diffusion-v1-4", "runwayml/stable-diffusion-v1-5", "sd15", "sd14"],
     # PIE-Bench's DDIM scheduler (autotune's scheduler="piebench").
     "scheduler": {
         "num_train_timesteps": 1000,
