@@ -203,7 +203,8 @@ def _load_pipeline(pipeline_class: str, checkpoint: Checkpoint, dtype: torch.dty
             if kind == "file"
             else ""
         )
-        raise ModelNotFoundError(f"could not load {model!r} from {path}: {first_line(exc)}.{hint}") from None
+        reason = first_line(exc).rstrip(".")
+        raise ModelNotFoundError(f"could not load {model!r} from {path}: {reason}.{hint}") from None
 
 
 def _check_sdxl(pipe: Any, model: str) -> None:
