@@ -10,20 +10,20 @@ from typing import Any
 
 from autotune.guidance import GuidanceSchedule
 from autotune.params import EditParams
-from autotune.tasks import CATEGORIES, EditTask
+from autotune.task import CATEGORIES, EditTask
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Editor": "autotune.editor",
-    "EditResult": "autotune.editor",
-    "Inversion": "autotune.inversion",
-    "tune": "autotune.tuner",
-    "TuneResult": "autotune.tuner",
-    "DominationPruner": "autotune.pruning",
-    "Preset": "autotune.preset",
-    "load_tasks": "autotune.task_sources",
-    "evaluate": "autotune.evaluate",
+    "Editor": "autotune.engine.editor",
+    "EditResult": "autotune.engine.editor",
+    "Inversion": "autotune.engine.unet.inversion",
+    "tune": "autotune.tuning.tuner",
+    "TuneResult": "autotune.tuning.tuner",
+    "DominationPruner": "autotune.tuning.pruning",
+    "Preset": "autotune.presets.preset",
+    "load_tasks": "autotune.tasks.sources",
+    "evaluate": "autotune.evaluation.evaluate",
 }
 
 __all__ = ["CATEGORIES", "EditParams", "EditTask", "GuidanceSchedule", "__version__", *_LAZY]

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from autotune import Editor, EditParams
-from autotune.search_space import SearchSpace
+from autotune import Editor, EditParams, load_tasks, tune
 from autotune.shapes.scoring import ShapesScorer
-from autotune.task_sources import load_tasks
-from autotune.tuner import tune
+from autotune.tuning.search_space import SearchSpace
 
 CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 

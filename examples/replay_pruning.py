@@ -22,8 +22,8 @@ import argparse
 import numpy as np
 import optuna
 
-from autotune.pruning import DominationPruner, replay
-from autotune.storage import open_storage
+from autotune.tuning.pruning import DominationPruner, replay
+from autotune.tuning.storage import open_storage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from autotune import Editor, EditParams
+from autotune.bench.shapes_model import generate, load_pipeline
+from autotune.engine.checkpoint import SHAPES_MODEL_DIR
 from autotune.errors import PresetError
-from autotune.models import SHAPES_MODEL_DIR
-from autotune.shapes.measure import generate, load_pipeline
 from autotune.shapes.tasks import SHAPES_CATEGORIES, shapes_tasks
 from autotune.shapes.world import caption, random_scene
 

@@ -17,15 +17,13 @@ from pathlib import Path
 
 import optuna
 
-from autotune import Editor, EditParams
-from autotune.preset_from_study import presets_from_study
-from autotune.preset_pack import export_pack, import_pack, verify_pack
-from autotune.preset_store import PresetStore
-from autotune.search_space import SearchSpace
+from autotune import Editor, EditParams, load_tasks, tune
+from autotune.presets.pack import export_pack, import_pack, verify_pack
+from autotune.presets.store import PresetStore
 from autotune.shapes.scoring import ShapesScorer
-from autotune.storage import open_storage
-from autotune.task_sources import load_tasks
-from autotune.tuner import tune
+from autotune.tuning.search_space import SearchSpace
+from autotune.tuning.storage import open_storage
+from autotune.tuning.to_preset import presets_from_study
 
 
 def main(argv: list[str] | None = None) -> int:

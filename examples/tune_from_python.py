@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autotune import Editor, EditParams
-from autotune.search_space import SearchSpace
+from autotune import Editor, EditParams, load_tasks, tune
 from autotune.shapes.scoring import ShapesScorer
-from autotune.task_sources import load_tasks
-from autotune.tuner import tune
+from autotune.tuning.search_space import SearchSpace
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from autotune import EditParams
-from autotune.attention import attention_control
+from autotune.engine.unet.attention import attention_control
 from tests.conftest import tiny_editor
 
 
@@ -102,7 +102,7 @@ def test_controlled_layers_compute_maps_for_the_conditional_half_only(tiny_model
 def test_masked_attention_matches_diffusers_with_and_without_control():
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    from autotune.attention import ControlledAttnProcessor
+    from autotune.engine.unet.attention import ControlledAttnProcessor
 
     torch.manual_seed(0)
     attn = Attention(query_dim=32, cross_attention_dim=16, heads=4, dim_head=8).eval()

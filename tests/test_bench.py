@@ -4,33 +4,26 @@ rewritten in place. (Not timed tests: the benchmarks themselves run with `autotu
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import numpy as np
 import optuna
 import pytest
 import torch
 
-from autotune import bench
+from autotune.bench import _common, efficiency, markdown, memory, overhead
 from autotune.errors import InputError
 from autotune.params import EditParams
+from autotune.tuning.search_space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine the tiny model runs ~10x faster than with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def editor(tiny_model_dir):
-    from autotune.editor import Editor
+    from autotune.engine.editor import Editor
 
     return Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
 
@@ -51,12 +44,12 @@ def scorer():
 
 def test_write_section_replaces_only_its_own_section_atomically(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
-    bench.write_section(path, "memory", "## memory\nold memory")
-    bench.write_section(path, "throughput", "## throughput\nfirst")
+    markdown.write_section(path, "memory", "## memory\nold memory")
+    markdown.write_section(path, "throughput", "## throughput\nfirst")
     text = path.read_text()
     assert text.index("autotune-bench:throughput:start") < text.index("autotune-bench:memory:start")
     path.write_text(text + "\nhand-written note\n")
-    bench.write_section(path, "throughput", "## throughput\nsecond")
+    markdown.write_section(path, "throughput", "## throughput\nsecond")
     text = path.read_text()
     assert "second" in text and "first" not in text and "old memory" in text and "hand-written note" in text
     assert text.count("autotune-bench:throughput:start") == 1
@@ -65,134 +58,19 @@ def test_write_section_replaces_only_its_own_section_atomically(tmp_path):
 
 def test_section_names_command_machine_and_a_busy_machine():
     machine = {"cpu_count": 2, "torch": "2.x", "torch_threads": 2, "device": "cpu", "load_average_1min": 5.0}
-    text = bench.section("T", "autotune bench overhead --model shapes", machine, "| a |\n|---|\n| 1 |")
+    text = markdown.section("T", "autotune bench overhead --model shapes", machine, "| a |\n|---|\n| 1 |")
     assert "`autotune bench overhead --model shapes`" in text and "2 CPUs" in text and "torch 2.x" in text
     assert "busy" in text
     machine["load_average_1min"] = 0.1
-    assert "busy" not in bench.section("T", "c", machine, "x")
+    assert "busy" not in markdown.section("T", "c", machine, "x")
     machine["load_average_1min"] = 1.9  # the benchmark's own 2 threads
-    assert "busy" not in bench.section("T", "c", machine, "x")
+    assert "busy" not in markdown.section("T", "c", machine, "x")
     machine.update(torch_threads=1, load_average_1min=2.0)  # another job beside a 1-thread run
-    assert "about 1.0 beyond this benchmark's own" in bench.section("T", "c", machine, "x")
-
-
-def test_naive_loop_inverts_every_call(editor, tasks, scorer):
-    params = [EditParams(steps=2, w_src=0.5), EditParams(steps=2, w_src=1.3)]
-    calls = bench.record_unet_calls(editor.components.unet, lambda: bench.naive_loop(editor, tasks, scorer, params))
-    # each (trial, task): 2 inversion steps (w=0.5: one batched call; w=1.3: one call) + 2 sampling steps
-    assert len(calls) == len(params) * len(tasks) * (2 + 2)
-
-
-def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch):
-    from autotune.editor import Editor
-
-    events, edits = [], []
-    real_edit, real_edit_tasks = Editor.edit, Editor.edit_tasks
-
-    def counting(self, *a, **k):
-        edits.append(k.get("params") or a[3])
-        events.append("naive")
-        return real_edit(self, *a, **k)
-
-    def tuning(self, *a, **k):
-        events.append("tune")
-        return real_edit_tasks(self, *a, **k)
-
-    monkeypatch.setattr(Editor, "edit", counting)
-    monkeypatch.setattr(Editor, "edit_tasks", tuning)
-    import autotune.tuner
-
-    trial_params = []
-    real_tune = autotune.tuner.tune
-
-    def keeping_the_trials(*a, **k):
-        result = real_tune(*a, **k)
-        trials = sorted(result.study.trials, key=lambda t: t.number)
-        trial_params.extend(EditParams.from_dict(t.user_attrs["params"]) for t in trials)
-        return result
-
-    monkeypatch.setattr(autotune.tuner, "tune", keeping_the_trials)
-    began = time.perf_counter()
-    r = bench.bench_throughput(editor, tasks, scorer, trials=4, batch=2, steps=2, naive_trials=3, sampler="random")
-    wall = time.perf_counter() - began
-    assert r.trials == 4 and r.naive_trials == 3 and r.tasks == 2
-    assert len(edits) == 3 * 2  # the naive loop: one edit per (trial, task)
-    assert edits[::2] == [trial_params[i] for i in (0, 1, 3)]  # spread over the study, not its first three
-    # Taking turns: each batch's engine call, then the naive trials picked from that batch.
-    assert events == ["tune", "naive", "naive", "naive", "naive", "tune", "naive", "naive"]
-    assert len(editor.cache) > 0  # the naive loop cleared its own cache, not the tuner's
-    assert r.autotune_seconds + r.naive_seconds < wall  # the tuner's clock stopped while the naive loop ran
-    assert r.autotune_seconds > 0 and r.naive_seconds > 0
-    assert math.isclose(r.naive_trials_per_min, 60 * 3 / r.naive_seconds)
-    assert math.isclose(r.autotune_trials_per_min, 60 * 4 / r.autotune_seconds)
-    assert math.isclose(r.ratio, r.autotune_trials_per_min / r.naive_trials_per_min)
-    assert r.engine_calls == 2 and r.candidate_edits <= 4 * 2  # one call per batch of trials: both tasks in it
-    # UNet calls: naive, per (trial, task) 2 inversion + 2 sampling steps; autotune, per batch of 2 the same
-    assert r.naive_unet_calls == 3 * 2 * (2 + 2)
-    assert 0 < r.autotune_unet_calls <= 2 * (2 + 2)
-    assert r.autotune_unet_rows >= r.autotune_unet_calls and r.naive_unet_rows >= r.naive_unet_calls
-    assert "Speed-up" in r.markdown() and "fewer sequential UNet calls" in r.markdown()
-    # The ceiling: naive samples per trial over the target branches' 2 rows per step and task.
-    assert math.isclose(r.ceiling_without_pruning, r.naive_unet_rows / 3 / (2 * 2 * 2))
-    assert 1.0 < r.ceiling_without_pruning and "Samples ceiling without pruning" in r.markdown()
-    per_sample = 1000 * r.autotune_seconds / r.autotune_unet_rows
-    assert f"{per_sample:.2f} vs" in r.markdown() and "as many tasks as 16 target branches hold" in r.markdown()
-    assert r.threads == 1 and r.naive_one_thread_seconds is None and "naive again at 1 thread" not in r.markdown()
-    # the source work the study drew: its distinct w_src values (steps and method are fixed here)
-    assert r.source_groups == len({p.w_src.start for p in trial_params}) >= 1
-    assert f"the study drew {r.source_groups} distinct w_src values" in r.markdown()
-
-
-def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scorer, monkeypatch):
-    seen = []
-    real_naive = bench.naive_loop
-
-    def watching(editor, tasks, scorer, params, progress=False, desc="naive loop"):
-        seen.append((torch.get_num_threads(), list(params), desc))
-        return real_naive(editor, tasks, scorer, params, progress, desc)
-
-    monkeypatch.setattr(bench, "naive_loop", watching)
-    torch.set_num_threads(2)
-    try:
-        r = bench.bench_throughput(editor, tasks, scorer, trials=2, batch=2, steps=2, sampler="random", runs=2)
-        assert torch.get_num_threads() == 2  # restored after the 1-thread run
-    finally:
-        torch.set_num_threads(1)
-    # Each trial (2 per run) is timed at 2 threads, then at 1, right after its batch.
-    each_run = [(2, "naive loop, trial 0"), (1, "naive loop, trial 0, 1 thread"),
-                (2, "naive loop, trial 1"), (1, "naive loop, trial 1, 1 thread")]
-    assert [(threads, desc) for threads, _, desc in seen] == each_run * 2
-    assert all(len(params) == 1 for _, params, _ in seen)
-    assert seen[0][1] == seen[1][1] == seen[4][1] != seen[2][1]  # the same trial parameters, in every run
-    assert r.threads == 2 and r.naive_one_thread_seconds > 0
-    assert math.isclose(r.ratio_one_thread, r.autotune_trials_per_min / (60 * 2 / r.naive_one_thread_seconds))
-    # Two runs: the one reported is the lower of the two (the cautious middle), and both ratios are listed.
-    assert len(r.ratios) == 2 and r.ratio == min(r.ratios) and r.ratio_one_thread in r.ratios_one_thread
-    text = r.markdown()
-    assert "| naive again at 1 thread | 2 |" in text and "Both loops at 2 CPU thread(s)" in text
-    assert f"The median of 2 runs of the whole comparison ({r.ratios[0]:.2f}x, {r.ratios[1]:.2f}x)" in text
-    assert f"**{statistics.median(r.ratios_one_thread):.2f}x**, the median of" in text
-    with pytest.raises(InputError, match="runs=0 must be a whole number >= 1"):
-        bench.bench_throughput(editor, tasks, scorer, trials=2, runs=0)
-
-
-def test_throughput_leaves_failed_trials_out_of_the_naive_loop(editor, tasks, scorer, monkeypatch):
-    class FailingScorer:
-        def __init__(self) -> None:
-            self.metrics, self.describe = scorer.metrics, scorer.describe
-
-        def score(self, task, pixels):
-            raise ValueError("this scorer fails every edit")
-
-    timed = []
-    monkeypatch.setattr(bench, "naive_loop", lambda *a, **k: timed.append(a) or 1.0)
-    with pytest.raises(InputError, match="the 2 trial.s. picked for the naive loop all failed in the tuner"):
-        bench.bench_throughput(editor, tasks, FailingScorer(), trials=2, batch=2, steps=2, sampler="random")
-    assert timed == []  # never timed: the naive loop would have failed the same way
+    assert "about 1.0 beyond this benchmark's own" in markdown.section("T", "c", machine, "x")
 
 
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
-    r = bench.bench_overhead(editor, tasks[0], EditParams(steps=3), repeats=1)
+    r = overhead.bench_overhead(editor, tasks[0], EditParams(steps=3), repeats=1)
     assert r.cold_unet_calls == 3 + 3  # inversion (w=0.5: one call per step) + two-branch sampling
     assert r.warm_unet_calls == 3
     assert r.cold_edit_seconds > 0 and r.cold_unet_seconds > 0 and r.warm_unet_seconds > 0
@@ -204,8 +82,8 @@ def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
 
 def test_sample_costs_replay_the_call_at_each_batch_size(editor, tasks):
     unet = editor.components.unet
-    call = bench.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
-    seen = bench.record_unet_calls(unet, lambda: bench.unet_sample_costs(unet, call, torch.device("cpu"),
+    call = overhead.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
+    seen = overhead.record_unet_calls(unet, lambda: overhead.unet_sample_costs(unet, call, torch.device("cpu"),
                                                                          editor.dtype, batches=(1, 4), samples=8))
     assert [s[0] for s, _, _ in seen] == [1] * (1 + 8) + [4] * (1 + 2)  # a warm-up, then 8 rows' worth
     assert all(s[1:] == call[0][1:] and e[1:] == call[2][1:] for s, _, e in seen)
@@ -213,24 +91,25 @@ def test_sample_costs_replay_the_call_at_each_batch_size(editor, tasks):
 
 def test_sample_costs_keep_what_fit_when_a_batch_runs_out_of_memory(editor, tasks, monkeypatch):
     unet = editor.components.unet
-    call = bench.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
-    real = bench.replay_unet_calls
+    call = overhead.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
+    real = overhead.replay_unet_calls
 
     def small_device(unet, calls, device, dtype):
         if calls[0][0][0] >= 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(unet, calls, device, dtype)
 
-    monkeypatch.setattr(bench, "replay_unet_calls", small_device)
-    costs = bench.unet_sample_costs(unet, call, torch.device("cpu"), editor.dtype, batches=(1, 2, 4, 8), samples=4)
+    monkeypatch.setattr(overhead, "replay_unet_calls", small_device)
+    costs = overhead.unet_sample_costs(unet, call, torch.device("cpu"), editor.dtype, batches=(1, 2, 4, 8), samples=4)
     assert list(costs) == [1, 2] and all(v > 0 for v in costs.values())
 
 
 def _table(f, s, w_src=None, w_tgt=None):
     n = len(f)
-    return bench.GridTable("change_color", w_src or list(np.linspace(0, 2, n)), w_tgt or list(np.linspace(1, 12, n)),
-                           [list(map(float, r)) for r in f], [list(map(float, r)) for r in s],
-                           ["maximize", "maximize"], tasks=1, steps=1)
+    return efficiency.GridTable("change_color", w_src or list(np.linspace(0, 2, n)),
+                                w_tgt or list(np.linspace(1, 12, n)),
+                                [list(map(float, r)) for r in f], [list(map(float, r)) for r in s],
+                                ["maximize", "maximize"], tasks=1, steps=1)
 
 
 def test_scalarised_scales_each_objective_to_the_grid():
@@ -244,10 +123,10 @@ def test_trials_to_reach_matches_a_replay_of_the_sampler():
     n = 15
     f = np.minimum(np.add.outer(np.arange(n), np.arange(n)), 22).astype(float)  # best: a corner of 28 cells
     table = _table(f, f)
-    needed, frac, drawn, work = bench.trials_to_reach(table, "random", seed=3, budget=200, batch=4)
+    needed, frac, drawn, work = efficiency.trials_to_reach(table, "random", seed=3, budget=200, batch=4)
     # independent replay: RandomSampler with the same seed asks the same points, w_src on the tuner's 0.1 grid
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=3))
-    space = bench.SearchSpace({"w_src": {"low": 0.0, "high": 2.0, "step": 0.1}, "w_tgt": {"low": 1.0, "high": 12.0}})
+    space = SearchSpace({"w_src": {"low": 0.0, "high": 2.0, "step": 0.1}, "w_tgt": {"low": 1.0, "high": 12.0}})
     scal = table.scalarised()
     expected, values, spent, expected_work = None, set(), 0, None
     for k in range(200):
@@ -265,16 +144,16 @@ def test_trials_to_reach_matches_a_replay_of_the_sampler():
     if needed is not None:
         assert frac >= 0.98
     flat = _table(np.ones((3, 3)), np.ones((3, 3)))
-    assert bench.trials_to_reach(flat, "tpe", seed=0, budget=5)[0] == 1
+    assert efficiency.trials_to_reach(flat, "tpe", seed=0, budget=5)[0] == 1
     # with the paper points enqueued, as `tune` does, a table whose best is SimInversion's (0.5, 7.5) is solved at once
     paper = np.zeros((n, n))
     i, j = table.nearest(0.5, 7.5)
     paper[i, j] = 1.0
-    assert bench.trials_to_reach(_table(paper, paper), "random", seed=0, budget=4, paper_points=True)[0] == 1
+    assert efficiency.trials_to_reach(_table(paper, paper), "random", seed=0, budget=4, paper_points=True)[0] == 1
     # a table over a range the tuner's grid does not fit keeps w_src continuous
     odd = _table(f, f, w_src=list(np.linspace(0.05, 1.0, n)))
-    assert bench.efficiency_space(odd).knobs["w_src"].step is None
-    assert bench.efficiency_space(table).knobs["w_src"].step == 0.1
+    assert efficiency.efficiency_space(odd).knobs["w_src"].step is None
+    assert efficiency.efficiency_space(table).knobs["w_src"].step == 0.1
 
 
 def test_efficiency_in_worker_processes_gives_the_same_figures(capsys):
@@ -282,18 +161,18 @@ def test_efficiency_in_worker_processes_gives_the_same_figures(capsys):
     f = np.minimum(np.add.outer(np.arange(n), np.arange(n)), 22).astype(float)
     tables = [_table(f, f), _table(f[::-1], f[::-1])]
     kwargs = dict(samplers=("tpe", "random"), seeds=2, budget=12, batch=4)
-    alone = bench.bench_efficiency(tables, **kwargs)
-    pooled = bench.bench_efficiency(tables, jobs=2, progress=True, **kwargs)
+    alone = efficiency.bench_efficiency(tables, **kwargs)
+    pooled = efficiency.bench_efficiency(tables, jobs=2, progress=True, **kwargs)
     assert [(r.needed, r.drawn, r.work) for r in pooled.rows] == [(r.needed, r.drawn, r.work) for r in alone.rows]
-    assert alone.rows[0].needed["random"] == [bench.trials_to_reach(tables[0], "random", seed, 12, 4)[0]
+    assert alone.rows[0].needed["random"] == [efficiency.trials_to_reach(tables[0], "random", seed, 12, 4)[0]
                                               for seed in range(2)]
     assert "sampler runs" in capsys.readouterr().err  # the progress bar
     # a cell: the median, the share of seeds within 30 trials and the worst seed (">budget": not reached)
-    row = bench.EfficiencyRow("add_object", 16, 1.0, 0.5, 1.0, 0.5, {"tpe": [10, 31, 20, None]})
-    result = bench.EfficiencyResult(15, 10, 40, 4, 4, [row])
+    row = efficiency.EfficiencyRow("add_object", 16, 1.0, 0.5, 1.0, 0.5, {"tpe": [10, 31, 20, None]})
+    result = efficiency.EfficiencyResult(15, 10, 40, 4, 4, [row])
     assert "| 25.5 (50% within 30, worst >40) |" in result.markdown()
     with pytest.raises(InputError, match="jobs=0 must be >= 1"):
-        bench.bench_efficiency(tables, jobs=0)
+        efficiency.bench_efficiency(tables, jobs=0)
 
 
 def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, tasks, scorer, capsys):
@@ -306,7 +185,7 @@ def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, task
 
     editor.edit_task = counting
     try:
-        table = bench.grid_scores(editor, tasks[:1], scorer, points=2, steps=2, progress=True)
+        table = efficiency.grid_scores(editor, tasks[:1], scorer, points=2, steps=2, progress=True)
     finally:
         del editor.edit_task
     assert calls == [(tasks[0].id, 2), (tasks[0].id, 2)]
@@ -316,27 +195,9 @@ def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, task
                       EditParams(steps=2, w_src=2.0, w_tgt=1.0), blend_words=tasks[0].blend_words)
     psnr = scorer.score(tasks[0], one.pixels[None])[0]["background_psnr"]
     assert table.fidelity[1][0] == pytest.approx(psnr, abs=0.05)
-    res = bench.bench_efficiency([table], samplers=("random",), seeds=2, budget=8, batch=2)
+    res = efficiency.bench_efficiency([table], samplers=("random",), seeds=2, budget=8, batch=2)
     assert len(res.rows) == 1 and len(res.rows[0].needed["random"]) == 2
     assert "random trials to 98%" in res.markdown()
-
-
-def test_quality_rows_and_tuned_pick_from_a_grid(editor, tasks, scorer, tmp_path, capsys):
-    table = _table([[30, 20], [25, 10]], [[0, 0.5], [0.2, 1.0]])
-    table.steps = 2
-    params, source = bench.tuned_params(editor, "change_color", table, presets=tmp_path)
-    assert "grid" in source and params.steps == 2
-    assert (params.w_src.start, params.w_tgt.start) in {(0.0, 1.0), (0.0, 12.0), (2.0, 12.0)}  # front points
-    r = bench.bench_quality(editor, scorer, {"change_color": tasks[:1]}, {"change_color": (params, source)},
-                            progress=True)
-    assert "quality change_color" in capsys.readouterr().err
-    assert [row.setting for row in r.rows] == ["tuned", "SimInversion default", "DDIM-style"]
-    assert [(row.w_src, row.w_tgt) for row in r.rows][1:] == [(0.5, 7.5), (1.0, 7.5)]
-    direct = editor.edit(tasks[0].image, tasks[0].source_prompt, tasks[0].target_prompt,
-                         params.with_(w_src=1.0, w_tgt=7.5), blend_words=tasks[0].blend_words)
-    expect = scorer.score(tasks[0], direct.pixels[None])[0]
-    assert r.rows[2].background_psnr == pytest.approx(expect["background_psnr"], abs=0.05)
-    assert all(0 <= row.edit_success <= 1 for row in r.rows)
 
 
 def test_cli_bench_overhead_writes_its_section(tiny_model_dir, tmp_path, capsys):
@@ -361,29 +222,11 @@ def test_cli_bench_rejects_a_category_the_world_lacks(capsys):
 
 
 def test_memory_measures_child_processes(tiny_model_dir):
-    r = bench.bench_memory(str(tiny_model_dir), "cpu", trials=1, batch=1, tasks=1, steps=1)
+    r = memory.bench_memory(str(tiny_model_dir), "cpu", trials=1, batch=1, tasks=1, steps=1)
     assert r.load_only_mb > 50 and r.tuning_mb > 50  # torch alone is far above this
     assert "peak RSS" in r.markdown()
 
 
 def test_machine_info_is_the_running_machine():
-    info = bench.machine_info("cpu")
+    info = _common.machine_info("cpu")
     assert info["torch"] == torch.__version__ and info["cpu_count"] >= 1
-
-
-def test_tuned_params_name_a_preset_by_its_path_under_the_working_directory(editor, tmp_path, monkeypatch):
-    from autotune.preset import FrontPoint, Preset
-    from autotune.preset_store import preset_filename
-
-    objectives = [{"name": "fidelity", "direction": "maximize", "metrics": {}},
-                  {"name": "edit_strength", "direction": "maximize", "metrics": {}}]
-    points = [FrontPoint(EditParams(w_src=s, w_tgt=t, steps=2), {"fidelity": f, "edit_strength": e})
-              for s, t, f, e in ((0.1, 2.0, 30.0, 0.2), (0.4, 5.0, 25.0, 0.6), (0.9, 9.0, 20.0, 0.9))]
-    info = editor.model_info()
-    preset = Preset.from_front(points, category="change_color", model=info, objectives=objectives)
-    (tmp_path / "presets").mkdir()
-    preset.save(tmp_path / "presets" / preset_filename(info.get("id", "model"), "change_color"))
-    monkeypatch.chdir(tmp_path)
-    params, source = bench.tuned_params(editor, "change_color", None, presets=tmp_path / "presets")
-    assert (params.w_src.start, params.w_tgt.start) == (0.4, 5.0)  # the balanced pick
-    assert source == f"preset presets/{preset_filename(info.get('id', 'model'), 'change_color')} (balanced)"

@@ -58,7 +58,7 @@ def test_edit_writes_a_png(tiny_model_dir, photo_path, tmp_path, capsys):
 def test_edit_with_a_preset_file(tiny_model_dir, photo_path, tmp_path):
     from autotune import Editor
     from autotune.params import EditParams
-    from autotune.preset import FrontPoint, Preset
+    from autotune.presets.preset import FrontPoint, Preset
 
     editor = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
     points = [

@@ -8,11 +8,11 @@ import warnings
 import optuna
 import pytest
 
-from autotune.cost_aware_tpe import CostAwareTPESampler
 from autotune.errors import InputError
 from autotune.params import EditParams
-from autotune.search_space import SearchSpace
-from autotune.tuner import TPE_STARTUP_TRIALS, make_sampler
+from autotune.tuning.cost_aware_tpe import CostAwareTPESampler
+from autotune.tuning.samplers import TPE_STARTUP_TRIALS, make_sampler
+from autotune.tuning.search_space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

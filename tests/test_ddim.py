@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from autotune.ddim import ddim_grid, ddim_move, to_epsilon
-from autotune.models import PIEBENCH_SCHEDULER, make_scheduler
+from autotune.engine.unet.ddim import ddim_grid, ddim_move, to_epsilon
+from autotune.engine.unet.loading import PIEBENCH_SCHEDULER, make_scheduler
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

@@ -9,7 +9,7 @@ from PIL import Image, ImageOps
 
 from autotune import Editor, EditParams
 from autotune.errors import InputError
-from autotune.tasks import EditTask
+from autotune.task import EditTask
 from tests.conftest import tiny_editor
 from tests.test_source_record import CANDIDATES as RECORD_CANDIDATES
 
@@ -119,7 +119,7 @@ def test_local_blend_of_several_tasks_on_the_shapes_model(rows_seen):
 
 
 def test_inverting_tasks_ahead_is_one_loop_and_changes_no_edit(tiny_model_dir, photos):
-    from autotune.source_record import SourceRecord
+    from autotune.engine.unet.source_record import SourceRecord
 
     tasks = _tasks(photos, "refine")
     candidates = [EditParams(w_src=w, w_tgt=g, steps=5) for w, g in ((0.5, 7.5), (0.8, 7.5), (0.5, 3.0))]
@@ -139,7 +139,7 @@ def test_inverting_tasks_ahead_is_one_loop_and_changes_no_edit(tiny_model_dir, p
         ahead.cache._items.pop(key)
     rows.clear()
     assert ahead.invert_tasks(tasks, candidates) == 0 and rows == []
-    with pytest.raises(InputError, match="candidates must be EditParams"):
+    with pytest.raises(InputError, match="pass EditParams objects"):
         ahead.invert_tasks(tasks, [{"w_src": 0.5}])
     # No more rows than the largest edit loop: at most 2 * max_batch inversions per loop.
     small = tiny_editor(tiny_model_dir, max_batch=2)

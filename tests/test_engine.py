@@ -34,7 +34,7 @@ def photo() -> Image.Image:
 
 
 def _relative_error(editor: Editor, photo, w: float, steps: int) -> float:
-    z0 = editor._prepare(photo).latent
+    z0 = editor.engine._prepare(photo).latent
     result = editor.edit(photo, SRC, SRC, EditParams(w_src=w, w_tgt=w, steps=steps))
     return ((result.source_latent - z0).norm() / z0.norm()).item()
 
@@ -47,7 +47,7 @@ def test_defaults_follow_the_device(editor):
 def test_invert_returns_the_whole_trajectory(editor, photo):
     inv = editor.invert(photo, SRC, w_inv=0.5, steps=6)
     assert inv.latents.shape == (7, 4, 16, 16)
-    torch.testing.assert_close(inv.image_latent, editor._prepare(photo).latent)
+    torch.testing.assert_close(inv.image_latent, editor.engine._prepare(photo).latent)
     assert not torch.allclose(inv.noise, inv.image_latent)
 
 
@@ -65,7 +65,7 @@ def test_zero_noise_model_inverts_exactly(tiny_model_dir, photo):
         editor.components.unet.conv_out.weight.zero_()
         editor.components.unet.conv_out.bias.zero_()
     inv = editor.invert(photo, SRC, w_inv=7.5, steps=10)
-    alpha_0 = editor._grid(10).alphas[0]
+    alpha_0 = editor.engine._grid(10).alphas[0]
     torch.testing.assert_close(inv.noise, alpha_0**0.5 * inv.image_latent, rtol=1e-4, atol=1e-5)
     assert _relative_error(editor, photo, 7.5, 10) < 1e-5
 
@@ -78,7 +78,7 @@ def test_vprediction_reconstructs_as_well_as_epsilon(editor, vpred_editor, photo
 
 
 def test_direct_inversion_reconstructs_exactly_at_any_guidance(editor, photo):
-    z0 = editor._prepare(photo).latent
+    z0 = editor.engine._prepare(photo).latent
     for w in (1.0, 7.5):
         result = editor.edit(photo, SRC, TGT, EditParams(method="direct", w_src=w, steps=8), blend_words=WORDS)
         torch.testing.assert_close(result.source_latent, z0, rtol=0, atol=1e-5)
@@ -114,16 +114,16 @@ def test_batched_candidates_equal_separate_calls(editor, photo):
 
 
 def test_source_branch_is_shared_across_candidates_with_the_same_source_guidance(editor, photo, monkeypatch):
-    import autotune.editor as editor_module
+    import autotune.engine.unet.sampling as sampling
 
     seen = {}
-    real = editor_module.sample_branches
+    real = sampling.sample_branches
 
     def spy(unet, grid, start, *args, **kwargs):
         seen["rows"] = start.shape[0]
         return real(unet, grid, start, *args, **kwargs)
 
-    monkeypatch.setattr(editor_module, "sample_branches", spy)
+    monkeypatch.setattr(sampling, "sample_branches", spy)
     cands = [EditParams(w_src=0.5, w_tgt=w, steps=4) for w in (3.0, 5.0, 7.5)] + [EditParams(w_src=1.0, steps=4)]
     editor.cache.clear()  # no source branch recorded by an earlier test
     editor.edit_batch(photo, SRC, TGT, cands, blend_words=WORDS)
@@ -169,7 +169,7 @@ def test_disk_cache_round_trip(tiny_model_dir, photo, tmp_path):
 
 
 def test_null_text_fits_the_trajectory_better_than_the_plain_null(editor, photo):
-    z0 = editor._prepare(photo).latent
+    z0 = editor.engine._prepare(photo).latent
     plain = editor.edit(photo, SRC, TGT, EditParams(method="null_text", steps=5, w_src=7.5, null_text_iterations=0))
     fitted = editor.edit(photo, SRC, TGT, EditParams(method="null_text", steps=5, w_src=7.5, null_text_iterations=10))
     assert (fitted.source_latent - z0).norm() < 0.85 * (plain.source_latent - z0).norm()

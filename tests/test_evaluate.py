@@ -14,10 +14,10 @@ from skimage import data
 
 from autotune.cli import main
 from autotune.errors import InputError
-from autotune.evaluate import evaluate, summarize
+from autotune.evaluation.evaluate import evaluate, summarize
 from autotune.params import EditParams
 from autotune.scoring import PieBenchScorer
-from autotune.tasks import EditTask
+from autotune.task import EditTask
 
 
 class FakeResult:
@@ -168,8 +168,8 @@ def test_cli_end_to_end_on_the_tiny_pipeline(tiny_model_dir, tmp_path, capsys):
 
 
 def test_cli_with_a_preset_file_and_an_override(tiny_model_dir, tmp_path, capsys):
-    from autotune.editor import Editor
-    from autotune.preset import Preset
+    from autotune.engine.editor import Editor
+    from autotune.presets.preset import Preset
 
     info = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False).model_info()
     preset = Preset.paper_default("change_object", info, EditParams(w_src=1.5, w_tgt=4.0, steps=2), citation="test")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.models import SHAPES_MODEL_DIR
+from autotune.engine.checkpoint import SHAPES_MODEL_DIR
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 QUICK = ["--trials", "3", "--tasks", "2", "--steps", "4"]
@@ -75,7 +75,7 @@ def test_shapes_gallery(tmp_path, capsys):
 
 
 def test_replay_pruning(tmp_path, capsys):
-    from autotune.tuner import tune
+    from autotune.tuning.tuner import tune
     from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
 
     journal = tmp_path / "s.journal"

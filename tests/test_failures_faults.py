@@ -25,8 +25,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.errors import StorageError
-from autotune.storage import open_storage
-from autotune.tuner import tune
+from autotune.tuning.storage import open_storage
+from autotune.tuning.tuner import tune
 from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -49,11 +49,11 @@ SLOW = [pytest.mark.slow,
 # `autotune tune` with the fake engine of tests/test_tuner_fakes.py (0.2 s per engine call) on 3 tasks.
 _FAKE_LAUNCHER = """
 import sys
-import autotune.cli.edit, autotune.cli.tune, autotune.task_sources
+import autotune.cli._common, autotune.cli.tune, autotune.tasks.sources
 from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
-autotune.cli.edit.load_editor = lambda args, presets=None: FakeEditor(delay=0.2)
-autotune.cli.tune._scorer = lambda args, editor: FakeScorer()
-autotune.task_sources.load_tasks = lambda *a, **k: make_tasks(3)
+autotune.cli._common.load_editor = lambda args, presets=None: FakeEditor(delay=0.2)
+autotune.cli._common.make_scorer = lambda args, editor: FakeScorer()
+autotune.tasks.sources.load_tasks = lambda *a, **k: make_tasks(3)
 from autotune.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -61,7 +61,7 @@ sys.exit(main(sys.argv[1:]))
 # `autotune tune` on the tiny pipeline and 2 of the shapes tasks.
 _REAL_LAUNCHER = """
 import sys
-from autotune import task_sources
+from autotune.tasks import sources as task_sources
 load = task_sources.load_tasks
 task_sources.load_tasks = lambda *a, **k: load(*a, **k)[:2]
 from autotune.cli import main
@@ -169,10 +169,10 @@ class _NaNScorer:
 
 
 def test_nan_metric_and_oom_fail_only_their_candidates_on_the_real_engine(tiny_model_dir, tmp_path):
-    from autotune.editor import Editor
+    from autotune.engine.editor import Editor
     from autotune.params import EditParams
-    from autotune.search_space import SearchSpace
     from autotune.shapes.tasks import shapes_tasks
+    from autotune.tuning.search_space import SearchSpace
 
     engine = _FlakyEngine(Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False))
     tasks = shapes_tasks("change_color", "tune", count=2)
@@ -325,12 +325,12 @@ def test_unwritable_presets_dir_after_a_study_keeps_the_study(tmp_path, capsys):
 def test_task_prompt_past_77_tokens_is_refused_before_the_study_starts(tiny_model_dir, tmp_path):
     from dataclasses import replace
 
-    from autotune.editor import Editor
+    from autotune.engine.editor import Editor
     from autotune.errors import InputError
     from autotune.params import EditParams
-    from autotune.search_space import SearchSpace
     from autotune.shapes.scoring import ShapesScorer
     from autotune.shapes.tasks import shapes_tasks
+    from autotune.tuning.search_space import SearchSpace
 
     editor = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
     tasks = sorted(shapes_tasks("change_color", "tune", count=2), key=lambda t: t.id)
@@ -345,14 +345,14 @@ def test_task_prompt_past_77_tokens_is_refused_before_the_study_starts(tiny_mode
 
 
 def test_unwritable_presets_dir_is_refused_before_the_study(tmp_path, capsys, monkeypatch):
-    import autotune.cli.edit
+    import autotune.cli._common
     import autotune.cli.tune
-    import autotune.task_sources
+    import autotune.tasks.sources
     from autotune.cli import main
 
-    monkeypatch.setattr(autotune.cli.edit, "load_editor", lambda args, presets=None: FakeEditor())
-    monkeypatch.setattr(autotune.cli.tune, "_scorer", lambda args, editor: FakeScorer())
-    monkeypatch.setattr(autotune.task_sources, "load_tasks", lambda *a, **k: make_tasks(2))
+    monkeypatch.setattr(autotune.cli._common, "load_editor", lambda args, presets=None: FakeEditor())
+    monkeypatch.setattr(autotune.cli._common, "make_scorer", lambda args, editor: FakeScorer())
+    monkeypatch.setattr(autotune.tasks.sources, "load_tasks", lambda *a, **k: make_tasks(2))
     (tmp_path / "blocker").write_text("a file where the presets folder should be")
     journal = tmp_path / "s.journal"
     code = main(["tune", "--model", "fake", "--tasks", "shapes:change_color", "--trials", "2", "--batch", "2", "-q",

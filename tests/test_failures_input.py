@@ -21,7 +21,7 @@ from autotune.cli import main
 from autotune.errors import InputError
 from autotune.images import MAX_PIXELS, load_image
 from autotune.params import EditParams
-from autotune.taskfile import load_task_file
+from autotune.tasks.taskfile import load_task_file
 
 SRC, TGT = "a woman in a space suit", "a man in a space suit"
 
@@ -337,7 +337,7 @@ def test_mask_of_the_wrong_size(tmp_path, capsys):
 
 def test_empty_mask_is_kept_with_a_warning(tmp_path, caplog):
     path = jsonl(tmp_path, _mask_row(tmp_path, np.zeros((48, 48), np.uint8)))
-    with caplog.at_level(logging.WARNING, logger="autotune.taskfile"):
+    with caplog.at_level(logging.WARNING, logger="autotune.tasks.taskfile"):
         task = load_task_file(path)[0]
     assert not task.mask.any()
     assert "field 'mask': mask marks no pixel" in caplog.text
@@ -345,7 +345,7 @@ def test_empty_mask_is_kept_with_a_warning(tmp_path, caplog):
 
 def test_full_mask_is_kept_with_a_warning(tmp_path, caplog):
     path = jsonl(tmp_path, _mask_row(tmp_path, np.full((48, 48), 255, np.uint8)))
-    with caplog.at_level(logging.WARNING, logger="autotune.taskfile"):
+    with caplog.at_level(logging.WARNING, logger="autotune.tasks.taskfile"):
         task = load_task_file(path)[0]
     assert task.mask.all()
     assert "mask marks every pixel" in caplog.text
@@ -356,7 +356,7 @@ def test_non_binary_mask_is_thresholded_at_half_with_a_warning(tmp_path, caplog)
     truth[10:30, 12:20] = 255
     path = jsonl(tmp_path, _mask_row(tmp_path, truth, ".jpg"))  # JPEG noise around the square, faint values > 0
     assert (np.asarray(Image.open(tmp_path / "mask.jpg").convert("L")) > 0).sum() > truth.astype(bool).sum()
-    with caplog.at_level(logging.WARNING, logger="autotune.taskfile"):
+    with caplog.at_level(logging.WARNING, logger="autotune.tasks.taskfile"):
         task = load_task_file(path)[0]
     assert task.mask.tolist() == (truth > 0).tolist()
     assert "not black and white; pixels >= 128 count as edited" in caplog.text
@@ -416,7 +416,7 @@ def test_non_ascii_prompts_and_blend_words_edit(editor, photo_path):
 def test_empty_source_prompt_inverts_unconditionally_with_a_warning(editor, photo_path, caplog):
     from autotune import EditParams
 
-    with caplog.at_level(logging.WARNING, logger="autotune.editor"):
+    with caplog.at_level(logging.WARNING, logger="autotune.engine.editor"):
         result = editor.edit(photo_path, "", "a man", EditParams(steps=2))
     assert "source prompt is empty" in caplog.text and bool(result.pixels.isfinite().all())
 
@@ -427,7 +427,7 @@ def test_empty_source_prompt_inverts_unconditionally_with_a_warning(editor, phot
 
 def _preset_dict(model_id: str) -> dict:
     from autotune.params import EditParams
-    from autotune.preset import FrontPoint, Preset
+    from autotune.presets.preset import FrontPoint, Preset
 
     points = [FrontPoint(EditParams(w_tgt=w, steps=2), {"fidelity": f, "edit_strength": e})
               for w, f, e in ((3.0, 0.9, 0.2), (6.0, 0.7, 0.6), (9.0, 0.3, 0.8))]
@@ -482,7 +482,7 @@ def test_preset_for_another_model(edit_args, preset_file, capsys):
 
 
 def test_preset_huge_file(edit_args, tmp_path, capsys):
-    from autotune.preset import MAX_PRESET_BYTES
+    from autotune.presets.preset import MAX_PRESET_BYTES
 
     path = tmp_path / "huge.json"
     with open(path, "wb") as handle:
@@ -555,7 +555,7 @@ def test_bad_null_text_iterations_name_the_field(value):
 
 def test_bad_parameter_in_a_preset_names_the_pick_and_field(tmp_path):
     from autotune.errors import PresetError
-    from autotune.preset import Preset
+    from autotune.presets.preset import Preset
 
     preset = _preset_dict("org/model")
     preset.pop("content_hash")

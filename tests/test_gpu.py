@@ -35,7 +35,7 @@ def photo():
 def test_siminversion_reconstructs_better_than_ddim_at_7_5(editor, photo):
     from autotune import EditParams
 
-    z0 = editor._prepare(photo).latent.float()
+    z0 = editor.engine._prepare(photo).latent.float()
     sim, ddim = editor.edit_batch(
         photo, "a cat", "a cat", [EditParams(w_src=0.5, w_tgt=0.5), EditParams(method="ddim")]
     )
@@ -56,7 +56,7 @@ def test_several_tasks_in_one_loop_on_gpu_match_single_tasks(editor, photo):
     from PIL import ImageOps
 
     from autotune import EditParams
-    from autotune.tasks import EditTask
+    from autotune.task import EditTask
 
     tasks = [EditTask("cat", photo, "a cat", "a dog", "change_object", blend_words=("cat", "dog")),
              EditTask("tiger", ImageOps.mirror(photo), "a cat lying down", "a tiger lying down", "change_object",

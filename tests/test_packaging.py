@@ -16,5 +16,7 @@ def test_every_subpackage_is_listed_and_the_data_is_included():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "autotune").rglob("__init__.py")}
     assert found - set(config["packages"]) == set(), "add these to [tool.setuptools] packages"
     assert config["package-dir"]["autotune._presets"] == "presets"
-    assert "models/shapes/**/*" in config["package-data"]["autotune"]
+    assert "weights/**/*" in config["package-data"]["autotune.shapes"]
+    assert "configs/**/*.json" in config["package-data"]["autotune.bench"]  # `autotune bench gpu` reads them
+    assert list((ROOT / "autotune" / "bench" / "configs").glob("*/bench.json")), "the GPU benchmark's configs"
     assert list((ROOT / "presets").glob("*.json")), "the shipped presets"

@@ -10,8 +10,8 @@ from PIL import Image
 from skimage import data
 
 from autotune.errors import TaskFileError
-from autotune.piebench import decode_mask, encode_mask, load_piebench, strip_brackets
-from autotune.task_sources import load_tasks
+from autotune.tasks.piebench import decode_mask, encode_mask, load_piebench, strip_brackets
+from autotune.tasks.sources import load_tasks
 
 
 def _rle_by_loop(rle, shape):

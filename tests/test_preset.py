@@ -10,15 +10,15 @@ import pytest
 
 from autotune.errors import PresetError
 from autotune.params import EditParams
-from autotune.preset import (
+from autotune.presets.preset import (
     MAX_PRESET_BYTES,
     SCHEMA_VERSION,
     FrontPoint,
     Preset,
     PresetWarning,
     pick_indices,
-    redact_url,
 )
+from autotune.redact import redact_url
 
 OBJ_MAX = [
     {"name": "fidelity", "direction": "maximize", "metrics": {"preservation": 1.0}},

@@ -14,7 +14,7 @@ import pytest
 
 from autotune.errors import PresetError
 from autotune.params import EditParams
-from autotune.preset import FrontPoint, Preset
+from autotune.presets.preset import FrontPoint, Preset
 
 OBJ = [
     {"name": "fidelity", "direction": "maximize", "metrics": {"preservation": 1.0}},

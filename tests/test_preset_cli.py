@@ -8,8 +8,8 @@ import pytest
 
 from autotune.cli import main
 from autotune.params import EditParams
-from autotune.preset import FrontPoint, Preset
-from autotune.preset_store import preset_filename
+from autotune.presets.preset import FrontPoint, Preset
+from autotune.presets.store import preset_filename
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 OBJ = [

@@ -12,9 +12,9 @@ import pytest
 
 from autotune.errors import PresetError
 from autotune.params import EditParams
-from autotune.preset import FrontPoint, Preset
-from autotune.preset_pack import INDEX_NAME, export_pack, import_pack, verify_pack
-from autotune.preset_store import preset_filename
+from autotune.presets.pack import INDEX_NAME, export_pack, import_pack, verify_pack
+from autotune.presets.preset import FrontPoint, Preset
+from autotune.presets.store import preset_filename
 
 OBJ = [
     {"name": "fidelity", "direction": "maximize", "metrics": {"preservation": 1.0}},
@@ -38,7 +38,7 @@ def source(tmp_path):
 
 def _index(files: dict[str, bytes]) -> bytes:
     entries = [{"path": n, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for n, d in files.items()]
-    return json.dumps({"format": "autotune.preset-pack", "pack_version": 1, "files": entries}).encode()
+    return json.dumps({"format": "autotune.presets.preset-pack", "pack_version": 1, "files": entries}).encode()
 
 
 @pytest.mark.parametrize("suffix", [".zip", ""])
@@ -65,7 +65,7 @@ def test_index_lists_sha256_of_each_file(source, tmp_path):
         index = json.loads(zf.read(INDEX_NAME))
         for entry in index["files"]:
             assert hashlib.sha256(zf.read(entry["path"])).hexdigest() == entry["sha256"]
-    assert index["format"] == "autotune.preset-pack"
+    assert index["format"] == "autotune.presets.preset-pack"
 
 
 def test_tampered_file_fails_and_nothing_is_imported(source, tmp_path):

@@ -9,29 +9,23 @@ from html.parser import HTMLParser
 import numpy as np
 import optuna
 import pytest
-import torch
 from PIL import Image
 
 from autotune.params import EditParams
-from autotune.search_space import SearchSpace
+from autotune.tuning.search_space import SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tuned(tiny_model_dir, tmp_path_factory):
-    from autotune.editor import Editor
+    from autotune.engine.editor import Editor
     from autotune.shapes.scoring import ShapesScorer
     from autotune.shapes.tasks import shapes_tasks
-    from autotune.tuner import tune
+    from autotune.tuning.tuner import tune
 
     tmp = tmp_path_factory.mktemp("report-study")
     editor = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
@@ -58,7 +52,8 @@ class _Links(HTMLParser):
 
 
 def test_write_report_files_and_figures(tuned, tmp_path):
-    from autotune.report import study_picks, write_report
+    from autotune.report import write_report
+    from autotune.report.read import study_picks
 
     editor, tasks, result, _ = tuned
     calls = []
@@ -136,8 +131,10 @@ def test_report_without_task_source_says_what_is_missing(tuned, tmp_path):
 def test_front_plot_shows_pruned_trials_at_their_partial_means(tmp_path):
     from optuna.trial import TrialState
 
-    from autotune.report import _pruned_points, plot_front, study_picks
-    from autotune.tuner import tune
+    from autotune.report.draw import plot_front
+    from autotune.report.read import pruned_points as _pruned_points
+    from autotune.report.read import study_picks
+    from autotune.tuning.tuner import tune
     from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
 
     result = tune(FakeEditor(), make_tasks(6), category="change_color", trials=24, batch=4, sampler="random", seed=3,

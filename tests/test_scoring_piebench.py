@@ -20,7 +20,7 @@ from autotune.scoring import ALL_METRICS, PieBenchScorer, Scorer, display_value
 from autotune.scoring.clip import ClipScore
 from autotune.scoring.lpips_weights import load_lpips
 from autotune.scoring.structure import DINO_MODEL, StructureDistance
-from autotune.tasks import EditTask
+from autotune.task import EditTask
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_background_equals_piebench_replica_on_saved_files(tmp_path):
     from torchmetrics.image import PeakSignalNoiseRatio
     from torchmetrics.regression import MeanSquaredError
 
-    from autotune.piebench import decode_mask, encode_mask
+    from autotune.tasks.piebench import decode_mask, encode_mask
 
     photo = Image.fromarray(data.astronaut())
     inner = np.zeros((512, 512), dtype=bool)

@@ -10,7 +10,7 @@ import pytest
 from autotune.errors import InputError
 from autotune.guidance import GuidanceSchedule
 from autotune.params import EditParams
-from autotune.search_space import PAPER_POINTS, SearchSpace, parse_knob_arg
+from autotune.tuning.search_space import PAPER_POINTS, SearchSpace, parse_knob_arg
 
 
 def test_default_space_is_the_guidance_pair():

@@ -1,4 +1,4 @@
-"""The shipped shapes model, checked on small samples (the full measurement is `python -m autotune.shapes.measure`,
+"""The shipped shapes model, checked on small samples (the full measurement is `python -m autotune.bench.shapes_model`,
 its figures are in docs/shapes.md)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autotune.models import SHAPES_MODEL_DIR
-from autotune.shapes.measure import load_pipeline, text_to_image_table
+from autotune.bench.shapes_model import load_pipeline, text_to_image_table
+from autotune.engine.checkpoint import SHAPES_MODEL_DIR
 from autotune.shapes.reader import read_scene
 from autotune.shapes.world import caption, random_scene, render_array
 
@@ -32,7 +32,7 @@ def test_the_shapes_model_is_a_standard_pipeline_folder_of_safetensors():
 def test_text_to_image_follows_captions_and_the_unconditional_model_does_not(pipe):
     # 24 captions (the 200-sample figures in docs/shapes.md: colour 97%, shape 96%, whole scene 94% at 7.5;
     # 95%, 90%, 85% at 1). Bounds leave room for sampling noise on a small sample.
-    from autotune.shapes.measure import generate, scene_rates
+    from autotune.bench.shapes_model import generate, scene_rates
 
     _, rates = text_to_image_table(pipe, samples=24, steps=20, seed=0)
     at_7_5 = rates[7.5]

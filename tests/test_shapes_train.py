@@ -9,7 +9,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from autotune.shapes import train
-from autotune.tokenizer import clip_tokenizer
+from autotune.shapes.tokenizer import clip_tokenizer
 
 TINY = ["--n-images", "48", "--vae-steps", "2", "--vae-batch", "4", "--vae-channels", "8,8,8",
         "--unet-channels", "32,32", "--text-dim", "32", "--text-layers", "1", "--steps", "3", "--batch", "4",

@@ -16,7 +16,7 @@ import pytest
 from autotune.shapes.reader import read_scene
 from autotune.shapes.tasks import SHAPES_CATEGORIES, SPLITS, shapes_tasks
 from autotune.shapes.world import caption, random_scene, render_array
-from autotune.tuner import task_fingerprint
+from autotune.task import task_fingerprint
 
 SCENES_DIGEST = "sha256:72b9926ed990ed5982a6e917d83de1c7a7e6c07d53b49962554c12a6f3a9b2d3"
 TASKS_DIGEST = {

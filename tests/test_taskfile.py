@@ -10,9 +10,9 @@ from PIL import Image
 from skimage import data
 
 from autotune.errors import TaskFileError
-from autotune.piebench import encode_mask
-from autotune.task_sources import load_tasks
-from autotune.taskfile import load_task_file
+from autotune.tasks.piebench import encode_mask
+from autotune.tasks.sources import load_tasks
+from autotune.tasks.taskfile import load_task_file
 
 
 @pytest.fixture

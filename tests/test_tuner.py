@@ -11,10 +11,11 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.errors import InputError, StorageError
-from autotune.pruning import replay
-from autotune.search_space import SearchSpace
-from autotune.storage import open_storage
-from autotune.tuner import SAMPLERS, DominationPruner, tune
+from autotune.tuning.pruning import DominationPruner, replay
+from autotune.tuning.samplers import SAMPLERS
+from autotune.tuning.search_space import SearchSpace
+from autotune.tuning.storage import open_storage
+from autotune.tuning.tuner import tune
 from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks, true_values
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -113,15 +114,15 @@ def test_a_batch_inverts_its_tasks_ahead_when_they_take_several_calls(tmp_path):
 
 @pytest.mark.parametrize("flag", [[], ["--no-invert-ahead"]])
 def test_cli_tune_inverts_ahead_unless_told_not_to(tmp_path, monkeypatch, flag):
-    import autotune.cli.edit
+    import autotune.cli._common
     import autotune.cli.tune
-    import autotune.task_sources
+    import autotune.tasks.sources
     from autotune.cli import main
 
     editor = InvertingFakeEditor()
-    monkeypatch.setattr(autotune.cli.edit, "load_editor", lambda args, presets=None: editor)
-    monkeypatch.setattr(autotune.cli.tune, "_scorer", lambda args, editor: FakeScorer())
-    monkeypatch.setattr(autotune.task_sources, "load_tasks", lambda *a, **k: make_tasks(6))
+    monkeypatch.setattr(autotune.cli._common, "load_editor", lambda args, presets=None: editor)
+    monkeypatch.setattr(autotune.cli._common, "make_scorer", lambda args, editor: FakeScorer())
+    monkeypatch.setattr(autotune.tasks.sources, "load_tasks", lambda *a, **k: make_tasks(6))
     code = main(["tune", "--model", "fake", "--tasks", "shapes:change_color", "--trials", "4", "--batch", "4", "-q",
                  "--project-dir", str(tmp_path), "--presets-dir", str(tmp_path / "presets"), *flag])
     assert code == 0 and len(editor.task_calls) == 3  # 6 tasks, 2 per call
@@ -353,7 +354,7 @@ def test_replay_predicts_pruning_between_multi_task_calls(tmp_path):
 def test_replay_in_another_task_order_and_its_hypervolume(tmp_path):
     from optuna._hypervolume import compute_hypervolume
 
-    from autotune.preset import hypervolume
+    from autotune.pareto import hypervolume
 
     points = np.random.default_rng(0).random((12, 2))
     assert hypervolume(list(points), (-0.01, -0.01)) == pytest.approx(
@@ -469,7 +470,7 @@ class InterruptingEditor(FakeEditor):
 
 
 def test_ctrl_c_keeps_completed_trials_and_requeues_the_batch(tmp_path):
-    from autotune.preset import presets_from_study
+    from autotune.tuning.to_preset import presets_from_study
 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, trials=8, batch=2, editor=InterruptingEditor(at_call=4))  # batch 2, its second task
@@ -519,7 +520,7 @@ def test_database_lost_mid_study_then_resumed_in_the_same_process(tmp_path, monk
 def test_tpe_models_the_objectives_after_one_batch_of_four(done):
     import warnings
 
-    from autotune.tuner import make_sampler
+    from autotune.tuning.samplers import make_sampler
 
     space = SearchSpace.default()
     sampler = make_sampler("tpe", 0, space, batch=4)

@@ -9,14 +9,14 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.params import EditParams
-from autotune.search_space import SearchSpace
-from autotune.tuner import tune
+from autotune.tuning.search_space import SearchSpace
+from autotune.tuning.tuner import tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
-    from autotune.editor import Editor
+    from autotune.engine.editor import Editor
     from autotune.shapes.scoring import ShapesScorer
     from autotune.shapes.tasks import shapes_tasks
 
@@ -51,15 +51,15 @@ def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
 
 
 def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import autotune.cli.edit
-    from autotune import task_sources
+    import autotune.cli._common
     from autotune.cli import main
+    from autotune.tasks import sources as task_sources
 
     load = task_sources.load_tasks
     monkeypatch.setattr(task_sources, "load_tasks", lambda *a, **k: load(*a, **k)[:2])  # 2 of the 20 tasks: fast
     editors = []
-    load_editor = autotune.cli.edit.load_editor
-    monkeypatch.setattr(autotune.cli.edit, "load_editor", lambda *a, **k: editors.append(load_editor(*a, **k))
+    load_editor = autotune.cli._common.load_editor
+    monkeypatch.setattr(autotune.cli._common, "load_editor", lambda *a, **k: editors.append(load_editor(*a, **k))
                         or editors[-1])
 
     code = main(["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color",
@@ -79,8 +79,9 @@ def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatc
 
 def test_cli_tune_report_failure_keeps_the_study_and_says_how_to_redraw(tiny_model_dir, tmp_path, capsys,
                                                                          monkeypatch):
-    from autotune import report, task_sources
+    import autotune.report as report
     from autotune.cli import main
+    from autotune.tasks import sources as task_sources
 
     load = task_sources.load_tasks
     monkeypatch.setattr(task_sources, "load_tasks", lambda *a, **k: load(*a, **k)[:1])

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from autotune.params import EditParams
-from autotune.tasks import EditTask
+from autotune.task import EditTask
 
 SIZE = 8
 
@@ -110,8 +110,8 @@ class FakeScorer:
 
 def main(argv: list[str] | None = None) -> int:
     """A tuner worker: `python tests/test_tuner_fakes.py --storage URL --study NAME --trials N ...`."""
-    from autotune.storage import open_storage
-    from autotune.tuner import tune
+    from autotune.tuning.storage import open_storage
+    from autotune.tuning.tuner import tune
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--storage", required=True)

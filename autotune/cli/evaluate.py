@@ -10,7 +10,7 @@ from autotune.params import EditParams
 
 
 def register(subparsers) -> None:
-    from autotune.cli.edit import add_model_arguments, add_param_arguments
+    from autotune.cli._common import add_model_arguments, add_param_arguments
     from autotune.scoring.piebench_scorer import ALL_METRICS
 
     parser = subparsers.add_parser(
@@ -72,15 +72,15 @@ class _Overridden:
 
 
 def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
-    from autotune.cli.edit import param_overrides
+    from autotune.cli._common import param_overrides
 
     overrides = param_overrides(args)
     if not args.preset:
-        return EditParams().with_(**overrides), None
+        return editor.default_params(overrides.get("method")).with_(**overrides), None
     if args.method:
         raise InputError("give either --method or --preset: a preset fixes the method")
-    from autotune.preset import STYLES
-    from autotune.preset_store import PresetStore
+    from autotune.presets.schema import STYLES
+    from autotune.presets.store import PresetStore
 
     store = PresetStore()
     if args.preset in STYLES:
@@ -94,38 +94,16 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
     return source, style
 
 
-def _scorer(args: argparse.Namespace, editor):
-    kind = args.scorer
-    if kind == "auto":
-        kind = "shapes" if args.tasks.startswith("shapes") else "piebench"
-    if kind == "shapes":
-        from autotune.shapes.scoring import ShapesScorer
-
-        return ShapesScorer()
-    from autotune.scoring.clip import CLIP_PRETRAINED
-    from autotune.scoring.piebench_scorer import PieBenchScorer
-
-    scorer = PieBenchScorer(
-        mode=args.mode,
-        device=args.scorer_device or getattr(editor, "device", None),
-        metrics=tuple(args.metrics),
-        lpips_net=args.lpips_net,
-        lpips_weights=args.lpips_weights,
-        dino_weights=args.dino_weights,
-        clip_pretrained=args.clip_weights or CLIP_PRETRAINED,
-    )
-    return scorer.load()  # missing weights fail here, before any editing
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from autotune.cli.edit import ensure_output_dir, load_editor
-    from autotune.evaluate import evaluate
-    from autotune.task_sources import load_tasks
+    from autotune.cli._common import check_overrides, ensure_output_dir, load_editor, make_scorer, param_overrides
+    from autotune.evaluation.evaluate import evaluate
+    from autotune.tasks.sources import load_tasks
 
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
+    check_overrides(param_overrides(args))  # before a model loads
     tasks = load_tasks(args.tasks, args.category, args.split)
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
@@ -133,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         source, style = _params_source(args, editor)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    scorer = _scorer(args, editor)
+    scorer = make_scorer(args, editor)
     result = evaluate(editor, tasks, source, scorer, args.out, progress=not args.quiet, style=style,
                       task_batch=args.task_batch)
     print((result.out_dir / "summary.md").read_text(encoding="utf-8"), end="")

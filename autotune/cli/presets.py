@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import PresetError, StorageError
-from autotune.preset import Preset, PresetWarning, redact_url
-from autotune.preset_store import PresetStore, load_entry, user_presets_dir
+from autotune.presets.preset import Preset, PresetWarning
+from autotune.presets.schema import PROVENANCE_KEYS
+from autotune.presets.store import PresetStore, load_entry, user_presets_dir
+from autotune.redact import redact_url
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -101,7 +103,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     store = PresetStore([("dir", d) for d in args.dir]) if args.dir else PresetStore()
     category = None
     if args.category:
-        from autotune.tasks import category_name
+        from autotune.task import category_name
 
         try:
             category = category_name(args.category)
@@ -136,6 +138,10 @@ def _resolve(spec: str, model: str | None) -> tuple[Preset, str]:
     return PresetStore().resolve(spec, model)
 
 
+# provenance fields `show` prints on their own lines before the rest (or not at all: the space, the base params)
+_SHOWN_ABOVE = ("kind", "study", "citation", "search_space", "base_params", "migrated_from")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     with _show_warnings():
         preset, style = _resolve(args.spec, args.model)
@@ -156,17 +162,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     study = prov.get("study") or {}
     if study:
         print(f"study       {study.get('name')} @ {redact_url(study.get('storage'))}")
-    for key in (
-        "sampler",
-        "n_trials",
-        "n_complete",
-        "task_fingerprint",
-        "task_count",
-        "created",
-        "author",
-        "autotune_version",
-        "notes",
-    ):
+    for key in (k for k in PROVENANCE_KEYS if k not in _SHOWN_ABOVE):
         if prov.get(key) is not None:
             print(f"{key:11s} {prov[key] if not isinstance(prov[key], dict) else json.dumps(prov[key])}")
     for objective in preset.objectives:
@@ -236,7 +232,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autotune.preset_pack import export_pack
+    from autotune.presets.pack import export_pack
 
     sources = args.sources or [Path("presets")]
     for source in sources:
@@ -251,7 +247,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from autotune.preset_pack import import_pack
+    from autotune.presets.pack import import_pack
 
     target = args.into or user_presets_dir()
     with _show_warnings():
@@ -267,7 +263,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from autotune.preset_pack import INDEX_NAME, verify_pack
+    from autotune.presets.pack import INDEX_NAME, verify_pack
 
     bad = 0
     for path in args.paths:
@@ -301,7 +297,7 @@ def _open_storage(url: str) -> tuple[Any, str]:
 
     label = redact_url(url) or ""
     try:
-        from autotune.storage import open_storage
+        from autotune.tuning.storage import open_storage
     except ModuleNotFoundError:
         open_storage = None
     try:
@@ -327,7 +323,7 @@ def _open_storage(url: str) -> tuple[Any, str]:
 
 
 def cmd_from_study(args: argparse.Namespace) -> int:
-    from autotune.preset_from_study import presets_from_storage
+    from autotune.tuning.to_preset import presets_from_storage
 
     storage, label = _open_storage(args.storage)
     with _show_warnings():

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from autotune.report import write_report
-    from autotune.storage import open_storage
+    from autotune.tuning.storage import open_storage
 
     store = open_storage(args.storage, project_dir=args.project_dir)
     names = optuna.get_all_study_names(store.storage)

@@ -4,6 +4,7 @@ Examples:
     autotune tune --model shapes --tasks shapes:change_color --category change_color --trials 32
     autotune tune --model sd15 --tasks piebench/ --category change_color --trials 200 --batch 8 \\
         --storage postgresql://user:password@db:5432/autotune --study sd15-color
+    autotune tune --model sd3 --tasks piebench/ --category change_color --trials 100 --method flowedit
 Run the same command again to resume: completed trials are kept, the study continues up to --trials.
 """
 
@@ -16,8 +17,8 @@ from autotune.errors import InputError
 
 
 def register(subparsers) -> None:
-    from autotune.cli.edit import add_model_arguments
-    from autotune.tuner import DEFAULT_SAMPLER, SAMPLERS
+    from autotune.cli._common import add_model_arguments, add_param_arguments
+    from autotune.tuning.samplers import DEFAULT_SAMPLER, SAMPLERS
 
     parser = subparsers.add_parser(
         "tune",
@@ -49,9 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--presets-dir", default="presets", help="where the preset is written")
     parser.add_argument("--project-dir", default=".autotune", help="embedded storage and artifacts")
     parser.add_argument("--space", action="append", default=[], metavar="KNOB=RANGE",
-                        help="search a knob: w_src=0:2:0.1 (the default), w_tgt=1:12, steps=10:50:10, "
-                        "cross_replace=0.2:0.8, method=siminversion,ddim (repeatable; w_src and w_tgt are searched "
-                        "by default)")
+                        help="search a knob: w_src=0:2:0.1 (the default on SD 1.x/2.x), w_tgt=1:12, steps=10:50:10, "
+                        "cross_replace=0.2:0.8, method=siminversion,ddim; on SD3 / FLUX.1 n_max=0.3:1, n_avg=1:4 "
+                        "(repeatable; w_src and w_tgt are searched by default, with n_max and n_min for FlowEdit)")
     parser.add_argument("--fidelity", metavar="DIR:METRIC[=W],...", help="e.g. minimize:structure_distance=1,lpips=1")
     parser.add_argument("--strength", metavar="DIR:METRIC[=W],...", help="e.g. maximize:clip_edited")
     parser.add_argument("--scorer", choices=("auto", "piebench", "shapes"), default="auto",
@@ -68,19 +69,25 @@ def register(subparsers) -> None:
     parser.add_argument("--report", action="store_true",
                         help="at the end, compare the front with the paper points and write the visual report "
                         "(front, slices, edit grid, index.html) to <project-dir>/reports/<study>; print its path")
+    add_param_arguments(parser, "base editing parameters (every knob the study does not search; default: the "
+                                "model's published setting)")
     add_model_arguments(parser)
     parser.set_defaults(handler=run)
 
 
-def _space(args: argparse.Namespace):
-    from autotune.search_space import SearchSpace, parse_knob_arg
+def _space(args: argparse.Namespace, editor, overrides: dict):
+    """The editor's family's default space for the method asked for, the --space knobs added or replaced, on the base
+    parameters the command line gives (the published setting otherwise)."""
+    from autotune.cli._common import param_overrides
+    from autotune.tuning.search_space import SearchSpace, family_defaults
 
-    overrides = dict(parse_knob_arg(text) for text in args.space)
-    return SearchSpace.default(**overrides)
+    params = param_overrides(args)
+    base = family_defaults(editor, params.get("method")).params.with_(**params)
+    return SearchSpace.for_editor(editor, base, **overrides)
 
 
 def _objectives(args: argparse.Namespace, scorer):
-    from autotune.objectives import Objectives, default_objectives, parse_objective_arg
+    from autotune.scoring.objectives import Objectives, default_objectives, parse_objective_arg
 
     if not args.fidelity and not args.strength:
         return None
@@ -90,39 +97,25 @@ def _objectives(args: argparse.Namespace, scorer):
     return Objectives(fid, strength)
 
 
-def _scorer(args: argparse.Namespace, editor):
-    kind = args.scorer
-    if kind == "auto":
-        kind = "shapes" if args.tasks.startswith("shapes") else "piebench"
-    if kind == "shapes":
-        from autotune.shapes.scoring import ShapesScorer
-
-        return ShapesScorer()
-    from autotune.scoring.piebench_scorer import PieBenchScorer
-
-    return PieBenchScorer(device=getattr(editor, "device", None)).load()
-
-
 def report(result) -> str:
     """The front, the paper points and how far tuning moved from them."""
+    from autotune import pareto
+
     lines = [result.summary()]
-    papers = result.paper_points()
-    dirs = result.study.directions
-    signs = [1 if d.name == "MAXIMIZE" else -1 for d in dirs]
-    for name, trial in papers.items():
-        better = [t for t in result.front if all(s * a >= s * b for s, a, b in zip(signs, t.values, trial.values,
-                                                                                    strict=True))]
+    signs = pareto.signs([d.name.lower() for d in result.study.directions])
+    for name, trial in result.paper_points().items():
+        better = [t for t in result.front if pareto.weakly_dominates(signs * t.values, signs * trial.values)]
         lines.append(f"paper point {name} (trial {trial.number}): fidelity {trial.values[0]:.4g}, edit strength "
                      f"{trial.values[1]:.4g}; {len(better)} front point(s) dominate or match it")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli.edit import load_editor
-    from autotune.pruning import DominationPruner
-    from autotune.task_sources import load_tasks, shapes_spec
-    from autotune.tasks import category_name
-    from autotune.tuner import tune
+    from autotune.cli._common import check_overrides, load_editor, make_scorer, param_overrides
+    from autotune.task import category_name
+    from autotune.tasks.sources import load_tasks, shapes_spec
+    from autotune.tuning.pruning import DominationPruner
+    from autotune.tuning.tuner import tune
 
     pruner = None if args.no_prune else DominationPruner(confidence=args.prune_confidence)
     if args.cache_mb < 1:
@@ -138,23 +131,26 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--category: {exc}") from None
     from pathlib import Path
 
-    from autotune.storage import open_storage
-    from autotune.tuner import check_presets_dir
+    from autotune.presets.store import check_presets_dir
+    from autotune.tuning.search_space import parse_knob_arg
+    from autotune.tuning.storage import open_storage
 
-    space = _space(args)
+    knobs = dict(parse_knob_arg(text) for text in args.space)  # checked now; the space needs the model's defaults
+    check_overrides(param_overrides(args))
     check_presets_dir(Path(args.presets_dir))  # found now, not when the preset is written hours later
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
     tasks = load_tasks(args.tasks, category, args.split)
     editor = load_editor(args)
+    space = _space(args, editor, knobs)
     editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it
     if getattr(editor, "cache", None) is not None:
-        from autotune.cache import TensorCache
+        from autotune.engine.cache import TensorCache
 
         # Inversions on disk: re-runs, retries and other workers on this machine reuse them.
         keep_on_disk = not args.no_inversion_cache and editor.cache.directory is None
         directory = Path(args.project_dir) / "inversions" if keep_on_disk else editor.cache.directory
         editor.cache = TensorCache(max_bytes=args.cache_mb << 20, directory=directory)
-    scorer = _scorer(args, editor)
+    scorer = make_scorer(args, editor)
     result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
                   objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,

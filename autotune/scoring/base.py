@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autotune.tasks import EditTask
+from autotune.task import EditTask
 
 
 @runtime_checkable

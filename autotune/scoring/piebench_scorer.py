@@ -34,7 +34,7 @@ from autotune.scoring.base import (
 from autotune.scoring.clip import CLIP_MODEL, CLIP_PRETRAINED, ClipScore, load_clip
 from autotune.scoring.lpips_weights import backbone_source, load_lpips, lpips_distance
 from autotune.scoring.structure import DINO_MODEL, StructureDistance, load_dino
-from autotune.tasks import EditTask
+from autotune.task import EditTask
 
 ALL_METRICS = ("structure_distance", "psnr", "lpips", "mse", "ssim", "clip_whole", "clip_edited")
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from autotune.shapes.reader import ReadScene, read_scene
-from autotune.tasks import EditTask
+from autotune.task import EditTask
 
 PSNR_CAP = 100.0
 BOX_SLACK = 2

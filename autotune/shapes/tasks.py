@@ -36,7 +36,7 @@ from autotune.shapes.world import (
     render,
     world,
 )
-from autotune.tasks import EditTask, category_name
+from autotune.task import EditTask, category_name
 
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 SPLITS = ("tune", "heldout")

@@ -30,8 +30,8 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from autotune.shapes.reader import read_scene
+from autotune.shapes.tokenizer import clip_tokenizer
 from autotune.shapes.world import SIZE, caption, random_scene, render_array
-from autotune.tokenizer import clip_tokenizer
 
 NOISE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 

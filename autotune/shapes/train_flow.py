@@ -2,7 +2,8 @@
 (joint text-image attention) and two small CLIPTextModelWithProjection text encoders trained together with the
 rectified-flow objective on world-version-2 scenes (64 px), in the latent space of the shapes VAE (reused, frozen).
 
-    python -m autotune.shapes.train_flow --out autotune/shapes/weights/shapes-flow
+    autotune shapes train-flow --out autotune/shapes/weights/shapes-flow   # trains, then measures
+    python -m autotune.shapes.train_flow --out ...                         # trains only
 
 Stages: render and encode the scenes (cached); train, with 10% caption dropout so classifier-free guidance has an
 unconditional branch, logit-normal timestep sampling (SD3's) and an EMA of the weights; write a diffusers
@@ -44,6 +45,7 @@ import math  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -58,12 +60,12 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
 
 from autotune.shapes.reader import read_scene  # noqa: E402
+from autotune.shapes.tokenizer import clip_tokenizer  # noqa: E402
 from autotune.shapes.train import encode_all, log, lr_at, store_half  # noqa: E402
 from autotune.shapes.world import caption, random_scene, render_array, world  # noqa: E402
-from autotune.tokenizer import clip_tokenizer  # noqa: E402
 
 WORLD_VERSION = 2
-VAE_DIR = Path(__file__).resolve().parent.parent / "models" / "shapes" / "vae"
+VAE_DIR = Path(__file__).resolve().parent / "weights" / "shapes" / "vae"  # the UNet shapes model's VAE, reused
 T5_ROWS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the zero rows that stand for T5
 HALF_STORED = ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                "text_encoder_2/model.safetensors")
@@ -247,7 +249,7 @@ def prepare_data(args: argparse.Namespace, vae: AutoencoderKL, state: Path) -> d
            "vae_check": args.vae_check}
     path = state / "data.pt"
     if path.is_file():
-        data = torch.load(path, weights_only=False)
+        data = torch.load(path, weights_only=True)  # plain tensors and numbers: no pickled code
         if data.get("key") == key:
             log(f"data: {len(data['ids'])} encoded scenes from {path}")
             return data
@@ -368,7 +370,13 @@ def folder_megabytes(folder: Path) -> float:
 # Training
 
 
-def train(args: argparse.Namespace) -> Path:
+Measure = Callable[..., tuple[str, dict]]
+
+
+def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
+    """Train (or continue) the model and write its pipeline folder; then, given `measure` (the benchmark layer's
+    `autotune.bench.shapes_model.measure_flow`, passed in by `autotune shapes train-flow`: this layer cannot import
+    it) and `--measure-samples` > 0, measure text to image and record the figures in `training.json`."""
     from tqdm import tqdm
 
     torch.set_num_threads(args.threads)
@@ -403,7 +411,7 @@ def train(args: argparse.Namespace) -> Path:
     checkpoint = state / "checkpoint.pt"
     step, loss_avg, history, seconds_before, cpu_before = 0, None, [], 0.0, 0.0
     if checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=True)
         if saved["settings"] != settings_of(args):
             changed = sorted(k for k in set(saved["settings"]) | set(settings_of(args))
                              if saved["settings"].get(k) != settings_of(args).get(k))
@@ -493,7 +501,7 @@ def train(args: argparse.Namespace) -> Path:
     meta = {
         "model": "shapes-flow", "format": "StableDiffusion3Pipeline", "world_version": WORLD_VERSION,
         "seed": args.seed, "args": settings_of(args, everything=True), "parameters": counts,
-        "vae": {"from": "autotune/models/shapes/vae (weights unchanged)", "shift_factor": shift,
+        "vae": {"from": "autotune/shapes/weights/shapes/vae (weights unchanged)", "shift_factor": shift,
                 "scaling_factor": scale, "round_trip": data["vae_round_trip"]},
         "steps_done": step, "loss_history": history,
         "wall_time_minutes": {"data": round(data["seconds"] / 60, 1), "training": round(train_seconds / 60, 1)},
@@ -505,15 +513,14 @@ def train(args: argparse.Namespace) -> Path:
     save_pipeline(out, pipe, meta)
     log(f"wrote {out} ({folder_megabytes(out):.1f} MB)")
 
-    if args.measure_samples > 0:
-        from autotune.shapes.measure import measure_flow
-
+    if measure is not None and args.measure_samples > 0:
         measure_start = time.time()
-        report, figures = measure_flow(out, args.measure_samples, args.measure_steps, seed=0,
-                                       guidance=args.guidance)
+        report, figures = measure(out, args.measure_samples, args.measure_steps, seed=0, guidance=args.guidance)
         print(report, flush=True)
         meta["text_to_image"] = figures
         meta["wall_time_minutes"]["measure"] = round((time.time() - measure_start) / 60, 1)
+    elif args.measure_samples > 0:
+        log(f"not measured here; measure with `autotune shapes measure --model {out} --record`")
     meta["megabytes"] = round(folder_megabytes(out), 2)
     write_meta(out, meta)
     log(f"done: training {train_seconds / 60:.1f} min in all; this session {(time.time() - session_start) / 60:.1f} "
@@ -562,9 +569,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, measure: Measure | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    train(parser().parse_args(argv))
+    train(parser().parse_args(argv), measure)
     return 0
 
 

@@ -1,0 +1,98 @@
+"""6. Peak memory of a tuning run: RSS of a child process on the CPU, `max_memory_allocated` on CUDA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import torch
+
+from autotune.bench import markdown
+from autotune.bench._common import bench_space
+
+
+@dataclass
+class MemoryResult:
+    device: str
+    load_only_mb: float
+    tuning_mb: float
+    trials: int
+    batch: int
+    tasks: int
+    steps: int
+    kind: str  # "RSS (child process)" | "CUDA max_memory_allocated"
+
+    def markdown(self) -> str:
+        table = markdown.table(["process", f"peak {self.kind} (MB)"],
+                       [["load the model only", self.load_only_mb],
+                        [f"tuning run: {self.trials} trials, batch {self.batch}, {self.tasks} tasks, {self.steps} "
+                         "steps", self.tuning_mb]])
+        return table + "\n\nThe tuning run is `autotune tune` with the same model, in its own process."
+
+
+def _child_peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Run `cmd` and return its peak resident set size (Linux ru_maxrss is in KiB)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
+    scale = 1.0 if sys.platform != "darwin" else 1 / 1024
+    return usage.ru_maxrss * scale / 1024
+
+
+def bench_memory(model: str, device: str = "cpu", *, category: str = "change_color", trials: int = 8, batch: int = 4,
+                 tasks: int = 4, steps: int = 50) -> MemoryResult:
+    """Peak memory of `autotune tune` on `tasks` shapes tasks, against loading the model alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tune_args = ["tune", "--model", model, "--device", device, "--tasks", f"shapes:{category}",
+                     "--trials", str(trials), "--batch", str(batch), "--space", f"steps={steps}:{steps}",
+                     "--project-dir", f"{tmp}/proj", "--presets-dir", f"{tmp}/presets", "--quiet"]
+        if device.startswith("cuda"):
+            return _cuda_memory(model, device, tune_args, trials, batch, tasks, steps)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", AUTOTUNE_BENCH_TASKS=str(tasks),
+                   OMP_NUM_THREADS=str(torch.get_num_threads()))  # the child computes as this process does
+        load = [sys.executable, "-c", "import sys; from autotune.engine.editor import Editor; "
+                "Editor.from_pretrained(sys.argv[1], device=sys.argv[2], progress=False)", model, device]
+        tune_cmd = [sys.executable, "-c", _TUNE_CHILD, *tune_args]
+        return MemoryResult(device, _child_peak_rss_mb(load, env), _child_peak_rss_mb(tune_cmd, env), trials, batch,
+                            tasks, steps, "RSS")
+
+
+# The child limits the shapes tasks to AUTOTUNE_BENCH_TASKS so the memory run is the size asked for.
+_TUNE_CHILD = """
+import os, sys
+import autotune.shapes.tasks as st
+_orig = st.shapes_tasks
+def _limited(category, split="tune", count=None, seed=0):
+    return _orig(category, split, int(os.environ["AUTOTUNE_BENCH_TASKS"]), seed)
+st.shapes_tasks = _limited
+from autotune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cuda_memory(model: str, device: str, tune_args: list[str], trials: int, batch: int, tasks: int, steps: int
+                 ) -> MemoryResult:
+    from autotune.engine.editor import Editor
+    from autotune.shapes.scoring import ShapesScorer
+    from autotune.shapes.tasks import shapes_tasks
+    from autotune.tuning.tuner import tune
+
+    dev = torch.device(device)
+    torch.cuda.reset_peak_memory_stats(dev)
+    editor = Editor.from_pretrained(model, device=device, progress=False)
+    load_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+    category = tune_args[tune_args.index("--tasks") + 1].split(":", 1)[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tune(editor, shapes_tasks(category, "tune", tasks), category=category, trials=trials, batch=batch,
+             storage=f"{tmp}/s.journal", scorer=ShapesScorer(), search_space=bench_space(steps, editor), progress=False,
+             artifacts=False, save_preset=False, project_dir=tmp)
+    return MemoryResult(device, load_mb, torch.cuda.max_memory_allocated(dev) / 2**20, trials, batch, tasks, steps,
+                        "CUDA max_memory_allocated")

@@ -1,0 +1,98 @@
+"""Loading checkpoints: folders, single files, hub ids offline, and the errors when they are missing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from autotune import Editor
+from autotune.engine.checkpoint import SHORT_NAMES
+from autotune.engine.unet.loading import make_scheduler
+from autotune.errors import ModelNotFoundError
+
+
+def test_local_folder_loads_with_its_scheduler(tiny_model_dir):
+    editor = Editor.from_pretrained(str(tiny_model_dir), device="cpu", progress=False)
+    info = editor.model_info()
+    assert info["source"] == "folder" and info["scheduler"]["prediction_type"] == "epsilon"
+    assert info["scheduler"]["steps_offset"] == 1 and info["scheduler"]["clip_sample"] is False
+    assert len(info["weights"]) == 16
+
+
+def test_piebench_scheduler_mode_keeps_the_prediction_type(tiny_vpred_model_dir):
+    editor = Editor.from_pretrained(str(tiny_vpred_model_dir), device="cpu", scheduler="piebench", progress=False)
+    cfg = editor.components.scheduler.config
+    assert cfg.prediction_type == "v_prediction" and cfg.beta_end == 0.012 and cfg.steps_offset == 0
+    with pytest.raises(ValueError, match="unknown scheduler mode"):
+        make_scheduler({}, "karras")
+
+
+def test_dtype_is_a_parameter(tiny_model_dir):
+    editor = Editor.from_pretrained(str(tiny_model_dir), device="cpu", dtype=torch.bfloat16, progress=False)
+    assert editor.components.unet.dtype == torch.bfloat16
+
+
+def test_missing_hub_model_fails_at_once_and_says_what_was_tried(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError) as info:
+        Editor.from_pretrained("no-such-org/no-such-model", device="cpu")
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "local folder" in message and "hub id 'no-such-org/no-such-model'" in message and "--model PATH" in message
+
+
+def test_a_folder_that_is_not_a_pipeline_is_refused(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no model_index.json"):
+        Editor.from_pretrained(str(tmp_path), device="cpu")
+
+
+def test_pickle_checkpoints_are_refused_by_default(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really")
+    with pytest.raises(ModelNotFoundError, match="can run code"):
+        Editor.from_pretrained(str(ckpt), device="cpu")
+
+
+def test_single_safetensors_file_offline_without_config_explains_the_fix(tiny_model_dir):
+    unet_file = next((tiny_model_dir / "unet").glob("*.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="--config"):
+        Editor.from_pretrained(str(unet_file), device="cpu")
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tiny_model_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelNotFoundError, match="CUDA is not available"):
+        Editor.from_pretrained(str(tiny_model_dir), device="cuda")
+
+
+def test_short_names_resolve():
+    assert SHORT_NAMES["sd15"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert SHORT_NAMES["shapes"].endswith("shapes/weights/shapes")
+
+
+def test_weights_fingerprint_changes_with_the_values_not_only_the_shapes(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    from autotune.engine import checkpoint as models
+
+    def fingerprint_of(values: torch.Tensor) -> str:
+        folder = tmp_path / "m"
+        folder.mkdir(exist_ok=True)
+        save_file({"w": values}, str(folder / "model.safetensors"))
+        return models.weights_fingerprint(folder)
+
+    base = torch.zeros(64 * 1024)
+    retrained = base.clone()
+    retrained[40_000] = 1.0  # same names, shapes and header: only one value differs
+    assert fingerprint_of(base) == fingerprint_of(base.clone())
+    assert fingerprint_of(base) != fingerprint_of(retrained)
+    # Large files are sampled: a change everywhere (retraining) is still seen.
+    monkeypatch.setattr(models, "FINGERPRINT_FULL_BYTES", 1024)
+    monkeypatch.setattr(models, "FINGERPRINT_BLOCKS", 8)
+    monkeypatch.setattr(models, "FINGERPRINT_BLOCK", 256)
+    assert fingerprint_of(base) != fingerprint_of(base + 1e-3)
