@@ -196,6 +196,17 @@ def velocity(transformer, noisy: torch.Tensor, sigma: torch.Tensor, rows: torch.
                        pooled_projections=pooled).sample
 
 
+def flow_loss(transformer, text_encoder, text_encoder_2, latents: torch.Tensor, tokens: torch.Tensor,
+              noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The rectified-flow objective: on the straight path x_sigma = (1 - sigma) x_0 + sigma noise, the model's
+    velocity should be noise - x_0 (what `FlowMatchEulerDiscreteScheduler` integrates); mean squared error. The text
+    encoders are trained with the transformer, through the conditioning the pipeline builds."""
+    s = sigma.view(-1, 1, 1, 1)
+    noisy = (1 - s) * latents + s * noise
+    rows, pooled = encode_text(text_encoder, text_encoder_2, tokens)
+    return F.mse_loss(velocity(transformer, noisy, sigma, rows, pooled), noise - latents)
+
+
 def learning_rate(step: int, args: argparse.Namespace) -> float:
     """Linear warmup, then constant (the default: with the EMA it needs no decay, and a run can be extended) or
     cosine down to 10% at `--steps` (`train.lr_at`)."""
@@ -453,11 +464,7 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
             tokens[torch.rand(args.batch, generator=gen) < args.caption_dropout] = empty
             noise = torch.randn(latents.shape, generator=gen)
             sigma = sample_sigmas(args.batch, args, gen)
-            s = sigma.view(-1, 1, 1, 1)
-            noisy = (1 - s) * latents + s * noise
-            rows, pooled = encode_text(text_encoder, text_encoder_2, tokens)
-            pred = velocity(transformer, noisy, sigma, rows, pooled)
-            loss = F.mse_loss(pred, noise - latents)
+            loss = flow_loss(transformer, text_encoder, text_encoder_2, latents, tokens, noise, sigma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
