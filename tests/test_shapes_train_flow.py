@@ -29,7 +29,7 @@ def _tiny_args(*extra: str):
 def tiny_model(tmp_path_factory):
     """A pipeline folder written by 5 training steps of the tiny configuration."""
     out = tmp_path_factory.mktemp("shapes-flow") / "model"
-    assert train_flow.main(["--out", str(out), *TINY]) == 0
+    assert train_flow.main(["--out", str(out), "--state", str(out.parent / "state"), *TINY]) == 0
     return out
 
 
@@ -175,12 +175,13 @@ def test_the_folder_loads_through_the_editor_as_a_flow_model_and_edits(tiny_mode
     assert result.image.size == (64, 64)
 
 
-def test_the_command_trains_then_measures_and_records_the_figures(tmp_path, capsys):
+def test_the_command_trains_then_measures_and_records_the_figures(tmp_path, capsys, monkeypatch):
     """`autotune shapes train-flow`: the training, then the text-to-image measurement (here on 2 captions) in
-    training.json; the state folder lets the same command continue."""
+    training.json; the state is kept in the working directory's .autotune, not beside the model."""
     from autotune.cli import main
 
-    out = tmp_path / "model"
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "weights" / "model"
     args = ["shapes", "train-flow", "--out", str(out), *TINY, "--measure-samples", "2", "--measure-steps", "2"]
     assert main(args) == 0
     meta = json.loads((out / "training.json").read_text())
@@ -190,6 +191,7 @@ def test_the_command_trains_then_measures_and_records_the_figures(tmp_path, caps
     assert 0.0 <= figures["guidance_7"]["colour"] <= 1.0 and "measure" in meta["wall_time_minutes"]
     assert "| 7 |" in capsys.readouterr().out
     assert (tmp_path / ".autotune" / "train-model" / "checkpoint.pt").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
 
 
 @pytest.mark.parametrize("action, option", [("measure", "--inversion-samples"), ("train", "--vae-steps"),

@@ -18,7 +18,8 @@ any SD3 checkpoint, and loading with `text_encoder_3=None, tokenizer_3=None` giv
 
 Deterministic from the seed. Resumable: every `--save-every` steps (and on SIGINT / SIGTERM, at the end of the step
 under way) the full state -- weights, optimizer, EMA, random generator, loss history -- goes to the state folder
-(default: `.autotune/train-<name>` beside `--out`, ignored by git); rerunning the same command continues from it
+(default: `.autotune/train-<name of --out>` in the working directory, autotune's project folder, ignored by
+git); rerunning the same command continues from it
 and gives the same weights as one uninterrupted run.
 
 How the pipeline feeds the transformer, and how training matches it exactly at half the cost: with no T5,
@@ -306,7 +307,9 @@ def settings_of(args: argparse.Namespace, everything: bool = False) -> dict:
 
 
 def default_state(out: Path) -> Path:
-    return out.parent / ".autotune" / f"train-{out.name}"
+    """`.autotune/train-<name>` in the working directory (the project folder of `autotune tune`): never inside the
+    package, where the model is written, whose weights/ folder is package data."""
+    return Path(".autotune") / f"train-{out.name}"
 
 
 def save_checkpoint(path: Path, step: int, models: dict, ema: list[torch.Tensor], opt, gen: torch.Generator,
@@ -538,7 +541,7 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output pipeline folder")
-    p.add_argument("--state", help="resumable state folder (default: .autotune/train-<name> beside --out)")
+    p.add_argument("--state", help="resumable state folder (default: ./.autotune/train-<name of --out>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae", default=str(VAE_DIR), help="the AutoencoderKL to reuse (frozen)")
     p.add_argument("--n-images", type=int, default=30000)
