@@ -72,6 +72,17 @@ def test_cuda_request_without_cuda_is_a_clear_error(tiny_model_dir):
 def test_short_names_resolve():
     assert SHORT_NAMES["sd15"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert SHORT_NAMES["shapes"].endswith("shapes/weights/shapes")
+    assert SHORT_NAMES["shapes-flow"].endswith("shapes/weights/shapes-flow")
+
+
+def test_a_missing_shapes_flow_model_says_how_to_train_it(tmp_path, monkeypatch):
+    from autotune.engine import checkpoint
+
+    absent = tmp_path / "shapes-flow"
+    monkeypatch.setattr(checkpoint, "SHAPES_FLOW_MODEL_DIR", absent)
+    monkeypatch.setitem(checkpoint.SHORT_NAMES, "shapes-flow", str(absent))
+    with pytest.raises(ModelNotFoundError, match="autotune shapes train-flow --out .*shapes-flow"):
+        checkpoint.locate("shapes-flow")
 
 
 def test_weights_fingerprint_changes_with_the_values_not_only_the_shapes(tmp_path, monkeypatch):

@@ -1,6 +1,9 @@
-"""Measure the shapes model and print a markdown report for docs/shapes.md.
+"""Measure the shapes models and print a markdown report for docs/shapes.md.
 
     autotune shapes measure [--model shapes] [--samples 200] [--out report.md]
+    autotune shapes measure --model shapes-flow   # or a folder written by `autotune shapes train-flow`
+
+The UNet model (`shapes`, world version 1):
 
 1. Text-to-image through diffusers' StableDiffusionPipeline at guidance 7.5 and 1: how often the reader finds
    each caption object's colour, its shape (an object of that colour has that shape), the background colour,
@@ -8,11 +11,17 @@
 2. DDIM inversion then reconstruction of rendered images through autotune's Editor (identical source and
    target prompts, so the source branch is the reconstruction): PSNR against the input for
    w_inv = w_src in {0, 0.25, 0.5, 1, 2, 7.5}, next to the VAE's own round-trip PSNR (the ceiling).
+
+The rectified-flow model (`shapes-flow`, a StableDiffusion3Pipeline folder, world version 2): text to image through
+diffusers' StableDiffusion3Pipeline at its default guidance (`FLOW_GUIDANCE`) and at 1, the same reader rates on
+world-version-2 captions, with the VAE round trip of the captions' own scenes as the ceiling. (Its inversion table
+belongs to the rectified-flow editing engine.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -25,21 +34,37 @@ from autotune.shapes.reader import read_scene
 from autotune.shapes.world import Scene, caption, random_scene, render_array
 
 W_INV = (0.0, 0.25, 0.5, 1.0, 2.0, 7.5)
+FLOW_GUIDANCE = 7.0  # the shapes-flow model's default guidance: SD3's pipeline default (see docs/shapes.md)
+FLOW_STEPS = 28  # StableDiffusion3Pipeline's default number of steps
+
+
+def model_path(model: str | Path) -> Path:
+    """A folder, or a short name: `shapes` (the UNet model) or `shapes-flow` (the rectified-flow model)."""
+    return Path(SHORT_NAMES.get(str(model), model))
+
+
+def is_flow_model(model: str | Path) -> bool:
+    """True for a StableDiffusion3Pipeline folder (the shapes-flow model)."""
+    index = model_path(model) / "model_index.json"
+    return index.is_file() and json.loads(index.read_text())["_class_name"] == "StableDiffusion3Pipeline"
 
 
 def load_pipeline(model: str | Path):
-    from diffusers import StableDiffusionPipeline
+    """The model's own diffusers pipeline: StableDiffusion3Pipeline for shapes-flow, else StableDiffusionPipeline."""
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(model), local_files_only=True)
+    cls = StableDiffusion3Pipeline if is_flow_model(model) else StableDiffusionPipeline
+    pipe = cls.from_pretrained(str(model_path(model)), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def scene_rates(scenes: list[Scene], images: np.ndarray) -> dict[str, float]:
-    """Reader agreement with the captions' scenes; `images` is [N, H, W, 3] float in [0, 1]."""
+    """Reader agreement with the captions' scenes (read in their world version); `images` is [N, H, W, 3] float in
+    [0, 1]."""
     color = shape = objects = background = count = exact = 0
     for scene, image in zip(scenes, images):
-        read = read_scene(image)
+        read = read_scene(image, version=scene.version)
         found = read.attributes()
         for obj in scene.objects:
             objects += 1
@@ -66,9 +91,10 @@ def generate(pipe, prompts: list[str], guidance: float, steps: int, seed: int, b
     return np.concatenate(out)
 
 
-def text_to_image_table(pipe, samples: int, steps: int, seed: int, guidances=(7.5, 1.0)) -> tuple[str, dict]:
+def text_to_image_table(pipe, samples: int, steps: int, seed: int, guidances=(7.5, 1.0),
+                        version: int = 1) -> tuple[str, dict]:
     rng = np.random.default_rng(seed + 1000)
-    scenes = [random_scene(rng) for _ in range(samples)]
+    scenes = [random_scene(rng, version=version) for _ in range(samples)]
     prompts = [caption(s) for s in scenes]
     rows, results = [], {}
 
@@ -133,12 +159,67 @@ def inversion_table(model: str | Path, samples: int, steps: int, seed: int) -> s
     return header + "\n" + "\n".join(rows)
 
 
+def measure_flow(model: str | Path, samples: int = 200, steps: int = FLOW_STEPS, seed: int = 0,
+                 guidance: float = FLOW_GUIDANCE) -> tuple[str, dict]:
+    """Text to image of the shapes-flow model through StableDiffusion3Pipeline at `guidance` and at 1, on captions
+    of world-version-2 scenes: (markdown table, figures with the gap at guidance 1)."""
+    pipe = load_pipeline(model)
+    table, results = text_to_image_table(pipe, samples, steps, seed, guidances=(guidance, 1.0), version=2)
+    figures = {f"guidance_{g:g}": results[g] for g in (guidance, 1.0)}
+    figures["vae_ceiling"] = results["vae"]
+    figures["settings"] = {"samples": samples, "steps": steps, "seed": seed, "default_guidance": guidance,
+                           "pipeline": type(pipe).__name__}
+    figures["whole_scene_gap_points"] = round(100 * (results[guidance]["exact"] - results[1.0]["exact"]), 1)
+    return table, figures
+
+
+def flow_grid(model: str | Path, path: str | Path, count: int = 8, steps: int = FLOW_STEPS, seed: int = 3,
+              guidance: float = FLOW_GUIDANCE) -> Path:
+    """A PNG of the shapes-flow model's samples: captions of random world-version-2 scenes (one to four objects),
+    their scenes as rendered, and the model's images at `guidance` and at 1 (same seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    scenes = sorted((random_scene(rng, version=2) for _ in range(count)), key=lambda s: len(s.objects))
+    prompts = [caption(s) for s in scenes]
+    pipe = load_pipeline(model)
+    rows = {"rendered caption": np.stack([render_array(s) / 255.0 for s in scenes])}
+    for g in (guidance, 1.0):
+        rows[f"guidance {g:g}"] = generate(pipe, prompts, g, steps, seed)
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.9 * count, 2.05 * len(rows) + 0.9))
+    for r, (label, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(prompts[c].removeprefix("a ").removeprefix("an ").replace(" on a ", "\non a ")
+                             .replace(" and ", "\nand "), fontsize=6.5)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(f"shapes-flow, text to image through StableDiffusion3Pipeline ({steps} Euler steps, seed {seed})",
+                 fontsize=10)
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(SHAPES_MODEL_DIR))
+    p.add_argument("--model", default=str(SHAPES_MODEL_DIR), help="a model folder, or shapes / shapes-flow")
     p.add_argument("--samples", type=int, default=200, help="text-to-image samples per guidance")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps for text-to-image")
+    p.add_argument("--steps", type=int, help=f"sampling steps for text-to-image (25 DDIM; shapes-flow: {FLOW_STEPS})")
+    p.add_argument("--guidance", type=float, help=f"the default guidance (7.5; shapes-flow: {FLOW_GUIDANCE:g})")
+    p.add_argument("--record", action="store_true", help="shapes-flow: also write the figures into its training.json")
+    p.add_argument("--grid", metavar="PNG", help="shapes-flow: also draw a picture of samples here")
     p.add_argument("--inversion-samples", type=int, default=20)
     p.add_argument("--inversion-steps", type=int, default=50)
     p.add_argument("--skip-inversion", action="store_true")
@@ -147,22 +228,47 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     start = time.time()
-    args.model = SHORT_NAMES.get(args.model, args.model)
+    if is_flow_model(args.model):
+        return _main_flow(args, start)
+    args.steps = args.steps or 25
     pipe = load_pipeline(args.model)
-    table, _ = text_to_image_table(pipe, args.samples, args.steps, args.seed)
+    table, _ = text_to_image_table(pipe, args.samples, args.steps, args.seed, guidances=(args.guidance or 7.5, 1.0))
     parts = [f"### Text-to-image ({args.samples} captions of random scenes, {args.steps} DDIM steps, seed {args.seed})",
              "", table, ""]
     if not args.skip_inversion:
-        inv = inversion_table(args.model, args.inversion_samples, args.inversion_steps, args.seed)
+        inv = inversion_table(model_path(args.model), args.inversion_samples, args.inversion_steps, args.seed)
         parts += [(f"### DDIM inversion then reconstruction ({args.inversion_samples} rendered scenes, "
                   f"{args.inversion_steps} steps)"), "", inv, ""]
     parts.append(f"_measured in {time.time() - start:.0f} s by `autotune shapes measure`_")
-    report = "\n".join(parts)
+    _report("\n".join(parts), args.out)
+    return 0
+
+
+def _report(report: str, out: str | None) -> None:
     print(report)
-    if args.out:
+    if out:
         from autotune import atomic
 
-        atomic.write_text(args.out, report + "\n")
+        atomic.write_text(out, report + "\n")
+
+
+def _main_flow(args: argparse.Namespace, start: float) -> int:
+    steps, guidance = args.steps or FLOW_STEPS, args.guidance or FLOW_GUIDANCE
+    table, figures = measure_flow(args.model, args.samples, steps, args.seed, guidance)
+    parts = [f"### Text-to-image, shapes-flow ({args.samples} captions of random world-version-2 scenes, "
+             f"StableDiffusion3Pipeline, {steps} Euler steps, seed {args.seed})", "", table, "",
+             f"Whole scene at guidance {guidance:g} minus at 1: {figures['whole_scene_gap_points']:.1f} points.", "",
+             f"_measured in {time.time() - start:.0f} s by `autotune shapes measure`_"]
+    _report("\n".join(parts), args.out)
+    if args.record:
+        from autotune import atomic
+
+        path = model_path(args.model) / "training.json"
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+        meta["text_to_image"] = figures
+        atomic.write_text(path, json.dumps(meta, indent=2) + "\n")
+    if args.grid:
+        print(f"wrote {flow_grid(args.model, args.grid, steps=steps, guidance=guidance)}")
     return 0
 
 

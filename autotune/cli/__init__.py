@@ -33,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Subcommands that forward their arguments to a module (`autotune shapes train|train-flow|measure`) set
+    # `forward`: their REMAINDER takes everything from the first positional on, and argparse leaves option strings
+    # before it unrecognised, so those go in front again (`autotune shapes measure --samples 10` would fail).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "forward", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = [*extra, *args.rest]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

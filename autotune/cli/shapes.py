@@ -34,19 +34,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train the model (forwards its arguments to python -m autotune.shapes.train)",
                            add_help=False)
     train.add_argument("rest", nargs=argparse.REMAINDER)
-    train.set_defaults(handler=lambda args: _forward("autotune.shapes.train", args.rest))
+    train.set_defaults(handler=lambda args: _forward("autotune.shapes.train", args.rest), forward=True)
+
+    train_flow = sub.add_parser("train-flow", help="train the rectified-flow (SD3-format) shapes-flow model, then "
+                                "measure it (forwards its arguments to autotune.shapes.train_flow; --help for them)",
+                                add_help=False)
+    train_flow.add_argument("rest", nargs=argparse.REMAINDER)
+    train_flow.set_defaults(handler=lambda args: _train_flow(args.rest), forward=True)
 
     measure = sub.add_parser("measure", help="measure the model: text to image at two guidance scales, inversion "
                              "error against w_inv (--help for the options)",
                              add_help=False)
     measure.add_argument("rest", nargs=argparse.REMAINDER)
-    measure.set_defaults(handler=lambda args: _forward("autotune.bench.shapes_model", args.rest))
+    measure.set_defaults(handler=lambda args: _forward("autotune.bench.shapes_model", args.rest), forward=True)
 
 
 def _forward(module: str, rest: list[str]) -> int:
     import importlib
 
     return int(importlib.import_module(module).main(rest) or 0)
+
+
+def _train_flow(rest: list[str]) -> int:
+    """Training lives with the world (autotune.shapes), measuring with the benchmarks: composed here, above both."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (autotune.shapes.train_flow says why)
+    from autotune.bench.shapes_model import measure_flow
+    from autotune.shapes.train_flow import main
+
+    return int(main(rest, measure=measure_flow) or 0)
 
 
 def _render(args: argparse.Namespace) -> int:

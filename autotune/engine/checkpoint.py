@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SHAPES_WEIGHTS = Path(__file__).resolve().parent.parent / "shapes" / "weights"  # models trained by autotune
 SHAPES_MODEL_DIR = SHAPES_WEIGHTS / "shapes"
+SHAPES_FLOW_MODEL_DIR = SHAPES_WEIGHTS / "shapes-flow"  # the rectified-flow (SD3-format) shapes model
 SHORT_NAMES = {
     "shapes": str(SHAPES_MODEL_DIR),
+    "shapes-flow": str(SHAPES_FLOW_MODEL_DIR),
     "sd15": DEFAULT_MODEL,
     "sd14": "CompVis/stable-diffusion-v1-4",
     "sd21": "stabilityai/stable-diffusion-2-1",
@@ -141,6 +143,12 @@ def locate(model: str, revision: str | None = None, allow_pickle: bool = False) 
         raise ModelNotFoundError(
             f"the built-in shapes model is missing at {SHAPES_MODEL_DIR}; reinstall autotune or train it with "
             "`python -m autotune.shapes.train --out autotune/shapes/weights/shapes`"
+        )
+    if model == "shapes-flow" or name == str(SHAPES_FLOW_MODEL_DIR):
+        raise ModelNotFoundError(
+            f"the shapes-flow model is missing at {SHAPES_FLOW_MODEL_DIR} (its weights are not shipped yet). Train "
+            f"it with `autotune shapes train-flow --out {SHAPES_FLOW_MODEL_DIR}` (about 2 hours on an idle 2-core CPU; "
+            "docs/shapes.md), or pass a folder it wrote with --model PATH"
         )
     from diffusers import DiffusionPipeline
 

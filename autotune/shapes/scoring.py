@@ -11,7 +11,8 @@ Metrics per candidate (all maximised):
 - ``background_psnr`` (dB, capped at 100): PSNR to the source image over pixels outside the task mask grown by
   1 px (edges of the edited object are soft in decoded images), in [0, 1] units.
 
-Edits are scored at the world's native size; candidates at another size are resized to it first.
+Edits are scored at the world's native size; candidates at another size are resized to it first. The reader is
+that of the task's world version (`metadata["world_version"]`, 1 when absent).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class ShapesScorer:
 
     def _one(self, task: EditTask, image: torch.Tensor, source: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
         exp = task.expected
-        read = read_scene(image.permute(1, 2, 0).numpy())
+        read = read_scene(image.permute(1, 2, 0).numpy(), version=int(task.metadata.get("world_version", 1)))
         objects, edited = exp["objects"], exp.get("edited")
         if task.category == "change_background":
             success = read.background == exp["background"]

@@ -12,6 +12,12 @@ Blend words (source word, target word) for LocalBlend, each found exactly once i
 - delete_object: (colour of the removed object, "background"): that region becomes background.
 
 Splits are disjoint by construction: a scene's hash decides whether it may appear in "tune" or "heldout".
+
+World versions (`autotune.shapes.world`): `version=1` (the default) gives the UNet model's tasks, unchanged; `version=2`
+gives tasks of the 64 px world with up to four objects (ids `shapes-v2-...`, their own random streams). In version 2,
+add_object starts from one to three objects and delete_object from two to four; change_object keeps the rule that
+the old shape appears once in the source prompt and the new once in the target, which favours scenes with fewer
+objects. Every task's metadata records `world_version`.
 """
 
 from __future__ import annotations
@@ -21,9 +27,6 @@ import hashlib
 import numpy as np
 
 from autotune.shapes.world import (
-    BACKGROUND_COLORS,
-    OBJECT_COLORS,
-    SHAPES,
     Obj,
     Scene,
     caption,
@@ -31,6 +34,7 @@ from autotune.shapes.world import (
     place,
     random_scene,
     render,
+    world,
 )
 from autotune.task import EditTask, category_name
 
@@ -41,7 +45,8 @@ HELDOUT_SHARE = 5  # one scene hash in five belongs to the held-out split
 
 
 def _split_of(scene: Scene) -> str:
-    digest = hashlib.sha256(repr(scene).encode("utf-8")).digest()
+    key = repr(scene) if scene.version == 1 else f"v{scene.version}|{scene!r}"
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return "heldout" if digest[0] % HELDOUT_SHARE == 0 else "tune"
 
 
@@ -56,62 +61,75 @@ def _pick(rng: np.random.Generator, options) -> str:
     return str(options[int(rng.integers(len(options)))])
 
 
-def _make(category: str, rng: np.random.Generator):
-    """(source scene, target scene, blend words, mask, edited object in target or None), or None to retry."""
+def _make(category: str, rng: np.random.Generator, version: int = 1):
+    """(source scene, target scene, blend words, mask, edited object in target or None), or None to retry.
+
+    Version 1 draws exactly what it always drew (its random stream is unchanged)."""
+    w = world(version)
     if category == "change_color":
-        src = random_scene(rng)
+        src = random_scene(rng, version=version)
         old = src.objects[int(rng.integers(len(src.objects)))]
-        color = _pick(rng, sorted(set(OBJECT_COLORS) - {o.color for o in src.objects}))
+        color = _pick(rng, sorted(set(w.object_colors) - {o.color for o in src.objects}))
         new = Obj(old.shape, color, old.x, old.y, old.size)
         tgt = src.with_objects([new if o is old else o for o in src.objects])
-        return src, tgt, (old.color, color), object_mask(old), new
+        return src, tgt, (old.color, color), object_mask(old, w.size), new
     if category == "change_object":
-        src = random_scene(rng)
+        src = random_scene(rng, version=version)
         old = src.objects[int(rng.integers(len(src.objects)))]
         others = [o for o in src.objects if o is not old]
-        shape = _pick(rng, sorted(set(SHAPES) - {old.shape} - {o.shape for o in others}))
+        options = sorted(set(w.shapes) - {old.shape} - {o.shape for o in others})
+        if version != 1 and not options:  # version 1's two objects always leave a shape free
+            return None
+        shape = _pick(rng, options)
         if not shape or any(o.shape == old.shape for o in others):
             return None
         new = Obj(shape, old.color, old.x, old.y, old.size)
         tgt = src.with_objects([new if o is old else o for o in src.objects])
-        return src, tgt, (old.shape, shape), object_mask(old) | object_mask(new), new
+        return src, tgt, (old.shape, shape), object_mask(old, w.size) | object_mask(new, w.size), new
     if category == "change_background":
-        src = random_scene(rng)
-        background = _pick(rng, sorted(set(BACKGROUND_COLORS) - {src.background}))
-        tgt = Scene(background, src.objects)
-        covered = np.zeros_like(object_mask(src.objects[0]))
+        src = random_scene(rng, version=version)
+        background = _pick(rng, sorted(set(w.background_colors) - {src.background}))
+        tgt = Scene(background, src.objects, version=version)
+        covered = np.zeros_like(object_mask(src.objects[0], w.size))
         for o in src.objects:
-            covered |= object_mask(o)
+            covered |= object_mask(o, w.size)
         return src, tgt, (src.background, background), ~covered, None
     if category == "add_object":
-        src = random_scene(rng, n_objects=1)
-        color = _pick(rng, sorted(set(OBJECT_COLORS) - {src.objects[0].color}))
-        new = place(rng, _pick(rng, SHAPES), color, list(src.objects))
+        n = 1 if version == 1 else int(rng.integers(w.min_objects, w.max_objects))
+        src = random_scene(rng, n_objects=n, version=version)
+        color = _pick(rng, sorted(set(w.object_colors) - {o.color for o in src.objects}))
+        new = place(rng, _pick(rng, w.shapes), color, list(src.objects), w.size, version=version)
         if new is None:
             return None
         tgt = src.with_objects([*src.objects, new])
-        return src, tgt, ("background", color), object_mask(new), new
+        return src, tgt, ("background", color), object_mask(new, w.size), new
     if category == "delete_object":
-        src = random_scene(rng, n_objects=2)
-        gone = src.objects[int(rng.integers(2))]
+        n = 2 if version == 1 else int(rng.integers(2, w.max_objects + 1))
+        src = random_scene(rng, n_objects=n, version=version)
+        gone = src.objects[int(rng.integers(n))]
         tgt = src.with_objects([o for o in src.objects if o is not gone])
-        return src, tgt, (gone.color, "background"), object_mask(gone), None
+        return src, tgt, (gone.color, "background"), object_mask(gone, w.size), None
     raise ValueError(f"the shapes world has no {category!r} tasks; it has: {', '.join(SHAPES_CATEGORIES)}")
 
 
-def shapes_tasks(category: str | int, split: str = "tune", count: int | None = None, seed: int = 0) -> list[EditTask]:
-    """`count` tasks (default 20) of one category from one split; the same arguments give the same tasks."""
+def shapes_tasks(category: str | int, split: str = "tune", count: int | None = None, seed: int = 0,
+                 version: int = 1) -> list[EditTask]:
+    """`count` tasks (default 20) of one category from one split of world `version` (1: the UNet model's, 2: the
+    flow model's); the same arguments give the same tasks."""
     name = category_name(category)
     if name not in SHAPES_CATEGORIES:
         raise ValueError(f"the shapes world has no {name!r} tasks; it has: {', '.join(SHAPES_CATEGORIES)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use 'tune' or 'heldout'")
     count = DEFAULT_COUNT if count is None else int(count)
-    rng = np.random.default_rng([seed, SHAPES_CATEGORIES.index(name)])
+    version = world(version).version
+    stream = [seed, SHAPES_CATEGORIES.index(name)] + ([] if version == 1 else [version])
+    prefix = "shapes" if version == 1 else f"shapes-v{version}"
+    rng = np.random.default_rng(stream)
     tasks: list[EditTask] = []
     seen: set[str] = set()
     while len(tasks) < count:
-        made = _make(name, rng)
+        made = _make(name, rng, version)
         if made is None:
             continue
         src, tgt, words, mask, edited = made
@@ -119,10 +137,10 @@ def shapes_tasks(category: str | int, split: str = "tune", count: int | None = N
             continue
         seen.add(repr(src))
         tasks.append(EditTask(
-            id=f"shapes-{name}-{split}-{seed}-{len(tasks):04d}",
+            id=f"{prefix}-{name}-{split}-{seed}-{len(tasks):04d}",
             image=render(src), source_prompt=caption(src), target_prompt=caption(tgt), category=name,
             blend_words=words, mask=mask, expected=_expected(tgt, edited),
-            metadata={"world": "shapes", "split": split, "seed": seed,
+            metadata={"world": "shapes", "world_version": version, "split": split, "seed": seed,
                       "source": _expected(src, None) | {"edited": None}},
         ))
     return tasks

@@ -170,13 +170,13 @@ def reconstruction_accuracy(vae: AutoencoderKL, images: torch.Tensor, scenes: li
 HALF_STORED = ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
 
 
-def store_half(folder: Path) -> None:
+def store_half(folder: Path, names: tuple[str, ...] = HALF_STORED) -> None:
     """Rewrite the UNet's and text encoder's weights as float16: half the package size (the 49,408-row token
     table alone is 3.2 M values). Loading casts them back to the pipeline's dtype (float32 on a CPU); the
     rounding moves decoded pixels by under 0.002. The VAE stays float32."""
     from safetensors.torch import load_file, save_file
 
-    for name in HALF_STORED:
+    for name in names:
         path = Path(folder) / name
         tensors = load_file(path)
         save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, path,

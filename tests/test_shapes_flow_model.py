@@ -1,0 +1,94 @@
+"""The shipped shapes-flow model (a Stable Diffusion 3 pipeline folder), checked on small samples; the full
+measurement is `autotune shapes measure --model shapes-flow`, its figures are in docs/shapes.md.
+
+Skipped while the weights are not shipped (they are trained by `autotune shapes train-flow`, about 3 hours; the
+training itself is tested on a tiny configuration in test_shapes_train_flow.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autotune.bench.shapes_model import FLOW_GUIDANCE, is_flow_model
+from autotune.engine.checkpoint import SHAPES_FLOW_MODEL_DIR as FLOW_MODEL
+from autotune.shapes.reader import read_scene
+from autotune.shapes.world import Obj, Scene, caption
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(not (FLOW_MODEL / "model_index.json").is_file(),
+                                reason=f"the shapes-flow weights are not shipped yet ({FLOW_MODEL}); train them with "
+                                "`autotune shapes train-flow` (docs/shapes.md)")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(FLOW_MODEL, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_folder_is_an_sd3_pipeline_of_safetensors_under_30_mb_and_packaged():
+    files = [p for p in FLOW_MODEL.rglob("*") if p.is_file()]
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".pth")]
+    assert {p.parent.name for p in weights} == {"transformer", "vae", "text_encoder", "text_encoder_2",
+                                                "text_encoder_3"}
+    assert all(p.suffix == ".safetensors" for p in weights)
+    assert sum(p.stat().st_size for p in files) < 30 * 2**20
+    index = json.loads((FLOW_MODEL / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusion3Pipeline" and is_flow_model("shapes-flow")
+    assert index["transformer"] == ["diffusers", "SD3Transformer2DModel"]
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    assert index["text_encoder"] == index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
+    meta = json.loads((FLOW_MODEL / "training.json").read_text())
+    assert meta["world_version"] == 2 and "text_to_image" in meta
+    tomllib = pytest.importorskip("tomllib")
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "weights/**/*" in package_data["autotune.shapes"]
+
+
+def test_the_pipeline_has_16x16_latents_8x8_attention_maps_and_the_clip_tokenizer(pipe):
+    from autotune.shapes.tokenizer import clip_tokenizer
+
+    assert pipe.default_sample_size * pipe.vae_scale_factor == 64
+    assert pipe.transformer.config.sample_size == 16  # latents of 16 x 16
+    assert pipe.transformer.config.sample_size // pipe.transformer.config.patch_size >= 8  # image tokens per side
+    prompt = "a red circle and a blue square on a white background"
+    assert pipe.tokenizer(prompt).input_ids == pipe.tokenizer_2(prompt).input_ids == clip_tokenizer()(prompt).input_ids
+
+
+def test_a_fixed_seed_scene_is_drawn_right_at_the_default_guidance(pipe):
+    scene = Scene("white", version=2).with_objects(
+        [Obj("square", "red", 6, 8, 18), Obj("circle", "blue", 38, 36, 18)])
+    image = pipe(caption(scene), guidance_scale=FLOW_GUIDANCE, num_inference_steps=28, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3)
+    read = read_scene(image, version=2)
+    assert read.background == "white"
+    assert sorted(read.attributes()) == [("blue", "circle"), ("red", "square")]
+
+
+def test_dropping_t5_the_diffusers_way_draws_the_same_image(pipe):
+    from diffusers import StableDiffusion3Pipeline
+
+    no_t5 = StableDiffusion3Pipeline.from_pretrained(FLOW_MODEL, local_files_only=True, text_encoder_3=None,
+                                                     tokenizer_3=None)
+    no_t5.set_progress_bar_config(disable=True)
+    prompt = "a green triangle on a black background"
+    a, b = (p(prompt, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(1)).images
+            for p in (pipe, no_t5))
+    assert np.array_equal(a, b)
+
+
+def test_measure_runs_on_the_short_name(capsys):
+    from autotune.bench.shapes_model import main
+
+    assert main(["--model", "shapes-flow", "--samples", "2", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "shapes-flow" in out and f"| {FLOW_GUIDANCE:g} |" in out and "| 1 |" in out
