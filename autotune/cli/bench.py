@@ -13,6 +13,7 @@ import os
 import shlex
 from pathlib import Path
 
+from autotune.cli._common import HelpFormatter
 from autotune.errors import InputError
 
 _ORDER = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory")
@@ -31,8 +32,8 @@ def register(subparsers) -> None:
         "bench", help="benchmark throughput, overhead, sample efficiency, quality, inversion and memory",
         description="Run a benchmark on the shapes world's tasks, print its figures and rewrite its section of "
         "BENCHMARKS.md. Every ratio is measured against a baseline run in the same process.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("which", choices=(*_ORDER, "all"))
+        formatter_class=HelpFormatter)
+    parser.add_argument("which", choices=(*_ORDER, "all"), help="the benchmark to run, or all of them in order")
     parser.add_argument("--model", default="shapes", help="model to benchmark (short name, folder, file, hub id)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file whose sections are rewritten")
@@ -62,9 +63,9 @@ def register(subparsers) -> None:
     parser.add_argument("--inversion-samples", type=int, default=20, help="rendered scenes (inversion)")
     parser.add_argument("--presets", help="directory of tuned presets (quality); default: the preset lookup order")
     parser.add_argument("--cache-dir", default=".autotune/bench", help="where grid tables are kept between runs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier on a "
-                        "machine that other jobs share")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samplers and scenes")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: as every autotune command, "
+                        "docs/tuning.md, CPU threads); 1 is steadier on a machine that other jobs share")
     parser.set_defaults(handler=run)
 
 
@@ -110,10 +111,9 @@ def run(args: argparse.Namespace) -> int:
     from autotune.bench import _common, markdown
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.threads:
-        import torch
+    from autotune import threads
 
-        torch.set_num_threads(args.threads)
+    threads.configure(args.threads)
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     unknown = [c for c in [*categories, args.category] if c not in _common.SHAPES_CATEGORIES]
     if unknown:
