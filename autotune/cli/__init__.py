@@ -12,7 +12,7 @@ from autotune import __version__
 from autotune.errors import AutotuneError
 
 # Subcommand modules, in the order `--help` lists them; a module that is missing is skipped.
-_SUBCOMMANDS = ("edit", "evaluate", "tune", "presets", "report", "bench", "shapes")
+_SUBCOMMANDS = ("edit", "evaluate", "tune", "presets", "report", "dashboard", "bench", "shapes")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -151,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
                   task_source={"spec": args.tasks, "split": args.split}, task_batch=args.task_batch,
                   invert_ahead=args.invert_ahead)
     print(report(result) if args.report else result.summary())
+    if result.preset is not None:
+        from autotune.report.dashboard import annotate
+
+        annotate(result.study, result.preset, result.preset_path)  # the preset's provenance, in `autotune dashboard`
     if result.preset_path is None:
         print("no trial completed: no preset written")
     elif args.report:

@@ -302,7 +302,10 @@ def _open(plan: _Plan, editor: Any, scorer: Any, *, storage: Any, project_dir: A
         contract.STORAGE: store.url,
         **({contract.TASK_SOURCE: dict(task_source)} if task_source else {}),
     }, store.url)
-    if created:
+    if created:  # named objectives: optuna-dashboard shows "fidelity" and "edit_strength", not "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([f"{o.name} ({', '.join(o.metrics)})" for o in plan.objectives])
         for point, values in plan.space.paper_points():
             study.enqueue_trial(values, user_attrs={contract.PAPER_POINT: point}, skip_if_exists=True)
     return _Run(study, store, worker_seed, _artifact_store(study, store, artifacts, project_dir))
