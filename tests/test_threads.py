@@ -151,3 +151,25 @@ def test_an_unwritable_registry_is_not_fatal(registry, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     choice = threads.configure()
     assert choice.threads == threads._state.ceiling and threads._state.entry is None
+
+
+def test_the_thread_count_does_not_change_an_edit(registry, tmp_path):
+    """Rebalancing mid-run is safe only if threads change speed, not results: the shapes edit, byte for byte."""
+    import numpy as np
+
+    from autotune.cli import main
+    from autotune.shapes.world import caption, random_scene, render
+
+    scene = random_scene(np.random.default_rng(3))
+    render(scene).save(tmp_path / "scene.png")
+    source = caption(scene)
+    word = scene.objects[0].color
+    target = source.replace(word, "green" if word != "green" else "red", 1)
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"edit-{n}.png"
+        assert main(["edit", "--model", "shapes", "--image", str(tmp_path / "scene.png"), "--source-prompt", source,
+                     "--target-prompt", target, "--steps", "5", "--device", "cpu", "--threads", str(n), "-q",
+                     "--out", str(out)]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
