@@ -151,9 +151,15 @@ def follow(owner: Any) -> int:
     hooked = 0
     for module in vars(owner).values():
         if isinstance(module, torch.nn.Module):
-            module.register_forward_pre_hook(lambda _module, _args: rebalance())
+            module.register_forward_pre_hook(_before_forward)
             hooked += 1
     return hooked
+
+
+def _before_forward(_module: Any, _args: Any) -> None:
+    """A forward pre-hook: rebalance, and return None, which leaves the call's inputs as they are (anything else
+    would replace them)."""
+    rebalance()
 
 
 def running(directory: Path | None = None) -> list[dict[str, Any]]:

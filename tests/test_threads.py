@@ -120,6 +120,33 @@ def test_follow_hooks_the_models_of_an_object(registry):
     assert calls == [False, False]
 
 
+def test_a_followed_model_computes_the_same_while_its_threads_change(registry):
+    """The hook runs inside the model call: it may change the threads, never the call's inputs or output."""
+    cores = threads.usable_cores()
+    if len(cores) < 2 or torch.get_num_threads() < 2:
+        pytest.skip("needs 2 usable cores")
+
+    class Parts:
+        def __init__(self):
+            torch.manual_seed(0)
+            self.model = torch.nn.Linear(4, 3)
+
+    parts, x = Parts(), torch.randn(2, 4)
+    expected = parts.model(x)
+    threads.configure()
+    assert threads.follow(parts) == 1
+    before = torch.get_num_threads()
+    other = _other_process(registry, cores)
+    try:
+        threads._state.checked = 0.0  # due for a look
+        out = parts.model(x)  # the hook sees the other process and halves the threads
+    finally:
+        other.kill()
+        other.wait()
+    assert torch.get_num_threads() < before
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_overrides_win_in_order(registry, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
