@@ -73,13 +73,21 @@ def _start_dashboard(project: Path) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"the dashboard did not print its URL: {''.join(lines)}")
 
 
-def _page_text(chrome: str, url: str, profile: Path) -> str:
-    """What a person sees on the page once its scripts have loaded the data: the DOM as text."""
-    done = subprocess.run([chrome, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
-                           "--dump-dom", url], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    page = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", done.stdout, flags=re.S)
-    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)))
+def _page_text(chrome: str, url: str, profile: Path, *expected: str, patience: float = 240) -> str:
+    """What a person sees on the page once its scripts have loaded the data, as text. The page fetches its data
+    after it loads; on a busy machine that can take longer than the browser's time budget, so the page is loaded
+    again until every `expected` text shows or `patience` seconds have passed (then the caller's asserts say
+    what is missing)."""
+    deadline = time.monotonic() + patience
+    while True:
+        done = subprocess.run([chrome, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                               "--dump-dom", url], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+        page = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", done.stdout, flags=re.S)
+        text = html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)))
+        if all(e in text for e in expected) or time.monotonic() > deadline:
+            return text
+        time.sleep(2)
 
 
 def test_dashboard_shows_the_study_its_trials_images_and_preset_in_a_browser(tuned_project, tmp_path):
@@ -88,18 +96,19 @@ def test_dashboard_shows_the_study_its_trials_images_and_preset_in_a_browser(tun
     study = result.study
     proc, url = _start_dashboard(project)
     try:
-        listing = _page_text(chrome, url, tmp_path / "chrome")
+        listing = _page_text(chrome, url, tmp_path / "chrome", study.study_name)
         assert study.study_name in listing
         study_id = study._study_id
-        overview = _page_text(chrome, f"{url}studies/{study_id}", tmp_path / "chrome")
+        overview = _page_text(chrome, f"{url}studies/{study_id}", tmp_path / "chrome", "Objective X: fidelity")
         assert "Objective X: fidelity (background_psnr)" in overview and "edit_strength (edit_success)" in overview
-        trials = _page_text(chrome, f"{url}studies/{study_id}/trials", tmp_path / "chrome")
+        trials = _page_text(chrome, f"{url}studies/{study_id}/trials", tmp_path / "chrome",
+                            f"Trial {len(study.trials) - 1} Complete", "edits.png")
         assert f"{len(study.trials)} Trials" in trials
         for t in study.trials:
             assert f"Trial {t.number} Complete" in trials
         assert f"pick of the preset {result.preset_path.name}" in trials  # the picks' trial notes
         assert re.search(r"trial-\d+-edits\.png", trials)  # the tuner's edit thumbnails, as artifacts
-        note = _page_text(chrome, f"{url}studies/{study_id}/note", tmp_path / "chrome")
+        note = _page_text(chrome, f"{url}studies/{study_id}/note", tmp_path / "chrome", "content hash")
         assert "Preset for change_color" in note and result.preset.content_hash in note
         assert str(result.preset_path.resolve()) in note
         # The thumbnails are served, not just listed.
