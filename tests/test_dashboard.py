@@ -118,8 +118,12 @@ def test_dashboard_shows_the_study_its_trials_images_and_preset_in_a_browser(tun
                                     f"{meta.artifact_id}", timeout=30) as response:
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)  # not SIGINT: a test run started in the background ignores it
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     assert proc.returncode == 0 and "dashboard stopped" in out
 
 

@@ -8,6 +8,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -18,7 +19,7 @@ def register(subparsers) -> None:
         "dashboard", help="watch studies in a browser: trials, the Pareto front, edit thumbnails, preset notes",
         description="Serve optuna-dashboard on the study storage that `autotune tune` used, with the edited images "
         "the tuner keeps for each front trial and the provenance of each study's preset (as notes). Listens on "
-        "127.0.0.1 unless told otherwise; stop it with Ctrl-C.",
+        "127.0.0.1 unless told otherwise; stop it with Ctrl-C (or SIGTERM).",
         formatter_class=HelpFormatter)
     parser.add_argument("--storage", help="a .journal path or postgresql://...; unset: <project-dir>/studies.journal")
     parser.add_argument("--project-dir", default=".autotune", help="the --project-dir `autotune tune` used")
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"open {url(args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1', server.server_port)} "
           "(Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's or a script's stop ends it as Ctrl-C does
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -50,3 +52,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
