@@ -197,14 +197,12 @@ class TuneStorage:
         return None
 
     def sweep(self, study: optuna.Study) -> list[int]:
-        """Fail RUNNING trials whose worker is gone and re-queue them; returns the failed trial numbers."""
+        """Fail RUNNING trials whose worker is gone and re-queue them; returns the failed trial numbers.
+
+        Our own checks first: a worker of this host whose process is gone is known dead at once and its trials get
+        the reason (`fail_kind` "stale"); on an RDB, Optuna's heartbeat check then takes the ones left (those it
+        fails carry no `fail_kind`), whichever the timing."""
         swept: list[int] = []
-        if self.kind == "rdb":
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # calls RetryStaleTrial on each
-            swept += sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             reason = self._is_stale(trial, now)
@@ -212,6 +210,12 @@ class TuneStorage:
                 continue
             if self.fail_and_retry(study, trial, "stale", reason):
                 swept.append(trial.number)
+        if self.kind == "rdb":
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # calls RetryStaleTrial on each
+            swept += sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
         if swept:
             logger.warning("re-queued %d trial(s) left running by stopped workers: %s", len(swept), swept)
         return swept
