@@ -171,3 +171,11 @@ def test_shapes_vocabulary_is_what_the_world_captions_use():
     rng = np.random.default_rng(0)
     assert all(unknown_words(caption(random_scene(rng))) == [] for _ in range(200))
     assert unknown_words("A Red, circle and a cat; a CAT!") == ["cat"]
+
+
+def test_a_bad_shapes_category_is_reported_as_the_tasks_option(tmp_path, capsys):
+    code = main(["tune", "--model", "no-such/model", "--tasks", "shapes:recolor", "--trials", "2", "-q",
+                 "--project-dir", str(tmp_path / "proj"), "--presets-dir", str(tmp_path / "presets")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tasks shapes:recolor: unknown edit category 'recolor'" in err
+    assert "--category" not in err.split("error:", 1)[1].split(";")[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import optuna
@@ -23,11 +24,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def run(tmp_path, trials=8, batch=4, tasks=3, editor=None, scorer=None, **kw):
     kw.setdefault("presets_dir", tmp_path / "presets")
+    kw.setdefault("progress", False)
     kw.setdefault("prune", False)
     kw.setdefault("sampler", "random")
     kw.setdefault("storage", str(tmp_path / "s.journal"))
     return tune(editor or FakeEditor(), make_tasks(tasks), category="change_color", trials=trials, batch=batch,
-                scorer=scorer or FakeScorer(), progress=False, project_dir=tmp_path, **kw)
+                scorer=scorer or FakeScorer(), project_dir=tmp_path, **kw)
 
 
 def test_paper_points_come_first_and_are_marked(tmp_path):
@@ -480,6 +482,19 @@ def test_summary_rounds_guidance_and_names_the_picks(tmp_path):
         assert style in line.split("[", 1)[1]
         w_tgt = result.study.trials[trial].user_attrs["params"]["w_tgt"]
         assert f"w_tgt={w_tgt:.3g} " in line + " " and len(line.split("w_tgt=")[1].split()[0]) <= 5
+
+
+def test_progress_moves_within_the_first_batch_and_says_how_long_the_rest_takes(tmp_path, capsys):
+    """A batch takes minutes on a CPU: the bar moves task by task, and after the first batch one line says how long
+    the remaining trials should take at that pace."""
+    run(tmp_path, trials=8, batch=4, tasks=4, progress=True, task_batch=1)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    seen = [float(n) for n in re.findall(r"\| *([0-9.]+)/8 \[", err)]
+    assert {1.0, 2.0, 3.0} <= set(seen)  # a quarter of the first batch's 4 trials per task, before the batch ends
+    assert seen.index(1.0) < seen.index(4.0)
+    line = next(line for line in err.splitlines() if line.startswith("first batch:"))
+    assert re.fullmatch(r"first batch: 4 trials in \d+ s; the remaining 4 should take at most about \d+ s .*", line)
+    assert err.count("first batch:") == 1  # once per run
 
 
 def test_search_space_knobs_reach_the_engine(tmp_path):

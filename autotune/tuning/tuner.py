@@ -513,7 +513,8 @@ class _Progress:
         if remaining > 0:
             left = took / self.batch * remaining
             self.bar.write(f"first batch: {self.batch} trials in {_duration(took)}; the remaining {remaining} should "
-                           f"take at most about {_duration(left)} (later batches reuse inversions and prune)")
+                           f"take at most about {_duration(left)} (later batches reuse inversions and prune)",
+                           file=self.bar.fp)  # beside the bar, not among the results on stdout
 
     def close(self) -> None:
         if self.bar is not None:
