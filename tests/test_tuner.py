@@ -446,6 +446,9 @@ def test_preset_goes_to_the_user_dir_and_a_replaced_one_is_kept(tmp_path, monkey
     assert first.preset_path == user / "fake--editor__change_color.json" and first.saved.action == "added"
     assert list((tmp_path / "presets").iterdir()) == []
     assert f"preset written to {first.preset_path}" in first.summary()
+    assert "--preset" not in first.summary()  # the user's folder is searched: no need to name the file
+    elsewhere = run(tmp_path / "other", trials=4)
+    assert f"does not search: use it with --preset {elsewhere.preset_path}" in elsewhere.summary()
     again = tune(FakeEditor(), make_tasks(3), trials=4, **common)  # the same study, nothing new to run
     assert again.saved.action == "unchanged" and "preset unchanged" in again.summary()
     assert not (user / "history").exists()

@@ -46,7 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune import __version__
 from autotune.errors import InputError, StorageError
 from autotune.evaluation.batch import ARTIFACT_TASKS, BatchEvaluator, Candidate, check_prompts, thumbnail
-from autotune.presets.store import InstallResult, is_shipped_dir, shipped_presets_dir
+from autotune.presets.store import InstallResult, is_shipped_dir, search_dirs, shipped_presets_dir
 from autotune.scoring.objectives import Objectives, default_objectives
 from autotune.task import EditTask, category_name, task_fingerprint
 from autotune.tuning import contract, record
@@ -120,8 +120,12 @@ def _saved_line(saved: InstallResult) -> str:
     line = f"preset written to {saved.path}"
     if saved.previous is not None:
         line += f"; it replaced a different one, kept as {saved.previous}"
+    looked_up = [d.resolve() for origin, d in search_dirs() if origin != "shipped" and d.exists()]
+    if saved.path.parent.resolve() not in looked_up:
+        line += f" (a folder the preset lookup does not search: use it with --preset {saved.path})"
+        return line
     shipped = shipped_presets_dir()
-    if shipped is not None and (shipped / saved.path.name).is_file() and not is_shipped_dir(saved.path.parent):
+    if shipped is not None and (shipped / saved.path.name).is_file():
         line += "; it is used before the preset shipped with autotune for this model and category"
     return line
 
