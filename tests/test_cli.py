@@ -117,8 +117,8 @@ def test_edit_checks_the_image_before_loading_the_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("words, needle", [
     ("red", "must be two words"),
-    ("green blue", "'green' is not a word of --source-prompt"),
-    ("red green", "'green' is not a word of --target-prompt"),
+    ("green blue", "blend word 'green' does not appear in the source prompt"),
+    ("red green", "blend word 'green' does not appear in the target prompt"),
 ])
 def test_edit_checks_blend_words_before_loading_the_model(tmp_path, capsys, words, needle):
     code, err = _edit(capsys, tmp_path, "--blend-words", words)

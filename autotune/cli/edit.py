@@ -89,18 +89,20 @@ def _check_prompts(args: argparse.Namespace) -> None:
     """The prompts and blend words, checked as the engine will (words matched without the tokenizer)."""
     from autotune.task import contains_words
 
+    # Worded as the engine words the same checks, so a message means one thing wherever it comes from.
     if not args.target_prompt.strip():
-        raise InputError("--target-prompt is empty; say what the edited image should show")
+        raise InputError("--target-prompt: target prompt is empty; say what the edited image should show")
     if args.blend_words is None:
         return
     words = args.blend_words.split()
     if len(words) != 2:
-        raise InputError(f"--blend-words {args.blend_words!r} must be two words: '<source word> <target word>'")
-    for word, prompt, option in ((words[0], args.source_prompt, "--source-prompt"),
-                                 (words[1], args.target_prompt, "--target-prompt")):
+        raise InputError(f"--blend-words: blend_words {args.blend_words!r} must be two words: "
+                         "'<source word> <target word>'")
+    for word, prompt, role in ((words[0], args.source_prompt, "source prompt"),
+                               (words[1], args.target_prompt, "target prompt")):
         if not contains_words(prompt, word):
-            raise InputError(f"--blend-words: {word!r} is not a word of {option} {prompt!r}; the first blend word "
-                             "comes from the source prompt, the second from the target prompt")
+            raise InputError(f"--blend-words: blend word {word!r} does not appear in the {role} {prompt!r}; the "
+                             "first blend word comes from the source prompt, the second from the target prompt")
 
 
 def _warn_about_the_model(args: argparse.Namespace, editor, image) -> None:
