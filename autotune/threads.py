@@ -144,13 +144,20 @@ def rebalance(force: bool = False) -> int | None:
 
 def follow(owner: Any) -> int:
     """Rebalance before every forward call of the `torch.nn.Module`s among `owner`'s attributes (e.g.
-    `editor.components`: UNet, VAE, text encoder): the model calls are where a long run spends its time, and a hook
-    there needs no change to the engine. Returns how many modules are followed."""
+    `editor.components`: UNet, VAE, text encoders), and of a diffusers pipeline among them (the flow family keeps
+    its transformer in `components.pipe`): the model calls are where a long run spends its time, and a hook there
+    needs no change to the engine. Returns how many modules are followed."""
     import torch
 
-    hooked = 0
-    for module in vars(owner).values():
-        if isinstance(module, torch.nn.Module):
+    values = list(vars(owner).values())
+    for value in list(values):
+        parts = getattr(value, "components", None)  # a DiffusionPipeline: its modules by name
+        if isinstance(parts, dict) and not isinstance(value, torch.nn.Module):
+            values.extend(parts.values())
+    hooked, seen = 0, set()
+    for module in values:
+        if isinstance(module, torch.nn.Module) and id(module) not in seen:
+            seen.add(id(module))
             module.register_forward_pre_hook(_before_forward)
             hooked += 1
     return hooked

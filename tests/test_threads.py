@@ -121,6 +121,31 @@ def test_follow_hooks_the_models_of_an_object(registry):
     assert calls == [False, False]
 
 
+def test_follow_reaches_the_modules_of_a_pipeline_among_them(registry):
+    """The flow family keeps its modules in a diffusers pipeline (`components.pipe`); they are followed too, once."""
+    class Pipe:  # what follow relies on: a `components` dict, as DiffusionPipeline has
+        def __init__(self, transformer, vae):
+            self.components = {"transformer": transformer, "vae": vae, "scheduler": object()}
+
+    class Parts:
+        def __init__(self):
+            self.vae = torch.nn.Linear(2, 2)
+            self.pipe = Pipe(torch.nn.Linear(2, 2), self.vae)
+
+    parts = Parts()
+    threads.configure()
+    calls = []
+    real = threads.rebalance
+    threads.rebalance = lambda force=False: calls.append(force)
+    try:
+        assert threads.follow(parts) == 2
+        parts.pipe.components["transformer"](torch.zeros(1, 2))
+        parts.vae(torch.zeros(1, 2))
+    finally:
+        threads.rebalance = real
+    assert calls == [False, False]
+
+
 def test_a_followed_model_computes_the_same_while_its_threads_change(registry):
     """The hook runs inside the model call: it may change the threads, never the call's inputs or output."""
     cores = threads.usable_cores()

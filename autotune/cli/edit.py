@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autotune.cli import _common
 from autotune.cli._common import (
     HelpFormatter,
     add_model_arguments,
     add_param_arguments,
+    check_overrides,
     ensure_output_dir,
-    load_editor,
     param_overrides,
 )
 from autotune.errors import InputError
@@ -40,7 +41,8 @@ def register(subparsers) -> None:
         action="store_true",
         help="use a preset even if it was made for another model or scheduler",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (editing is deterministic; kept for records)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (editing is deterministic; kept for records; "
+                        "FlowEdit's noise draws take --noise-seed)")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--save-source", action="store_true", help="also save the source branch's reconstruction")
     add_param_arguments(parser)
@@ -52,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from autotune.images import load_image
-    from autotune.params import EditParams
 
     # 1. Check everything the command line says before loading a model (seconds for shapes, a minute and
     #    gigabytes for Stable Diffusion).
@@ -66,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     ensure_output_dir(out.parent, "--out")
     torch.manual_seed(args.seed)
     overrides = param_overrides(args)
-    EditParams(**overrides)
+    check_overrides(overrides)
     # 2. Load the model and edit.
-    editor = load_editor(args)
-    params = _preset_params(args, editor) if args.preset else EditParams()
+    editor = _common.load_editor(args)  # looked up at call time, so a test may stand in for it
+    params = _preset_params(args, editor) if args.preset else editor.default_params(overrides.get("method"))
     if overrides:
         params = params.with_(**overrides)
     _warn_about_the_model(args, editor, image)
@@ -81,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputError(f"--out {out}: could not write the edited image ({exc.strerror or exc})") from None
     size = f"{result.image.width}x{result.image.height}"
-    print(f"wrote {out} ({size}; {params.method}, w_src={params.w_src}, w_tgt={params.w_tgt}, {params.steps} steps)")
+    window = f", window {params.window[0]}-{params.window[1]}" if "n_max" in params.family_knobs else ""
+    print(f"wrote {out} ({size}; {params.method}, w_src={params.w_src}, w_tgt={params.w_tgt}, {params.steps} steps"
+          f"{window})")
     return 0
 
 

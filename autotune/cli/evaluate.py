@@ -76,7 +76,7 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
 
     overrides = param_overrides(args)
     if not args.preset:
-        return EditParams().with_(**overrides), None
+        return editor.default_params(overrides.get("method")).with_(**overrides), None
     if args.method:
         raise InputError("give either --method or --preset: a preset fixes the method")
     from autotune.presets.schema import STYLES
@@ -97,12 +97,13 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from autotune.cli._common import ensure_output_dir, load_editor, make_scorer
+    from autotune.cli._common import check_overrides, ensure_output_dir, load_editor, make_scorer, param_overrides
     from autotune.evaluation.evaluate import evaluate
     from autotune.tasks.sources import load_tasks
 
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
+    check_overrides(param_overrides(args))  # before a model loads
     tasks = load_tasks(args.tasks, args.category, args.split)
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
