@@ -13,6 +13,14 @@ import tempfile
 from pathlib import Path
 
 
+def file_mode() -> int:
+    """The mode a new file gets from `open()` under the current umask (0644 under the usual 022): temporary files
+    are made 0600, and a renamed one would otherwise keep that, unreadable to the group that reads its neighbours."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
@@ -27,7 +35,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

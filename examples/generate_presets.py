@@ -1,7 +1,7 @@
 """Generate a preset for every edit category (here: the shapes world, offline on the CPU).
 
-    python examples/generate_presets.py                      # 32 trials per category into ./presets
-    python examples/generate_presets.py --trials 8 --tasks 4 --steps 10 --presets-dir /tmp/presets
+    .venv/bin/python examples/generate_presets.py           # 32 trials per category into your presets directory
+    .venv/bin/python examples/generate_presets.py --trials 8 --tasks 4 --steps 10 --presets-dir /tmp/presets
 
 For Stable Diffusion on PIE-Bench, the same loop reads `load_tasks("~/PIE-Bench", category=...)` and uses
 `PieBenchScorer()`; see docs/tuning.md.
@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--tasks", type=int, help="use only the first N tuning tasks per category (quick runs)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of every candidate")
-    parser.add_argument("--presets-dir", default="presets")
+    parser.add_argument("--presets-dir", help="where the presets go (default: your presets directory, "
+                        "~/.config/autotune/presets or $AUTOTUNE_PRESETS_DIR)")
     parser.add_argument("--project-dir", default=".autotune", help="where the embedded study store lives")
     args = parser.parse_args(argv)
 

@@ -3,9 +3,9 @@
 Run a study with every trial measured on every task, then replay:
 
     autotune tune --model shapes --tasks shapes:change_color --trials 32 --no-prune --project-dir runs
-    python examples/replay_pruning.py --storage runs/studies.journal
-    python examples/replay_pruning.py --storage runs/studies.journal --confidence 0.95 --min-effect 0.1
-    python examples/replay_pruning.py --storage runs/studies.journal --shuffles 20   # the tasks in 20 random orders
+    .venv/bin/python examples/replay_pruning.py --storage runs/studies.journal
+    .venv/bin/python examples/replay_pruning.py --storage runs/studies.journal --confidence 0.95 --min-effect 0.1
+    .venv/bin/python examples/replay_pruning.py --storage runs/studies.journal --shuffles 20  # 20 task orders
 
 Each trial is compared, task by task, with the front of the trials finished before its batch, as `tune` does.
 "Edits left" is the candidate-task edits the pruned run would have made over the unpruned run's; "front cut" lists

@@ -1,6 +1,6 @@
 """Pictures of the shapes model for the docs: what it draws, and how tuned presets edit.
 
-    python examples/shapes_gallery.py --out docs/images
+    .venv/bin/python examples/shapes_gallery.py --out docs/images
 
 Writes two PNGs:
 - `shapes_text_to_image.png`: captions of random scenes drawn at guidance 7.5 and at guidance 1;

@@ -6,8 +6,8 @@ Two flows, both shown here on the shapes model:
   B. a preset pack: export presets to a .zip with hashes, import it into a colleague's presets directory
      (hashes verified, nothing overwritten silently).
 
-    python examples/share_presets_in_a_team.py
-    python examples/share_presets_in_a_team.py --storage postgresql://user:pass@db/autotune --trials 16
+    .venv/bin/python examples/share_presets_in_a_team.py
+    .venv/bin/python examples/share_presets_in_a_team.py --storage postgresql://user:pass@db/autotune --trials 16
 """
 
 from __future__ import annotations

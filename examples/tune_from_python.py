@@ -1,7 +1,7 @@
 """Tune from Python code: run a study, look at its Pareto front, and edit with the picks it chose.
 
-python examples/tune_from_python.py
-python examples/tune_from_python.py --trials 8 --tasks 4 --steps 10 --out /tmp/tune-demo
+.venv/bin/python examples/tune_from_python.py
+.venv/bin/python examples/tune_from_python.py --trials 8 --tasks 4 --steps 10 --out /tmp/tune-demo
 """
 
 from __future__ import annotations

@@ -1,26 +1,63 @@
-"""Shared fixtures: tiny, randomly initialised Stable Diffusion pipelines saved as normal folders.
+"""Shared fixtures: tiny, randomly initialised Stable Diffusion pipelines saved as normal folders; the PostgreSQL
+server and the LPIPS backbones the test run sets up for itself.
 
-Like diffusers' own tests, these build the real component classes at toy sizes, so every code path
+Like diffusers' own tests, the pipelines build the real component classes at toy sizes, so every code path
 that loads and runs a checkpoint runs here in seconds, offline, on the CPU.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests import postgres
+from tests.needs import need, prepare_lpips_backbones
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Presets a test tunes without naming a folder land here, never in the user's own presets directory.
+_PRESETS = tempfile.mkdtemp(prefix="autotune-test-presets-")
+os.environ["AUTOTUNE_PRESETS_DIR"] = _PRESETS
 
-# `.ci/test-setup.sh` starts a PostgreSQL server and writes its URL here.
-_PG_ENV = Path(__file__).resolve().parent.parent / ".ci" / "postgres.env"
-if "AUTOTUNE_TEST_POSTGRES_URL" not in os.environ and _PG_ENV.is_file():
-    for line in _PG_ENV.read_text().splitlines():
-        if line.startswith("export AUTOTUNE_TEST_POSTGRES_URL="):
-            os.environ["AUTOTUNE_TEST_POSTGRES_URL"] = line.split("=", 1)[1].strip().strip("'\"")
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_PRESETS, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory):
+    """A PostgreSQL database for the shared-storage tests: `$AUTOTUNE_TEST_POSTGRES_URL`, else a throwaway server
+    this run starts on 127.0.0.1 (tests/postgres.py) and removes at the end."""
+    url = os.environ.get(postgres.POSTGRES_URL_ENV)
+    if url:
+        yield url
+        return
+    why = postgres.unavailable()
+    if why:
+        need(why)
+    server = postgres.ThrowawayServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - say why, with the server's own log
+        log = server.folder / "server.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.is_file() else "(no log)"
+        server.remove()
+        need(f"could not start a PostgreSQL server ({type(exc).__name__}: {exc}); its log ends: {tail}")
+    yield server.url
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def lpips_backbones() -> None:
+    """The LPIPS backbones ready, or the test skipped (failed in CI) with the command that makes them."""
+    why = prepare_lpips_backbones()
+    if why:
+        need(why)
 
 
 def build_tiny_pipeline(path: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:

@@ -93,3 +93,15 @@ def test_replay_pruning(tmp_path, capsys):
     assert _load("replay_pruning").main(["--storage", str(journal), "--task-batch", "0"]) == 0
     grouped = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| fake"))
     assert int(grouped.strip("|").split("|")[3]) <= int(cells[3])
+
+
+def test_examples_say_how_to_run_them_from_the_readme_install():
+    """The README installs into .venv without activating it: `python examples/x.py` would not find autotune."""
+    import re
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    for script in sorted(EXAMPLES.glob("*.py")):
+        doc = script.read_text().split('"""')[1]
+        runs = re.findall(r"^\s*(\S+) examples/" + script.name, doc, flags=re.M)
+        assert runs and set(runs) == {".venv/bin/python"}, (script.name, runs)
+        assert f"examples/{script.name}" in readme, f"README does not mention {script.name}"

@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from optuna.trial import TrialState
 from autotune.errors import StorageError
 from autotune.tuning.storage import open_storage
 from autotune.tuning.tuner import tune
+from tests.needs import need
 from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -50,6 +48,7 @@ SLOW = [pytest.mark.slow,
 _FAKE_LAUNCHER = """
 import sys
 import autotune.cli._common, autotune.cli.tune, autotune.tasks.sources
+from tests.needs import need
 from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
 autotune.cli._common.load_editor = lambda args, presets=None: FakeEditor(delay=0.2)
 autotune.cli._common.make_scorer = lambda args, editor: FakeScorer()
@@ -200,58 +199,16 @@ def test_nan_metric_and_oom_fail_only_their_candidates_on_the_real_engine(tiny_m
 # The database goes away mid-study and comes back: a private PostgreSQL server, stopped and started by the test
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return found[-1].parent if found else None
-
-
-class PrivateServer:
-    """A throwaway PostgreSQL cluster in a temp directory (trust auth on 127.0.0.1), run as user postgres.
-
-    Private so that stopping it cannot disturb other tests using the shared test server."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.dir = Path(tempfile.mkdtemp(prefix="autotune-pg-"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        shutil.chown(self.dir, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-
-    def _run(self, tool: str, *args: str) -> None:
-        cmd = [str(self.bindir / tool), *args]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
-    @property
-    def url(self) -> str:  # trust auth ignores the password; it is there to check that it is never printed
-        return f"postgresql+psycopg2://postgres:pg-secret-42@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
-
-    def remove(self) -> None:
-        try:
-            self.stop()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture()
-def private_postgres():
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed (.ci/postgres.sh installs them)")
-    if os.geteuid() != 0 and os.environ.get("USER") != "postgres":
-        pytest.skip("running a private PostgreSQL server needs root (runuser postgres) or the postgres user")
-    server = PrivateServer(bindir)
+def private_postgres(tmp_path_factory):
+    """A PostgreSQL server of the test's own (tests/postgres.py), so that stopping it cannot disturb the other
+    tests' shared server."""
+    from tests import postgres
+
+    why = postgres.unavailable()
+    if why:
+        need(why)
+    server = postgres.ThrowawayServer(tmp_path_factory.mktemp("private-pg"))
     server.start()
     yield server
     server.remove()
@@ -260,7 +217,7 @@ def private_postgres():
 class _ServerKiller(FakeEditor):
     """Stops the database server during its `at_call`-th engine call (a trial is running)."""
 
-    def __init__(self, server: PrivateServer, at_call: int) -> None:
+    def __init__(self, server, at_call: int) -> None:
         super().__init__()
         self.server, self.at_call = server, at_call
 
@@ -270,7 +227,7 @@ class _ServerKiller(FakeEditor):
         return super().edit_task(task, candidates)
 
 
-def _tune_on(server: PrivateServer, tmp_path: Path, editor: FakeEditor, trials: int = 6):
+def _tune_on(server, tmp_path: Path, editor: FakeEditor, trials: int = 6):
     return tune(editor, make_tasks(3), category="change_color", trials=trials, batch=2, scorer=FakeScorer(),
                 storage=server.url, study_name="lost-and-back", sampler="random", prune=False, progress=False,
                 presets_dir=tmp_path / "presets", project_dir=tmp_path)
@@ -281,8 +238,8 @@ def test_postgres_server_lost_mid_study_is_a_clear_error(private_postgres, tmp_p
         _tune_on(private_postgres, tmp_path, _ServerKiller(private_postgres, at_call=4))  # batch 2, its 2nd task
     message = str(info.value)
     assert "re-run the same command to resume" in message
-    assert f"postgres:***@127.0.0.1:{private_postgres.port}" in message
-    assert "pg-secret-42" not in message
+    assert f"autotune:***@127.0.0.1:{private_postgres.port}" in message
+    assert private_postgres.password not in message
 
 
 def test_postgres_server_lost_mid_study_then_back_resumes(private_postgres, tmp_path):

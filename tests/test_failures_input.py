@@ -515,12 +515,8 @@ def test_storage_unreachable_server(tmp_path, capsys):
     assert "hunter2" not in err
 
 
-def test_storage_wrong_credentials(tmp_path, capsys):
-    import os
-
-    url = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("no test PostgreSQL server (run .ci/test-setup.sh)")
+def test_storage_wrong_credentials(tmp_path, capsys, postgres_url):
+    url = postgres_url
     from sqlalchemy.engine import make_url
 
     bad = make_url(url).set(password="definitely-wrong").render_as_string(hide_password=False)

@@ -90,3 +90,42 @@ def test_export_import_verify(env, capsys):
 def test_no_action_prints_help(capsys):
     assert main(["presets"]) == 2
     assert "from-study" in capsys.readouterr().out
+
+
+def test_verify_without_a_path_checks_the_lookup_order(env, capsys):
+    from autotune.presets.store import shipped_presets_dir
+
+    (env / "user").mkdir()
+    tuned(6.0).save(env / "user" / preset_filename("shapes", "change_color"))
+    local = env / "presets" / preset_filename("shapes", "change_object")
+    tuned(6.0).save(local)
+    local.write_text(local.read_text().replace('"w_tgt": 6.0', '"w_tgt": 60.0', 1))  # edited by hand
+    assert main(["presets", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("lookup order: local=")
+    assert f"ok        user    {env / 'user' / preset_filename('shapes', 'change_color')}" in out
+    assert f"rejected  local   {local}" in out and "content_hash does not match" in out
+    shipped = sorted(shipped_presets_dir().glob("*.json"))
+    assert all(f"ok        shipped {p}" in out for p in shipped)
+    assert f"{len(shipped) + 2} preset file(s) checked, 1 rejected" in out
+    assert main(["presets", "verify", str(env / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+
+
+def test_list_says_how_many_trials_completed(env, capsys):
+    preset = tuned(6.0)
+    data = preset.to_dict(with_hash=False)
+    data["provenance"].update(n_trials=32, n_complete=15)
+    Preset.from_dict(data).save(env / "presets" / preset_filename("shapes", "change_color"))
+    assert main(["presets", "list", "--model", "shapes"]) == 0
+    assert "[tuned, 15 of 32 trials complete]" in capsys.readouterr().out
+
+
+def test_show_with_presets_of_several_models_names_the_option(env, capsys):
+    tuned(6.0).save(env / "presets" / preset_filename("shapes", "change_color"))
+    other = tuned(7.0).to_dict(with_hash=False)
+    other["model"]["id"] = "my/model"
+    Preset.from_dict(other).save(env / "presets" / preset_filename("my/model", "change_color"))
+    assert main(["presets", "show", "change_color"]) == 2
+    err = capsys.readouterr().err
+    assert "several models (my/model, shapes)" in err and "--model ID" in err

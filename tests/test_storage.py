@@ -1,7 +1,8 @@
 """Study storage: the embedded journal and a real PostgreSQL server, under several workers and a SIGKILL.
 
-PostgreSQL tests need AUTOTUNE_TEST_POSTGRES_URL (`.ci/postgres.sh` starts a server and prints it); they are
-skipped without it, except in CI (CI=true), where a missing server is a failure.
+The PostgreSQL tests use the server the test run starts (conftest's `postgres_url`: a throwaway server from the
+`dev` extra's binaries, or `$AUTOTUNE_TEST_POSTGRES_URL`); where none can be had they are skipped, except in CI
+(CI=true), where that is a failure.
 """
 
 from __future__ import annotations
@@ -26,22 +27,11 @@ from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
-
-
-def _need_postgres() -> str:
-    if PG_URL:
-        return PG_URL
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI=true but AUTOTUNE_TEST_POSTGRES_URL is unset: run `.ci/postgres.sh` first")
-    pytest.skip("AUTOTUNE_TEST_POSTGRES_URL is unset (start a server with `.ci/postgres.sh`)")
-
-
 @pytest.fixture(params=["journal", "postgresql"])
 def storage_url(request, tmp_path) -> str:
     if request.param == "journal":
         return str(tmp_path / "studies.journal")
-    return _need_postgres()
+    return request.getfixturevalue("postgres_url")
 
 
 def _study(url: str, name: str) -> optuna.Study:
@@ -85,8 +75,8 @@ def test_unreachable_server_fails_fast():
     assert "topsecret" not in str(info.value) and "u:***@127.0.0.1:1" in str(info.value)
 
 
-def test_wrong_credentials_are_named():
-    url = _need_postgres()
+def test_wrong_credentials_are_named(postgres_url):
+    url = postgres_url
     from sqlalchemy.engine import make_url
 
     bad = make_url(url).set(password="definitely-wrong").render_as_string(hide_password=False)
@@ -95,8 +85,8 @@ def test_wrong_credentials_are_named():
     assert "definitely-wrong" not in str(info.value)
 
 
-def test_missing_database_is_named():
-    url = _need_postgres()
+def test_missing_database_is_named(postgres_url):
+    url = postgres_url
     from sqlalchemy.engine import make_url
 
     bad = make_url(url).set(database="no_such_db_autotune").render_as_string(hide_password=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import optuna
@@ -131,28 +130,21 @@ def test_cli_from_study_on_a_journal_file(tmp_path, capsys):
     assert "no study named 'nope'" in capsys.readouterr().err
 
 
-PG_URL = os.environ.get("AUTOTUNE_TEST_POSTGRES_URL")
-
-
-def test_cli_from_study_on_postgresql_never_prints_the_password(tmp_path, capsys):
-    if not PG_URL:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but AUTOTUNE_TEST_POSTGRES_URL is unset: run `.ci/postgres.sh` first")
-        pytest.skip("AUTOTUNE_TEST_POSTGRES_URL is unset (start a server with `.ci/postgres.sh`)")
+def test_cli_from_study_on_postgresql_never_prints_the_password(tmp_path, capsys, postgres_url):
     from sqlalchemy.engine import make_url
 
-    password = make_url(PG_URL).password
+    password = make_url(postgres_url).password
     name = f"preset-test-{uuid.uuid4().hex[:8]}"
-    storage = optuna.storages.RDBStorage(PG_URL)
+    storage = optuna.storages.RDBStorage(postgres_url)
     try:
-        fill(new_study(storage, name), storage_label=PG_URL)  # a careless tuner: the study holds the raw URL
+        fill(new_study(storage, name), storage_label=postgres_url)  # a careless tuner: the study holds the raw URL
         out = tmp_path / "presets"
-        assert main(["presets", "from-study", "--study", name, "--storage", PG_URL, "--out", str(out)]) == 0
+        assert main(["presets", "from-study", "--study", name, "--storage", postgres_url, "--out", str(out)]) == 0
         captured = capsys.readouterr()
         assert password and password not in captured.out + captured.err
         text = (out / preset_filename("shapes", "change_color")).read_text()
         assert password not in text and ":***@" in text
-        bad = PG_URL.replace(password, "wrong-password")
+        bad = postgres_url.replace(password, "wrong-password")
         assert main(["presets", "from-study", "--study", name, "--storage", bad, "--out", str(out)]) == 2
         captured = capsys.readouterr()
         assert "wrong-password" not in captured.out + captured.err and "error" in captured.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import optuna
@@ -22,12 +23,13 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def run(tmp_path, trials=8, batch=4, tasks=3, editor=None, scorer=None, **kw):
+    kw.setdefault("presets_dir", tmp_path / "presets")
+    kw.setdefault("progress", False)
     kw.setdefault("prune", False)
     kw.setdefault("sampler", "random")
     kw.setdefault("storage", str(tmp_path / "s.journal"))
     return tune(editor or FakeEditor(), make_tasks(tasks), category="change_color", trials=trials, batch=batch,
-                scorer=scorer or FakeScorer(), progress=False,
-                presets_dir=tmp_path / "presets", project_dir=tmp_path, **kw)
+                scorer=scorer or FakeScorer(), project_dir=tmp_path, **kw)
 
 
 def test_paper_points_come_first_and_are_marked(tmp_path):
@@ -427,6 +429,75 @@ def test_preset_is_written_from_the_study(tmp_path):
     assert data["category"] == "change_color" and data["model"]["id"] == "fake/editor"
     numbers = {p["trial"] for p in data["front"]}
     assert numbers == {t.number for t in result.front}
+
+
+def test_preset_goes_to_the_user_dir_and_a_replaced_one_is_kept(tmp_path, monkeypatch):
+    """By default the preset lands in the user's presets directory, never in ./presets; a later, different result
+    replaces it only after keeping it in history/, an unchanged one is left alone, and the summary says which."""
+    from autotune.presets.preset import Preset
+
+    user = tmp_path / "user-presets"
+    monkeypatch.setenv("AUTOTUNE_PRESETS_DIR", str(user))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "presets").mkdir()
+    common = dict(category="change_color", batch=4, scorer=FakeScorer(), progress=False, sampler="random",
+                  prune=False, storage=str(tmp_path / "s.journal"), project_dir=tmp_path)
+    first = tune(FakeEditor(), make_tasks(3), trials=4, **common)
+    assert first.preset_path == user / "fake--editor__change_color.json" and first.saved.action == "added"
+    assert list((tmp_path / "presets").iterdir()) == []
+    assert f"preset written to {first.preset_path}" in first.summary()
+    assert "--preset" not in first.summary()  # the user's folder is searched: no need to name the file
+    elsewhere = run(tmp_path / "other", trials=4)
+    assert f"does not search: use it with --preset {elsewhere.preset_path}" in elsewhere.summary()
+    again = tune(FakeEditor(), make_tasks(3), trials=4, **common)  # the same study, nothing new to run
+    assert again.saved.action == "unchanged" and "preset unchanged" in again.summary()
+    assert not (user / "history").exists()
+    more = tune(FakeEditor(), make_tasks(3), trials=12, **common)  # the study goes on: a new front
+    assert more.saved.action == "replaced"
+    (kept,) = (user / "history").iterdir()
+    assert Preset.load(kept).content_hash == first.preset.content_hash  # the first result, whole
+    assert Preset.load(more.preset_path).content_hash == more.preset.content_hash != first.preset.content_hash
+    assert f"kept as {kept}" in more.summary()
+
+
+def test_shipped_presets_are_read_only_to_tune(tmp_path):
+    from autotune.errors import PresetError
+    from autotune.presets.store import check_presets_dir, save_preset, shipped_presets_dir
+
+    shipped = shipped_presets_dir()
+    before = {p.name: p.read_bytes() for p in shipped.glob("*.json")}
+    with pytest.raises(InputError, match="presets shipped with autotune"):
+        run(tmp_path, trials=4, presets_dir=shipped)
+    assert not (tmp_path / "s.journal").exists()  # refused before the study
+    with pytest.raises(PresetError, match="presets shipped with autotune"):
+        save_preset(run(tmp_path, trials=4).preset, shipped)
+    with pytest.raises(InputError, match="presets shipped with autotune.*--presets-dir"):
+        check_presets_dir(shipped)
+    assert {p.name: p.read_bytes() for p in shipped.glob("*.json")} == before
+
+
+def test_summary_rounds_guidance_and_names_the_picks(tmp_path):
+    result = run(tmp_path, trials=12, batch=4)
+    text = result.summary()
+    for style, pick in result.preset.picks.items():
+        trial = result.preset.front[pick["front_index"]].trial
+        line = next(line for line in text.splitlines() if line.startswith(f"  trial {trial:4d}:"))
+        assert style in line.split("[", 1)[1]
+        w_tgt = result.study.trials[trial].user_attrs["params"]["w_tgt"]
+        assert f"w_tgt={w_tgt:.3g} " in line + " " and len(line.split("w_tgt=")[1].split()[0]) <= 5
+
+
+def test_progress_moves_within_the_first_batch_and_says_how_long_the_rest_takes(tmp_path, capsys):
+    """A batch takes minutes on a CPU: the bar moves task by task, and after the first batch one line says how long
+    the remaining trials should take at that pace."""
+    run(tmp_path, trials=8, batch=4, tasks=4, progress=True, task_batch=1)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    seen = [float(n) for n in re.findall(r"\| *([0-9.]+)/8 \[", err)]
+    assert {1.0, 2.0, 3.0} <= set(seen)  # a quarter of the first batch's 4 trials per task, before the batch ends
+    assert seen.index(1.0) < seen.index(4.0)
+    line = next(line for line in err.splitlines() if line.startswith("first batch:"))
+    assert re.fullmatch(r"first batch: 4 trials in \d+ s; the remaining 4 should take at most about \d+ s .*", line)
+    assert err.count("first batch:") == 1  # once per run
 
 
 def test_search_space_knobs_reach_the_engine(tmp_path):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+from autotune import __version__
 from autotune.errors import AutotuneError
 
 # Subcommand modules, in the order `--help` lists them; a module that is missing is skipped.
-_SUBCOMMANDS = ("edit", "evaluate", "tune", "presets", "report", "bench", "shapes")
+_SUBCOMMANDS = ("edit", "evaluate", "tune", "presets", "report", "dashboard", "bench", "shapes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune source/target classifier-free guidance for inversion-based image editing, per edit category.",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="show debug logs and full tracebacks")
+    parser.add_argument("--version", action="version", version=f"autotune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMANDS:
         try:
@@ -33,14 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Subcommands that forward their arguments to a module (`autotune shapes train|train-flow|measure`) set
-    # `forward`: their REMAINDER takes everything from the first positional on, and argparse leaves option strings
-    # before it unrecognised, so those go in front again (`autotune shapes measure --samples 10` would fail).
     args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not getattr(args, "forward", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.rest = [*extra, *args.rest]
+    if extra and not getattr(args, "forwards", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.forwarded = extra
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -48,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe fails here, inside the handler below, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`autotune presets show ... | head`): stop quietly, as `cat` does.
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command stopped by a closed pipe
     except AutotuneError as exc:
         if args.verbose:
             raise
@@ -57,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"autotune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush does not raise a second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (e.g. captured by a test)
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,23 @@ from autotune.errors import InputError
 from autotune.params import FLOW_KNOBS, FLOW_METHODS, METHODS
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, minus the noise: no "(default: ...)" after a switch, an unset option, or a
+    help text that already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.nargs == 0  # --flag / --no-flag: its default is only the opposite of the switch
+            or action.default in (None, argparse.SUPPRESS, [], ())
+            or "%(default)" in text
+            or "default:" in text.lower()
+            or "unset:" in text.lower()
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every command that loads a checkpoint shares."""
     group = parser.add_argument_group("model")
@@ -40,13 +57,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        "offloading; SD3 / FLUX.1). model: whole models in turn; sequential: layer by layer, least "
                        "memory (FLUX.1-dev on a 24 GB card)")
     group.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin weights (they can run code)")
+    add_threads_argument(group)
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="torch CPU threads. Default: $AUTOTUNE_THREADS, else $OMP_NUM_THREADS, else a fair share of this "
+        "process's cores among the autotune processes running on them (docs/tuning.md, CPU threads)",
+    )
 
 
 def load_editor(args: argparse.Namespace, presets=None):
     import torch
 
+    from autotune import threads
     from autotune.engine.editor import Editor
+
+    threads.configure(getattr(args, "threads", None))
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     if args.quiet:
@@ -55,7 +84,7 @@ def load_editor(args: argparse.Namespace, presets=None):
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-    return Editor.from_pretrained(
+    editor = Editor.from_pretrained(
         args.model,
         device=args.device,
         dtype=dtype,
@@ -67,6 +96,9 @@ def load_editor(args: argparse.Namespace, presets=None):
         presets=presets,
         offload=getattr(args, "offload", None),
     )
+    if editor.device.type == "cpu":
+        threads.follow(editor.components)  # give cores to, and take them back from, autotune processes beside it
+    return editor
 
 
 def add_param_arguments(parser: argparse.ArgumentParser, title: str | None = None) -> None:

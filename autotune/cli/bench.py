@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import atomic
+from autotune.cli._common import HelpFormatter
 from autotune.errors import InputError
 
 # As autotune.bench._common.BENCHMARKS, spelled out so that building the parser does not import torch.
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
         "bench", help="benchmark throughput, overhead, sample efficiency, quality, inversion and memory",
         description="Run a benchmark on the shapes world's tasks, print its figures and rewrite its section of "
         "BENCHMARKS.md. Every ratio is measured against a baseline run in the same process.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("which", choices=(*_ORDER, "all"), help="the benchmark; all: every one but gpu")
     parser.add_argument("--model", default="shapes", help="model to benchmark (short name, folder, file, hub id)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
@@ -89,8 +90,8 @@ def register(subparsers) -> None:
     parser.add_argument("--cache-dir", default=".autotune/bench", help="where grid tables are kept between runs")
     parser.add_argument("--seed", type=int, default=0, help="task seed (throughput, overhead, memory, the grid tables "
                         "the sampler was chosen on) and the tuner's seed")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier on a "
-                        "machine that other jobs share")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: as every autotune command, "
+                        "docs/tuning.md, CPU threads); 1 is steadier on a machine that other jobs share")
     parser.set_defaults(handler=run)
 
 
@@ -172,10 +173,9 @@ def run(args: argparse.Namespace) -> int:
     from autotune.bench import _common, markdown
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.threads:
-        import torch
+    from autotune import threads
 
-        torch.set_num_threads(args.threads)
+    threads.configure(args.threads)
     categories = [c.strip() for c in args.categories.split(",") if c.strip()]
     unknown = [c for c in [*categories, args.category] if c not in _common.SHAPES_CATEGORIES]
     if unknown:

@@ -10,7 +10,7 @@ from autotune.params import EditParams
 
 
 def register(subparsers) -> None:
-    from autotune.cli._common import add_model_arguments, add_param_arguments
+    from autotune.cli._common import HelpFormatter, add_model_arguments, add_param_arguments
     from autotune.scoring.piebench_scorer import ALL_METRICS
 
     parser = subparsers.add_parser(
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         description="Edit every task of --tasks with the given parameters (or a preset), write the images, a "
         "per-task CSV with every metric and a per-category summary in PIE-Bench's columns and scales. "
         "Resumable: run the same command again and finished tasks are skipped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--tasks", required=True,

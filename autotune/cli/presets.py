@@ -62,13 +62,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("import", help="verify a pack and add its presets (never overwrites silently)")
-    p.add_argument("pack", type=Path)
+    p.add_argument("pack", type=Path, help="a pack made by `autotune presets export`: PACK.zip or its directory")
     p.add_argument("--into", type=Path, help=f"target directory (default: {user_presets_dir()})")
     p.add_argument("--force", action="store_true", help="replace existing presets even when not better")
     p.set_defaults(handler=cmd_import)
 
-    p = sub.add_parser("verify", help="check packs, preset files or directories (hashes, validation)")
-    p.add_argument("paths", nargs="+", type=Path)
+    p = sub.add_parser("verify", help="check packs, preset files or directories (hashes, validation); with no path, "
+                       "every preset in the lookup order")
+    p.add_argument("paths", nargs="*", type=Path,
+                   help="PACK.zip, pack directories, preset files or directories; default: every directory of the "
+                   "lookup order, each file with where it came from")
     p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser("from-study", help="rebuild presets from a study's stored trials (nothing is re-run)")
@@ -125,13 +128,21 @@ def cmd_list(args: argparse.Namespace) -> int:
         shadowed = " (shadowed)" if key in seen else ""
         seen.add(key)
         rows += 1
-        trials = preset.provenance.get("n_complete")
-        kind = preset.kind + (f", {trials} trials" if trials is not None else "")
+        kind = preset.kind + _trials_note(preset.provenance)
         print(f"  {entry.origin:7s} {preset.category:17s} {preset.model['id']}  [{kind}]{shadowed}")
         print(f"          balanced: {_params_brief(preset.params())}  ({entry.path})")
     if not rows:
         print("  no presets found")
     return 0
+
+
+def _trials_note(provenance: dict[str, Any]) -> str:
+    """", 15 of 32 trials complete": the completed trials are what the front stands on, the rest were pruned or
+    failed."""
+    complete, total = provenance.get("n_complete"), provenance.get("n_trials")
+    if complete is None:
+        return ""
+    return f", {complete} of {total} trials complete" if total is not None else f", {complete} trials complete"
 
 
 def _resolve(spec: str, model: str | None) -> tuple[Preset, str]:
@@ -265,6 +276,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from autotune.presets.pack import INDEX_NAME, verify_pack
 
+    if not args.paths:
+        return _verify_lookup_order()
     bad = 0
     for path in args.paths:
         if path.suffix.lower() == ".zip" or (path / INDEX_NAME).is_file():
@@ -273,22 +286,41 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"{path}: {line}")
             bad += sum(1 for i in report.items if i.action == "rejected")
             continue
+        if not path.exists():
+            raise PresetError(f"{path} does not exist; give preset files, directories or packs to verify "
+                              "(or nothing: every preset in the lookup order)")
         files = sorted(path.glob("*.json")) if path.is_dir() else [path]
-        for file in files:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", PresetWarning)
-                    preset = Preset.load(file, strict=True)
-                entry = load_entry(file, "verify")  # collect warnings (unknown keys, ...) to show them
-                note = "; ".join(entry.warnings)
-                print(
-                    f"ok        {file}  ({preset.category}, {preset.model['id']})"
-                    + (f"  warning: {note}" if note else "")
-                )
-            except PresetError as exc:
-                bad += 1
-                print(f"rejected  {file}  ({exc})")
+        bad += sum(not _verify_file(file) for file in files)
     return 0 if bad == 0 else 1
+
+
+def _verify_lookup_order() -> int:
+    """Every preset that `edit --preset` and `Editor(presets=True)` could load, with the directory it came from."""
+    store = PresetStore()
+    print("lookup order: " + ", ".join(f"{o}={d}" for o, d in store.dirs))
+    bad = files = 0
+    for origin, directory in store.dirs:
+        found = sorted(p for p in directory.glob("*.json") if not p.name.startswith(".")) if directory.is_dir() else []
+        files += len(found)
+        bad += sum(not _verify_file(file, origin) for file in found)
+    print(f"{files} preset file(s) checked, {bad} rejected")
+    return 0 if bad == 0 else 1
+
+
+def _verify_file(file: Path, origin: str = "") -> bool:
+    """Print `ok` or `rejected` for one preset file, loaded strictly (a stale content hash is an error)."""
+    where = f"{origin:8s}" if origin else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PresetWarning)
+            preset = Preset.load(file, strict=True)
+    except PresetError as exc:
+        print(f"rejected  {where}{file}  ({exc})")
+        return False
+    note = "; ".join(load_entry(file, origin or "verify").warnings)  # unknown keys and the like, shown not fatal
+    warning = f"  warning: {note}" if note else ""
+    print(f"ok        {where}{file}  ({preset.category}, {preset.model['id']}){warning}")
+    return True
 
 
 def _open_storage(url: str) -> tuple[Any, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from autotune.cli._common import HelpFormatter
 from autotune.errors import InputError
 
 
@@ -18,7 +19,7 @@ def register(subparsers) -> None:
         description="Pictures of a tuning study: the Pareto front with the paper points and the preset picks, "
         "parameter slices, and an edit grid (source | paper default | conservative | balanced | aggressive) on a "
         "few of the study's tasks, with the model the study recorded.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--study", required=True, help="study name")
     parser.add_argument("--storage", help="a .journal path or postgresql://...; unset: <project-dir>/studies.journal")
     parser.add_argument("--project-dir", default=".autotune", help="embedded storage location")
@@ -41,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no study named {args.study!r} in {store.url}; studies there: "
                          f"{', '.join(sorted(names)) or 'none'}")
     study = optuna.load_study(study_name=args.study, storage=store.storage)
+    if not args.no_edits:
+        from autotune import threads
+
+        threads.configure(None)  # the edit grid runs the model
     index = write_report(study, args.out, edit_tasks=args.edit_tasks, edits=not args.no_edits, device=args.device)
     print(index)
     return 0

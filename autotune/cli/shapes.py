@@ -19,34 +19,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     render = sub.add_parser("render", help="render random scenes to PNG files and print their captions")
     render.add_argument("--out", required=True, help="output folder")
-    render.add_argument("--count", type=int, default=8)
-    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--count", type=int, default=8, help="scenes to render (default: 8)")
+    render.add_argument("--seed", type=int, default=0, help="random seed of the scenes (default: 0)")
     render.set_defaults(handler=_render)
 
     tasks = sub.add_parser("tasks", help="write edit tasks (source PNG, mask PNG, tasks.json) of one category")
     tasks.add_argument("category", help="change_color, change_object, change_background, add_object, delete_object")
-    tasks.add_argument("--split", default="tune", choices=("tune", "heldout"))
-    tasks.add_argument("--count", type=int, default=20)
-    tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--split", default="tune", choices=("tune", "heldout"),
+                       help="tune: the tasks tuning uses; heldout: others, for evaluation (default: tune)")
+    tasks.add_argument("--count", type=int, default=20, help="tasks to write (default: 20)")
+    tasks.add_argument("--seed", type=int, default=0, help="random seed of the tasks (default: 0)")
     tasks.add_argument("--out", required=True, help="output folder")
     tasks.set_defaults(handler=_tasks)
 
-    train = sub.add_parser("train", help="train the model (forwards its arguments to python -m autotune.shapes.train)",
-                           add_help=False)
-    train.add_argument("rest", nargs=argparse.REMAINDER)
-    train.set_defaults(handler=lambda args: _forward("autotune.shapes.train", args.rest), forward=True)
+    # train, train-flow and measure hand every option to their module's own parser (`autotune.cli.main` passes them
+    # on as `forwarded`, since argparse's REMAINDER drops options that start with "-").
+    train = sub.add_parser("train", help="train the model (forwards its arguments to python -m autotune.shapes.train; "
+                           "--help for the options)", add_help=False)
+    train.set_defaults(handler=lambda args: _forward("autotune.shapes.train", args.forwarded), forwards=True)
 
     train_flow = sub.add_parser("train-flow", help="train the rectified-flow (SD3-format) shapes-flow model, then "
                                 "measure it (forwards its arguments to autotune.shapes.train_flow; --help for them)",
                                 add_help=False)
-    train_flow.add_argument("rest", nargs=argparse.REMAINDER)
-    train_flow.set_defaults(handler=lambda args: _train_flow(args.rest), forward=True)
+    train_flow.set_defaults(handler=lambda args: _train_flow(args.forwarded), forwards=True)
 
     measure = sub.add_parser("measure", help="measure the model: text to image at two guidance scales, inversion "
                              "error against w_inv (--help for the options)",
                              add_help=False)
-    measure.add_argument("rest", nargs=argparse.REMAINDER)
-    measure.set_defaults(handler=lambda args: _forward("autotune.bench.shapes_model", args.rest), forward=True)
+    measure.set_defaults(handler=lambda args: _forward("autotune.bench.shapes_model", args.forwarded), forwards=True)
 
 
 def _forward(module: str, rest: list[str]) -> int:

@@ -17,7 +17,7 @@ from autotune.errors import InputError
 
 
 def register(subparsers) -> None:
-    from autotune.cli._common import add_model_arguments, add_param_arguments
+    from autotune.cli._common import HelpFormatter, add_model_arguments, add_param_arguments
     from autotune.tuning.samplers import DEFAULT_SAMPLER, SAMPLERS
 
     parser = subparsers.add_parser(
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         help="tune the guidance pair for one edit category (a multi-objective Optuna study)",
         description="Search (w_src, w_tgt) and any opened knob on the tasks of one category, trading fidelity "
         "against edit strength; write the category's preset. Resumable: re-run the same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--tasks", required=True,
                         help="shapes:<category>[:<count>], a PIE-Bench directory (mapping_file.json), "
@@ -47,7 +47,9 @@ def register(subparsers) -> None:
                         help="Optuna sampler; tpe counts a new w_src's inversion cost, tpe-plain does not "
                         "(docs/tuning.md, Samplers)")
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (other workers derive their own)")
-    parser.add_argument("--presets-dir", default="presets", help="where the preset is written")
+    parser.add_argument("--presets-dir", help="where the preset is written; a preset it replaces is kept in its "
+                        "history/ folder. Unset: your presets directory ($AUTOTUNE_PRESETS_DIR, else "
+                        "~/.config/autotune/presets), searched before the presets shipped with autotune")
     parser.add_argument("--project-dir", default=".autotune", help="embedded storage and artifacts")
     parser.add_argument("--space", action="append", default=[], metavar="KNOB=RANGE",
                         help="search a knob: w_src=0:2:0.1 (the default on SD 1.x/2.x), w_tgt=1:12, steps=10:50:10, "
@@ -127,17 +129,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--category is required (an id 0-9 or a name such as change_color)")
     try:
         category = category_name(category)
-    except ValueError as exc:
-        raise InputError(f"--category: {exc}") from None
+    except ValueError as exc:  # name the option the category came from
+        raise InputError(f"{'--category' if args.category else '--tasks ' + args.tasks}: {exc}") from None
     from pathlib import Path
 
-    from autotune.presets.store import check_presets_dir
+    from autotune.presets.store import check_presets_dir, user_presets_dir
     from autotune.tuning.search_space import parse_knob_arg
     from autotune.tuning.storage import open_storage
 
     knobs = dict(parse_knob_arg(text) for text in args.space)  # checked now; the space needs the model's defaults
     check_overrides(param_overrides(args))
-    check_presets_dir(Path(args.presets_dir))  # found now, not when the preset is written hours later
+    presets_dir = Path(args.presets_dir) if args.presets_dir else user_presets_dir()
+    check_presets_dir(presets_dir)  # found now, not when the preset is written hours later
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
     tasks = load_tasks(args.tasks, category, args.split)
     editor = load_editor(args)
@@ -153,11 +156,15 @@ def run(args: argparse.Namespace) -> int:
     scorer = make_scorer(args, editor)
     result = tune(editor, tasks, category=category, trials=args.trials, batch=args.batch, storage=store,
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
-                  objectives=_objectives(args, scorer), search_space=space, presets_dir=args.presets_dir,
+                  objectives=_objectives(args, scorer), search_space=space, presets_dir=presets_dir,
                   progress=not args.quiet, prune=pruner or False, project_dir=args.project_dir,
                   task_source={"spec": args.tasks, "split": args.split}, task_batch=args.task_batch,
                   invert_ahead=args.invert_ahead)
     print(report(result) if args.report else result.summary())
+    if result.preset is not None:
+        from autotune.report.dashboard import annotate
+
+        annotate(result.study, result.preset, result.preset_path)  # the preset's provenance, in `autotune dashboard`
     if result.preset_path is None:
         print("no trial completed: no preset written")
     elif args.report:

@@ -157,11 +157,16 @@ def locate(model: str, revision: str | None = None, allow_pickle: bool = False) 
             name, revision=revision, use_safetensors=not allow_pickle, local_files_only=hub_offline()
         )
     except Exception as exc:  # hub errors come in many classes; all mean "not available"
-        tried.append(f"hub id {name!r}{' @ ' + revision if revision else ''}: {type(exc).__name__}: {first_line(exc)}")
+        if hub_offline() and type(exc).__name__ in ("LocalEntryNotFoundError", "OfflineModeIsEnabled"):
+            why = "not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 keeps the hub off"
+        else:
+            why = f"{type(exc).__name__}: {first_line(exc)}"
+        tried.append(f"hub id {name!r}{' @ ' + revision if revision else ''}: {why}")
         raise ModelNotFoundError(
             f"could not load model {model!r}. Tried: " + "; ".join(tried) + ". "
-            "If the model is not reachable from here, download it elsewhere (e.g. `huggingface-cli download "
-            f"{name}`) and pass the local folder, or a single .safetensors file, with --model PATH."
+            "If the model is not reachable from here, download it where it is (`hf download "
+            f"{name} --local-dir DIR`, the Hugging Face CLI) and pass the folder, or a single .safetensors file, "
+            "with --model PATH."
         ) from None
     return Checkpoint(model, "hub", Path(folder), revision, tuple(tried))
 
@@ -171,7 +176,13 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an error, without its final full stop (the caller punctuates); a long one is cut after its
+    last whole sentence that fits, never mid-word."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if len(text) > limit:
+        cut = text.rfind(". ", 0, limit)
+        text = text[:cut] if cut > 0 else text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text.rstrip(".")
 

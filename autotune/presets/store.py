@@ -2,18 +2,21 @@
 
 Lookup order (first match wins):
   1. an explicit path (`path/to/file.json`, optionally `:style`);
-  2. `./presets` (the project you are in, e.g. a team's git repository of presets);
+  2. `./presets` (the project you are in, e.g. a team's git repository of presets), unless that is the shipped
+     folder itself (running from autotune's own checkout), which keeps its place at the end;
   3. the user's presets directory: `$AUTOTUNE_PRESETS_DIR`, else `$XDG_CONFIG_HOME/autotune/presets`, else
-     `~/.config/autotune/presets`;
+     `~/.config/autotune/presets`; where `autotune tune` writes by default;
   4. the presets shipped with autotune (the repository's top-level `presets/`, or `autotune/_presets` in a wheel).
 
-One file per (model, category), named `<model slug>__<category>.json`. Writing into a store never
-overwrites silently: see `PresetStore.add`.
+One file per (model, category), named `<model slug>__<category>.json`. Nothing overwrites a preset silently:
+`PresetStore.add` (import, from-study) replaces only a better preset, `save_preset` (tune) replaces any, and both
+keep the file they replace as a dated copy in `<directory>/history/` and say so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import os
 import re
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune import flow_defaults
+from autotune import atomic, flow_defaults
 from autotune.errors import InputError, PresetError
 from autotune.params import EditParams
 from autotune.presets.preset import STYLES, Preset, PresetWarning
@@ -31,6 +34,7 @@ from autotune.task import CATEGORIES, category_name
 
 PRESETS_DIR_ENV = "AUTOTUNE_PRESETS_DIR"
 ORIGINS = ("explicit", "local", "user", "shipped")
+HISTORY_DIR = "history"  # in a presets directory: the presets replaced there, as dated copies (never looked up)
 
 
 def user_presets_dir() -> Path:
@@ -54,18 +58,28 @@ def shipped_presets_dir() -> Path | None:
 
 def search_dirs(cwd: str | Path | None = None) -> list[tuple[str, Path]]:
     """(origin, directory) in lookup order; directories that do not exist are kept (and skipped when read)."""
-    dirs = [("local", Path(cwd or Path.cwd()) / "presets"), ("user", user_presets_dir())]
     shipped = shipped_presets_dir()
+    dirs = [("local", Path(cwd or Path.cwd()) / "presets"), ("user", user_presets_dir())]
     if shipped is not None:
         dirs.append(("shipped", shipped))
     out: list[tuple[str, Path]] = []
-    seen: set[Path] = set()
-    for origin, path in dirs:
-        key = path.resolve() if path.exists() else path.absolute()
-        if key not in seen:  # e.g. running from the repository: ./presets is the shipped directory
+    seen: set[Path] = {_key(shipped)} if shipped is not None else set()  # in autotune's checkout ./presets is the
+    for origin, path in dirs:  # shipped folder: it stays last, below the user's own presets
+        key = _key(path)
+        if key not in seen or origin == "shipped":
             seen.add(key)
             out.append((origin, path))
     return out
+
+
+def _key(path: Path) -> Path:
+    return path.resolve() if path.exists() else path.absolute()
+
+
+def is_shipped_dir(path: str | Path) -> bool:
+    """Whether `path` is the folder of presets shipped with autotune (read-only to `tune`)."""
+    shipped = shipped_presets_dir()
+    return shipped is not None and _key(Path(path)) == _key(shipped)
 
 
 def model_slug(model_id: str) -> str:
@@ -95,14 +109,17 @@ class PresetEntry:
 
 @dataclass
 class InstallResult:
-    """What `PresetStore.add` did with one preset: added, replaced, unchanged or kept (the existing one)."""
+    """What `PresetStore.add` or `save_preset` did with one preset: added, replaced, unchanged or kept (the
+    existing one); `previous` is where a replaced preset was kept."""
 
     action: str
     path: Path
     reason: str
+    previous: Path | None = None
 
     def __str__(self) -> str:
-        return f"{self.action:9s} {self.path}  ({self.reason})"
+        kept = f"; the previous one is kept as {self.previous}" if self.previous else ""
+        return f"{self.action:9s} {self.path}  ({self.reason}{kept})"
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, bool]:
@@ -155,7 +172,8 @@ class PresetStore:
             elif len({e.preset.model.get("id") for e in here}) > 1:  # type: ignore[union-attr]
                 models = ", ".join(sorted({str(e.preset.model.get("id")) for e in here}))  # type: ignore[union-attr]
                 raise PresetError(
-                    f"{directory} holds {category} presets for several models ({models}): say which model"
+                    f"{directory} holds {category} presets for several models ({models}): say which model, "
+                    "with --model ID on the command line (model= in Python)"
                 )
             if here:
                 return here[0]
@@ -199,7 +217,8 @@ class PresetStore:
 
         Never overwrites silently: an existing file is replaced only when it is identical (unchanged), when
         the new preset was tuned on the same task fingerprint and scores better (`Preset.improves_on`), or
-        with `force`. The decision and the write happen under a lock on the directory.
+        with `force`, and a replaced file is kept in `history/` (`keep_previous`). The decision and the write
+        happen under a lock on the directory.
         """
         directory = Path(directory) if directory is not None else user_presets_dir()
         try:
@@ -217,22 +236,25 @@ class PresetStore:
                     existing = Preset.load(path)
             except PresetError as exc:
                 if force:
+                    previous = keep_previous(path)
                     preset.save(path)
-                    return InstallResult("replaced", path, f"forced; the existing file did not load: {exc}")
+                    return InstallResult("replaced", path, f"forced; the existing file did not load: {exc}", previous)
                 return InstallResult(
                     "kept", path, f"the existing file does not load ({exc}); use --force to replace it"
                 )
             if existing.content_hash == preset.content_hash:
                 return InstallResult("unchanged", path, "identical content")
             if force:
+                previous = keep_previous(path)
                 preset.save(path)
-                return InstallResult("replaced", path, "forced")
+                return InstallResult("replaced", path, "forced", previous)
             if existing.category != preset.category or not _same_id(existing.model.get("id"), preset.model):
                 return InstallResult("kept", path, "the file holds a preset for another model or category; use --force")
             better, why = preset.improves_on(existing)
             if better:
+                previous = keep_previous(path)
                 preset.save(path)
-                return InstallResult("replaced", path, why)
+                return InstallResult("replaced", path, why, previous)
             return InstallResult("kept", path, f"existing preset kept: incoming {why}; use --force to replace it")
 
     def _not_found(self, category: str, model: Mapping[str, Any] | str | None, entries: list[PresetEntry]) -> str:
@@ -247,8 +269,66 @@ class PresetStore:
         return text + " Tune one with `autotune tune`, or give a preset file path."
 
 
+def save_preset(preset: Preset, directory: str | Path | None = None) -> InstallResult:
+    """Write a freshly tuned preset as `<directory>/<model>__<category>.json` (default: the user's presets
+    directory), whatever was there: the study is the newer measurement. A different file already there is first
+    kept as a dated copy (`keep_previous`); an identical one is left as it is. The shipped presets are refused."""
+    directory = Path(directory) if directory is not None else user_presets_dir()
+    if is_shipped_dir(directory):
+        raise PresetError(_SHIPPED_READ_ONLY.format(directory=directory, user=user_presets_dir()))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PresetError(f"cannot write the preset in {directory}: the folder cannot be created "
+                          f"({exc.strerror or exc}); nothing was written") from None
+    path = directory / preset_filename(preset.model["id"], preset.category)
+    with _directory_lock(directory):
+        if not path.exists():
+            preset.save(path)
+            return InstallResult("added", path, "new")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PresetWarning)
+            with contextlib.suppress(PresetError):
+                if Preset.load(path).content_hash == preset.content_hash:
+                    return InstallResult("unchanged", path, "identical content")
+        previous = keep_previous(path)
+        preset.save(path)
+        return InstallResult("replaced", path, "a newer tuning result", previous)
+
+
+def keep_previous(path: Path) -> Path:
+    """Copy the preset file `path` to `<its directory>/history/<stem>.<UTC time it was written>.json` (e.g.
+    `shapes__change_color.2026-12-05T13-18-00.123Z.json`) before it is replaced, and return the copy's path.
+
+    A dated copy rather than a history inside the file: each version stays a complete preset that loads, diffs
+    (`autotune presets diff OLD NEW`) and is restored by copying it back, with its own content hash, and the
+    current file stays as small as one result, which is what packs and teams share. `history/` is not searched."""
+    written = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    stamp = written.strftime("%Y-%m-%dT%H-%M-%S.") + f"{written.microsecond // 1000:03d}Z"  # sorts in time order
+    history = path.parent / HISTORY_DIR
+    target = history / f"{path.stem}.{stamp}.json"
+    n = 1
+    while target.exists():  # two versions written within one second
+        n += 1
+        target = history / f"{path.stem}.{stamp}-{n}.json"
+    try:
+        atomic.write_bytes(target, path.read_bytes())
+    except OSError as exc:
+        raise PresetError(f"cannot keep the previous preset {path} in {history} ({exc.strerror or exc}); it was not "
+                          "replaced") from None
+    return target
+
+
+_SHIPPED_READ_ONLY = (
+    "{directory} holds the presets shipped with autotune, which tune does not overwrite; tuned presets go to "
+    "your presets directory ({user}, the default, searched before the shipped ones) or to the --presets-dir you give"
+)
+
+
 def check_presets_dir(folder: Path) -> None:
     """Create the presets folder or fail now, before hours of trials whose preset could not be written."""
+    if is_shipped_dir(folder):
+        raise InputError(_SHIPPED_READ_ONLY.format(directory=folder, user=user_presets_dir()))
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

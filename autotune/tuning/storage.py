@@ -57,6 +57,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import StorageError
+from autotune.process import process_alive, process_start
 from autotune.redact import redact_url
 from autotune.tuning import contract
 
@@ -72,34 +73,10 @@ _ACTIVE: set[tuple[str, int]] = set()
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
 
-def _process_start(pid: int) -> str | None:
-    """Kernel start time of a process (Linux), to tell a live worker from a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _process_alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if start is not None:
-        now = _process_start(pid)
-        if now is not None and now != start:
-            return False  # the pid was recycled by another process
-    return True
-
-
 def worker_identity(seed: int | None = None) -> dict[str, Any]:
     """Who runs a trial: host, pid, process start time, sampler seed. Recorded on every trial it runs."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid), "seed": seed}
+    return {"host": socket.gethostname(), "pid": pid, "start": process_start(pid), "seed": seed}
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
@@ -202,7 +179,7 @@ class TuneStorage:
                 if (self.url, trial._trial_id) in _ACTIVE:
                     return None  # ours, being evaluated
                 return "this process abandoned it (an earlier run in this process stopped on an error)"
-            if not _process_alive(int(worker.get("pid", -1)), worker.get("start")):
+            if not process_alive(int(worker.get("pid", -1)), worker.get("start")):
                 return f"its worker (pid {worker.get('pid')} on {worker.get('host')}) is gone"
         if not isinstance(worker, dict):
             # Never claimed: its worker died between `ask` and `claim`, which follow each other within
@@ -220,14 +197,12 @@ class TuneStorage:
         return None
 
     def sweep(self, study: optuna.Study) -> list[int]:
-        """Fail RUNNING trials whose worker is gone and re-queue them; returns the failed trial numbers."""
+        """Fail RUNNING trials whose worker is gone and re-queue them; returns the failed trial numbers.
+
+        Our own checks first: a worker of this host whose process is gone is known dead at once and its trials get
+        the reason (`fail_kind` "stale"); on an RDB, Optuna's heartbeat check then takes the ones left (those it
+        fails carry no `fail_kind`), whichever the timing."""
         swept: list[int] = []
-        if self.kind == "rdb":
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # calls RetryStaleTrial on each
-            swept += sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             reason = self._is_stale(trial, now)
@@ -235,6 +210,12 @@ class TuneStorage:
                 continue
             if self.fail_and_retry(study, trial, "stale", reason):
                 swept.append(trial.number)
+        if self.kind == "rdb":
+            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # calls RetryStaleTrial on each
+            swept += sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
         if swept:
             logger.warning("re-queued %d trial(s) left running by stopped workers: %s", len(swept), swept)
         return swept

@@ -24,7 +24,7 @@ from autotune.errors import PresetError
 from autotune.params import EditParams
 from autotune.presets.preset import OBJECTIVES, FrontPoint, Preset, PresetWarning
 from autotune.presets.provenance import make_provenance
-from autotune.presets.store import preset_filename
+from autotune.presets.store import InstallResult, save_preset
 from autotune.redact import redact_url
 from autotune.tuning import contract
 
@@ -155,12 +155,12 @@ def presets_from_storage(
     return out
 
 
-def save_study_preset(study: optuna.Study, presets_dir: str | os.PathLike | None) -> tuple[Preset | None, Path | None]:
-    """Build the study's preset and save it in `presets_dir` (default `./presets`) under its standard name; (None,
-    None) when no trial has completed yet."""
+def save_study_preset(study: optuna.Study, presets_dir: str | os.PathLike | None
+                      ) -> tuple[Preset | None, InstallResult | None]:
+    """Build the study's preset and save it in `presets_dir` (default: the user's presets directory) under its
+    standard name, keeping a preset it replaces (`autotune.presets.store.save_preset`); (None, None) when no trial
+    has completed yet."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None, None
     preset = presets_from_study(study, storage_label=study.user_attrs.get(contract.STORAGE))[0]
-    directory = Path(presets_dir) if presets_dir is not None else Path("presets")
-    path = preset.save(directory / preset_filename(preset.model.get("id", "model"), preset.category))
-    return preset, Path(path)
+    return preset, save_preset(preset, Path(presets_dir) if presets_dir is not None else None)

@@ -46,6 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune import __version__
 from autotune.errors import InputError, StorageError
 from autotune.evaluation.batch import ARTIFACT_TASKS, BatchEvaluator, Candidate, check_prompts, thumbnail
+from autotune.presets.store import InstallResult, is_shipped_dir, search_dirs, shipped_presets_dir
 from autotune.scoring.objectives import Objectives, default_objectives
 from autotune.task import EditTask, category_name, task_fingerprint
 from autotune.tuning import contract, record
@@ -72,22 +73,61 @@ class TuneResult:
     engine_calls: int = 0  # `edit_task` / `edit_tasks` calls made by this run
     candidate_edits: int = 0  # candidates edited by this run, summed over calls
     counts: dict[str, int] = field(default_factory=dict)
+    saved: InstallResult | None = None  # how the preset was written: added, replaced (the previous one kept), unchanged
 
     def paper_points(self) -> dict[str, FrozenTrial]:
         return {t.user_attrs[contract.PAPER_POINT]: t for t in self.study.get_trials(states=(TrialState.COMPLETE,))
                 if t.user_attrs.get(contract.PAPER_POINT)}
 
     def summary(self) -> str:
+        """The counts, the front (each trial with the preset styles picked from it) and where the preset went."""
         lines = [f"study {self.study.study_name!r} on {self.storage}: " +
                  ", ".join(f"{v} {k}" for k, v in self.counts.items())]
+        styles = self._styles_by_trial()
         for t in sorted(self.front, key=lambda t: t.values[0]):
             p = t.user_attrs.get(contract.PARAMS, {})
-            tag = f" [{t.user_attrs[contract.PAPER_POINT]}]" if t.user_attrs.get(contract.PAPER_POINT) else ""
+            tags = styles.get(t.number, []) + ([t.user_attrs[contract.PAPER_POINT]]
+                                                if t.user_attrs.get(contract.PAPER_POINT) else [])
             lines.append(f"  trial {t.number:4d}: fidelity {t.values[0]:.4g}, edit strength {t.values[1]:.4g}  "
-                         f"w_src={p.get('w_src')} w_tgt={p.get('w_tgt')}{tag}")
-        if self.preset_path is not None:
-            lines.append(f"preset written to {self.preset_path}")
+                         f"w_src={_short(p.get('w_src'))} w_tgt={_short(p.get('w_tgt'))}"
+                         + (f"  [{', '.join(tags)}]" if tags else ""))
+        if self.saved is not None:
+            lines.append(_saved_line(self.saved))
         return "\n".join(lines)
+
+    def _styles_by_trial(self) -> dict[int, list[str]]:
+        """Trial number -> the preset's picks (conservative, balanced, aggressive) made from it."""
+        out: dict[int, list[str]] = {}
+        if self.preset is None:
+            return out
+        for style, pick in self.preset.picks.items():
+            index = pick.get("front_index")
+            if index is not None and self.preset.front[index].trial is not None:
+                out.setdefault(self.preset.front[index].trial, []).append(style)
+        return out
+
+
+def _short(value: Any) -> str:
+    """A guidance value as a person reads it: 2.34, not 2.343304720205481 (a schedule as its dict)."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _saved_line(saved: InstallResult) -> str:
+    if saved.action == "unchanged":
+        return f"preset unchanged: {saved.path} already holds this study's result"
+    line = f"preset written to {saved.path}"
+    if saved.previous is not None:
+        line += f"; it replaced a different one, kept as {saved.previous}"
+    looked_up = [d.resolve() for origin, d in search_dirs() if origin != "shipped" and d.exists()]
+    if saved.path.parent.resolve() not in looked_up:
+        line += f" (a folder the preset lookup does not search: use it with --preset {saved.path})"
+        return line
+    shipped = shipped_presets_dir()
+    if shipped is not None and (shipped / saved.path.name).is_file():
+        line += "; it is used before the preset shipped with autotune for this model and category"
+    return line
 
 
 @dataclass
@@ -155,7 +195,9 @@ def tune(
             paper points); default: the editor's model family's (`SearchSpace.for_editor`): on Stable Diffusion
             1.x/2.x w_src in [0, 2] in steps of 0.1 and w_tgt in [1, 12]; on SD3 / FLUX.1 FlowEdit's guidance
             pair and window around the model's published setting.
-        presets_dir: where the preset is written (default `./presets`).
+        presets_dir: where the preset is written (default: the user's presets directory,
+            `autotune.presets.store.user_presets_dir`); a preset it replaces is kept in its `history/` folder, and
+            the presets shipped with autotune are refused.
         prune: True (a `DominationPruner()`), False, or a configured pruner.
         artifacts: None (a `FileSystemArtifactStore` in `<project_dir>/artifacts`), False (off), a directory,
             or any Optuna artifact store.
@@ -172,6 +214,9 @@ def tune(
             Optuna's `study.optimize(callbacks=...)` (`study.stop()` does not apply: the budget is `trials`). An
             exception in a callback ends the study there; every recorded trial is kept.
     """
+    if save_preset and presets_dir is not None and is_shipped_dir(presets_dir):  # refused now, not after the study
+        raise InputError(f"presets_dir={str(presets_dir)!r} holds the presets shipped with autotune, which tune does "
+                         "not overwrite; leave it unset (the user's presets directory) or give another")
     plan = _plan(editor, tasks, category=category, trials=trials, batch=batch, task_batch=task_batch,
                  callbacks=callbacks, sampler=sampler, scorer=scorer, objectives=objectives,
                  search_space=search_space, prune=prune)
@@ -179,11 +224,11 @@ def tune(
                 sampler=sampler, seed=seed, batch=batch, artifacts=artifacts, task_source=task_source)
     evaluator = BatchEvaluator(editor, scorer, plan.tasks, plan.objectives, plan.pruner, task_batch, invert_ahead)
     _run_batches(run, plan, evaluator, batch=batch, progress=progress, callbacks=callbacks)
-    preset, path = save_study_preset(run.study, presets_dir) if save_preset else (None, None)
+    preset, saved = save_study_preset(run.study, presets_dir) if save_preset else (None, None)
     counts = _budget(run.study)
-    return TuneResult(run.study, list(run.study.best_trials), preset, path, run.store.url, evaluator.engine_calls,
-                      evaluator.candidate_edits,
-                      {k: counts[k] for k in ("complete", "pruned", "failed", "retried")})
+    return TuneResult(run.study, list(run.study.best_trials), preset, saved.path if saved else None, run.store.url,
+                      evaluator.engine_calls, evaluator.candidate_edits,
+                      {k: counts[k] for k in ("complete", "pruned", "failed", "retried")}, saved)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -265,7 +310,10 @@ def _open(plan: _Plan, editor: Any, scorer: Any, *, storage: Any, project_dir: A
         contract.STORAGE: store.url,
         **({contract.TASK_SOURCE: dict(task_source)} if task_source else {}),
     }, store.url)
-    if created:
+    if created:  # named objectives: optuna-dashboard shows "fidelity" and "edit_strength", not "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([f"{o.name} ({', '.join(o.metrics)})" for o in plan.objectives])
         for point, values in plan.space.paper_points():
             study.enqueue_trial(values, user_attrs={contract.PAPER_POINT: point}, skip_if_exists=True)
     return _Run(study, store, worker_seed, _artifact_store(study, store, artifacts, project_dir))
@@ -338,13 +386,16 @@ def _run_batches(run: _Run, plan: _Plan, evaluator: BatchEvaluator, *, batch: in
                 continue
             refs = _front_refs(study, plan.objectives, plan.ids)
             asked = _ask(run, plan, min(batch, remaining))
+            bar.start_batch(len(asked), len(plan.tasks))
             with store.heartbeat([c.trial for c in asked]):
-                evaluator.run(asked, refs, lambda: None)
+                evaluator.run(asked, refs, bar.task_done)
             told = [record.tell(study, cand, plan.objectives, evaluator.signs, plan.ids, sources, run.artifact_store)
                     for cand in asked]
             store.release([c.trial for c in asked])
             done, asked = asked, []
-            bar.update(study, _budget(study))
+            counts = _budget(study)
+            bar.update(study, counts)
+            bar.end_batch(plan.trials - counts["done"] - counts["running"])
             for cand, frozen in zip(done, told, strict=True):
                 for callback in callbacks or ():
                     callback(study, frozen or _frozen(study, cand.trial))
@@ -420,16 +471,38 @@ def _pil_to_tensor(image: Any) -> Any:
 
 
 class _Progress:
-    """A tqdm bar: trials done of the budget, failures, pruned, and the current front."""
+    """A tqdm bar: trials done of the budget, failures, pruned, and the current front.
+
+    It moves within a batch, by the share of the batch's tasks edited (a batch of 4 trials on 20 tasks takes minutes
+    on a CPU), and its time left is this run's average pace (`smoothing=0`), not the pace of the last update. After
+    this run's first batch it prints once how long the rest should take at that batch's pace: an upper estimate,
+    since the first batch is the dearest (every inversion is new, and no front yet lets the pruner stop a
+    candidate early)."""
 
     def __init__(self, enabled: bool, total: int, initial: int, desc: str) -> None:
         self.bar = None
+        self.done = initial
+        self.batch, self.tasks, self.tasks_done, self.batch_started = 0, 1, 0, 0.0
+        self.estimated = False
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=min(initial, total), desc=desc, unit="trial", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=min(initial, total), desc=desc, unit="trial", dynamic_ncols=True,
+                            smoothing=0)
+
+    def start_batch(self, size: int, tasks: int) -> None:
+        self.batch, self.tasks, self.tasks_done = size, max(tasks, 1), 0
+        self.batch_started = time.monotonic()
+
+    def task_done(self) -> None:
+        """One more task edited for the batch's live candidates (the evaluator calls this after each chunk)."""
+        self.tasks_done += 1
+        if self.bar is not None:
+            self.bar.n = min(round(self.done + self.batch * self.tasks_done / self.tasks, 2), self.bar.total)
+            self.bar.refresh()
 
     def update(self, study: optuna.Study, counts: Mapping[str, int], note: str = "") -> None:
+        self.done = counts["done"]
         if self.bar is None:
             return
         front = sorted((tuple(t.values) for t in study.best_trials), key=lambda v: v[0])
@@ -439,6 +512,30 @@ class _Progress:
                                  refresh=False)
         self.bar.refresh()
 
+    def end_batch(self, remaining: int) -> None:
+        """After this run's first batch: the expected time for the remaining trials, once."""
+        if self.estimated or self.bar is None or self.batch == 0:
+            return
+        self.estimated = True
+        took = time.monotonic() - self.batch_started
+        if remaining > 0:
+            left = took / self.batch * remaining
+            self.bar.write(f"first batch: {self.batch} trials in {_duration(took)}; the remaining {remaining} should "
+                           f"take at most about {_duration(left)} (later batches reuse inversions and prune)",
+                           file=self.bar.fp)  # beside the bar, not among the results on stdout
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """12 s, 4 min 05 s, 1 h 02 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
