@@ -26,7 +26,7 @@ from autotune.errors import InputError
 _ORDER = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "gpu")
 _TITLES = {
     "throughput": "1. Tuning throughput, like for like: autotune's loop vs. the naive and strong naive loops",
-    "overhead": "2. Engine overhead: one candidate edit vs. its UNet passes alone",
+    "overhead": "2. Engine overhead: one candidate edit vs. its denoiser passes alone",
     "efficiency": "3. Sample efficiency: trials to reach 98% of a dense grid's best",
     "quality": "4. Quality on a fresh held-out set: every preset pick vs. (0.5, 7.5) and DDIM, with intervals",
     "inversion": "5. Inversion error vs. w_inv (SimInversion replication)",
@@ -253,8 +253,8 @@ def _grids(args: argparse.Namespace, categories: list[str], state: dict, seed: i
 
 def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: dict):
     from autotune.bench import efficiency, gpu, inversion, memory, overhead, quality, throughput
-    from autotune.params import EditParams
     from autotune.shapes.scoring import ShapesScorer
+    from autotune.tuning.search_space import family_defaults
 
     def get(setting: str) -> Any:
         return _setting(args, setting, name)
@@ -270,7 +270,8 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     if name == "overhead":
         editor = _editor(args, state)
         task = _tasks(args.category, "tune", 1, args.seed)[0]
-        return overhead.bench_overhead(editor, task, EditParams(steps=get("steps")), repeats=args.repeats), ""
+        params = family_defaults(editor, None).params.with_(steps=get("steps"))  # the model family's default method
+        return overhead.bench_overhead(editor, task, params, repeats=args.repeats), ""
     if name == "efficiency":
         grids = _grids(args, categories, state, args.seed)
         tables, labels = list(grids.values()), [f"seed {args.seed} (chosen on)"] * len(grids)
