@@ -207,3 +207,48 @@ def test_flux_position_ids_stay_whatever_the_batch():
     assert two.rows == 2 and two.kwargs["img_ids"] is ids
     assert torch.equal(two.kwargs["timestep"].value, torch.tensor([0.0, 1.0]))
 
+
+@pytest.mark.parametrize(("fixture", "pipeline"), [
+    ("tiny_model_dir", "StableDiffusionPipeline"), ("tiny_sdxl_dir", "StableDiffusionXLPipeline"),
+    ("tiny_sd3_dir", "StableDiffusion3Pipeline"), ("tiny_flux_dir", "FluxPipeline")])
+def test_which_benchmark_applies_to_which_family(request, fixture, pipeline):
+    from autotune.bench import _common
+
+    editor = _editor(request, fixture)
+    assert _common.pipeline_class(editor) == pipeline
+    refused = {name: _common.not_applicable(name, pipeline) for name in _common.BENCHMARKS}
+    flow = fixture in ("tiny_sd3_dir", "tiny_flux_dir")
+    assert {n for n, why in refused.items() if why} == (
+        {"efficiency", "quality", "inversion"} if flow else set() if fixture == "tiny_model_dir" else {"inversion"})
+    runs = "throughput|overhead|memory|gpu" if flow else "throughput|overhead|efficiency|quality|memory|gpu"
+    for name, why in refused.items():
+        if why:  # names the benchmark and the family, says why and what runs on this model instead
+            assert why.startswith(f"`autotune bench {name}` does not apply to {_common.MODEL_KINDS[pipeline]}: ")
+            assert why.endswith(f"on this model run `autotune bench {runs}`.")
+
+
+def test_cli_refuses_a_benchmark_that_does_not_apply_and_all_skips_it(tiny_flux_dir, tiny_sdxl_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    from autotune.cli import bench as cli_bench
+    from autotune.cli import main
+
+    out = tmp_path / "B.md"
+    assert main(["bench", "quality", "--model", str(tiny_flux_dir), "--tasks", "1", "--out", str(out)]) == 2
+    assert ("`autotune bench quality` does not apply to FLUX.1 (rectified-flow family): its baselines are "
+            "SimInversion's (0.5, 7.5) and DDIM inversion") in capsys.readouterr().err
+    assert main(["bench", "inversion", "--model", str(tiny_sdxl_dir), "--out", str(out)]) == 2
+    assert "`autotune bench inversion` does not apply to SDXL (UNet family)" in capsys.readouterr().err
+    assert not out.exists()  # refused before any section was written
+
+    ran = []
+
+    class Done:
+        def markdown(self) -> str:
+            return "figures"
+
+    monkeypatch.setattr(cli_bench, "_run_one", lambda name, *a: (ran.append(name), (Done(), ""))[1])
+    assert main(["bench", "all", "--model", str(tiny_flux_dir), "--out", str(out)]) == 0
+    assert ran == ["throughput", "overhead", "memory"]
+    printed = capsys.readouterr().out
+    assert "(skipped efficiency: `autotune bench efficiency` does not apply to FLUX.1" in printed
+    assert "autotune-bench:throughput:start" in out.read_text() and "autotune-bench:quality" not in out.read_text()

@@ -188,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
     which = [n for n in _ORDER if n != "gpu"] if args.which == "all" else [args.which]
     state: dict = {}
     for name in which:
+        refused = _not_applicable(name, args, state)
+        if refused and args.which == "all":
+            print(f"(skipped {name}: {refused})\n")
+            continue
+        if refused:
+            raise InputError(refused)
         result, notes = _run_one(name, args, categories, state)
         machine = _common.machine_info(args.device)
         text = markdown.section(_TITLES[name], command_line(args, name), machine, result.markdown(), notes)
@@ -214,6 +220,25 @@ def _thread_counts(args: argparse.Namespace) -> list[int] | None:
     if not counts or any(n < 1 for n in counts):
         raise InputError(f"--thread-counts {args.thread_counts!r}: each count must be >= 1")
     return counts
+
+
+def _not_applicable(name: str, args: argparse.Namespace, state: dict) -> str | None:
+    """Why benchmark `name` does not apply to `--model`'s family (`_common.APPLIES_TO`), or None. The inversion
+    benchmark loads a folder of its own: its pipeline class is read from the folder's model_index.json."""
+    from autotune.bench import _common
+
+    if name == "gpu" or name not in _common.APPLIES_TO:
+        return None
+    if name == "inversion":
+        folder = Path(_model_folder(args.model))
+        try:
+            pipeline = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(f"the inversion benchmark needs a diffusers folder with a model_index.json naming its "
+                             f"pipeline (_class_name); {folder} has none") from None
+    else:
+        pipeline = _common.pipeline_class(_editor(args, state))
+    return _common.not_applicable(name, pipeline)
 
 
 def _editor(args: argparse.Namespace, state: dict):
