@@ -252,3 +252,45 @@ def test_cli_refuses_a_benchmark_that_does_not_apply_and_all_skips_it(tiny_flux_
     printed = capsys.readouterr().out
     assert "(skipped efficiency: `autotune bench efficiency` does not apply to FLUX.1" in printed
     assert "autotune-bench:throughput:start" in out.read_text() and "autotune-bench:quality" not in out.read_text()
+
+
+class _Keeper:
+    """A scorer that keeps the pixels it is given, in order (the naive loops score every edit they make)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, torch.Tensor]] = []
+
+    def score(self, task, pixels: torch.Tensor) -> dict[str, float]:
+        self.seen.append((task.id, pixels[0].detach().clone()))
+        return {}
+
+
+@pytest.mark.parametrize("fixture", ("tiny_sdxl_dir", "tiny_sd3_dir", "tiny_flux_dir"))
+def test_throughput_baselines_and_factor_edit_what_the_tuner_edits(request, fixture):
+    """Like for like on every family: the naive loop (fresh inversion each edit), the strong naive loop (cache on)
+    and the batching factor (one engine call per candidate) make the very edits of the batched engine call the tuner
+    makes, for the family's default method with SDXL's added conditions or a flow model's guidance in play."""
+    from autotune.bench import throughput
+    from autotune.shapes.tasks import shapes_tasks
+
+    editor = _editor(request, fixture)
+    tasks = shapes_tasks("change_color", "tune", 2)
+    base = family_defaults(editor, None).params.with_(steps=3)
+    cands = [base, base.with_(w_tgt=3.0), base.with_(w_src=1.0, w_tgt=3.0)]
+    editor.cache.clear()
+    want = editor.edit_tasks(tasks, cands)  # [task][candidate]
+    for fresh in (True, False):
+        keeper = _Keeper()
+        editor.cache.clear()
+        throughput.naive_loop(editor, tasks, keeper, cands, fresh=fresh)
+        assert [task_id for task_id, _ in keeper.seen] == [t.id for _ in cands for t in tasks]
+        for i, (_, pixels) in enumerate(keeper.seen):
+            k, t = divmod(i, len(tasks))
+            torch.testing.assert_close(pixels, want[t][k].pixels, rtol=1e-4, atol=1e-4)
+    editor.cache.clear()
+    one_each = throughput.OneEditPerCall(editor).edit_tasks(tasks, cands)
+    for got_row, want_row in zip(one_each, want, strict=True):
+        for a, b in zip(got_row, want_row, strict=True):
+            assert a.params == b.params
+            torch.testing.assert_close(a.pixels, b.pixels, rtol=1e-4, atol=1e-4)
+    editor.cache.clear()
