@@ -129,7 +129,7 @@ def not_applicable(benchmark: str, pipeline: str) -> str | None:
     if pipeline in classes:
         return None
     kind = MODEL_KINDS.get(pipeline, pipeline)
-    fits = [n for n in BENCHMARKS if n not in APPLIES_TO or pipeline in APPLIES_TO[n][0]]
+    fits = [n for n in BENCHMARKS if n != "gpu" and (n not in APPLIES_TO or pipeline in APPLIES_TO[n][0])]
     return (f"`autotune bench {benchmark}` does not apply to {kind}: {why}. It applies to "
             f"{', '.join(MODEL_KINDS[c] for c in classes)}; on this model run `autotune bench "
             f"{'|'.join(fits)}`.")

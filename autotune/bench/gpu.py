@@ -38,6 +38,9 @@ from autotune.errors import InputError
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SIZES = ("full", "tiny")
 BUDGET_MINUTES = 8.0
+# At --size tiny (a CPU check that the command runs, no figure) the overhead benchmark times one repeat and sweeps
+# two batch sizes instead of the card's six or seven.
+TINY_RUN = {"repeats": 1, "sample_batches": [1, 2], "sample_rows": 4}
 CALM = 0.1
 
 
@@ -292,7 +295,8 @@ def _bench_model(model: str, *, device: str, size: str, category: str, factors: 
     if family_for_pipeline(pipeline) is None:
         figures.skipped = f"the engine has no model family for {pipeline} yet"
         return figures
-    run = {**spec.get("run", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    run = {**spec.get("run", {}), **(TINY_RUN if size == "tiny" else {}),
+           **{k: v for k, v in overrides.items() if v is not None}}
     dev = torch.device(device)
     dtype = _dtype(spec, dev)
     begin = time.perf_counter()
