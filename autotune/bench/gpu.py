@@ -89,7 +89,7 @@ def t5_tokenizer(directory: Path) -> Any:
     """A `T5TokenizerFast` over a small Unigram vocabulary: T5's special tokens at T5's ids (pad 0, end 1, unknown
     2), the shapes world's words and the letters (any prompt of the benchmark tokenizes). No T5 SentencePiece model
     ships offline; the ids differ from T5's, the work does not: the pipelines pad every prompt to their
-    `max_sequence_length` (SD3 256, FLUX.1-dev 512 tokens). Built as offline.md says: a Unigram model with a
+    `max_sequence_length` (SD3 256, FLUX.1-dev 512 tokens). Built as a Unigram model with a
     Metaspace pre-tokenizer and decoder, saved to `tokenizer.json` (a WordLevel one saves but does not reload)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import T5TokenizerFast
