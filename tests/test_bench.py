@@ -71,36 +71,40 @@ def test_section_names_command_machine_and_a_busy_machine():
 
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
     r = overhead.bench_overhead(editor, tasks[0], EditParams(steps=3), repeats=1)
-    assert r.cold_unet_calls == 3 + 3  # inversion (w=0.5: one call per step) + two-branch sampling
-    assert r.warm_unet_calls == 3
-    assert r.cold_edit_seconds > 0 and r.cold_unet_seconds > 0 and r.warm_unet_seconds > 0
-    assert math.isclose(r.cold_ratio, r.cold_edit_seconds / r.cold_unet_seconds)
-    assert math.isclose(r.warm_ratio, r.warm_edit_seconds / r.warm_unet_seconds)
+    assert r.cold_calls == 3 + 3  # inversion (w=0.5: one call per step) + two-branch sampling
+    assert r.warm_calls == 3
+    assert r.cold_edit_seconds > 0 and r.cold_denoiser_seconds > 0 and r.warm_denoiser_seconds > 0
+    assert math.isclose(r.cold_ratio, r.cold_edit_seconds / r.cold_denoiser_seconds)
+    assert math.isclose(r.warm_ratio, r.warm_edit_seconds / r.warm_denoiser_seconds)
     assert list(r.sample_ms) == [1, 2, 4, 8, 16, 32, 64] and all(v > 0 for v in r.sample_ms.values())
+    assert r.denoiser == "UNet2DConditionModel" and r.method == "siminversion"
     assert "| ms per sample |" in r.markdown()
 
 
 def test_sample_costs_replay_the_call_at_each_batch_size(editor, tasks):
     unet = editor.components.unet
-    call = overhead.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
-    seen = overhead.record_unet_calls(unet, lambda: overhead.unet_sample_costs(unet, call, torch.device("cpu"),
-                                                                         editor.dtype, batches=(1, 4), samples=8))
-    assert [s[0] for s, _, _ in seen] == [1] * (1 + 8) + [4] * (1 + 2)  # a warm-up, then 8 rows' worth
-    assert all(s[1:] == call[0][1:] and e[1:] == call[2][1:] for s, _, e in seen)
+    call = overhead.record_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
+    seen = overhead.record_calls(unet, lambda: overhead.sample_costs(unet, call, torch.device("cpu"), batches=(1, 4),
+                                                                     samples=8))
+    assert [c.rows for c in seen] == [1] * (1 + 8) + [4] * (1 + 2)  # a warm-up, then 8 rows' worth
+    text = call.kwargs["encoder_hidden_states"]
+    assert all(c.args[0].shape[1:] == call.args[0].shape[1:] for c in seen)
+    assert all(c.kwargs["encoder_hidden_states"].shape[1:] == text.shape[1:] for c in seen)
+    assert all(torch.equal(c.args[1].value, call.args[1].value) for c in seen)  # the recorded timestep
 
 
 def test_sample_costs_keep_what_fit_when_a_batch_runs_out_of_memory(editor, tasks, monkeypatch):
     unet = editor.components.unet
-    call = overhead.record_unet_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
-    real = overhead.replay_unet_calls
+    call = overhead.record_calls(unet, lambda: editor.edit_task(tasks[0], [EditParams(steps=2)]))[-1]
+    real = overhead.replay_calls
 
-    def small_device(unet, calls, device, dtype):
-        if calls[0][0][0] >= 4:
+    def small_device(unet, calls, device):
+        if calls[0].rows >= 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(unet, calls, device, dtype)
+        return real(unet, calls, device)
 
-    monkeypatch.setattr(overhead, "replay_unet_calls", small_device)
-    costs = overhead.unet_sample_costs(unet, call, torch.device("cpu"), editor.dtype, batches=(1, 2, 4, 8), samples=4)
+    monkeypatch.setattr(overhead, "replay_calls", small_device)
+    costs = overhead.sample_costs(unet, call, torch.device("cpu"), batches=(1, 2, 4, 8), samples=4)
     assert list(costs) == [1, 2] and all(v > 0 for v in costs.values())
 
 
@@ -209,7 +213,7 @@ def test_cli_bench_overhead_writes_its_section(tiny_model_dir, tmp_path, capsys)
     assert code == 0
     text = out.read_text()
     assert f"autotune bench overhead --model {tiny_model_dir} --device cpu --steps 2" in text
-    assert "| cold (inversion + two-branch edit) | 4 |" in text
+    assert "| cold (empty cache: inversion and source work computed) | 4 |" in text
     assert "autotune-bench:overhead:end" in text
     assert "Engine overhead" in capsys.readouterr().out
 

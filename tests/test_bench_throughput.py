@@ -41,9 +41,9 @@ def scorer():
 
 
 def _unet_calls(editor, run) -> int:
-    from autotune.bench.overhead import record_unet_calls
+    from autotune.bench.overhead import record_calls
 
-    return len(record_unet_calls(editor.components.unet, run))
+    return len(record_calls(editor.components.unet, run))
 
 
 def test_naive_loops_fresh_and_cached(editor, tasks, scorer):

@@ -86,6 +86,55 @@ def denoiser(editor: Any) -> torch.nn.Module:
     raise InputError(f"no denoiser (unet or transformer) among the components of {editor.model_info().get('id')}")
 
 
+# The models each benchmark applies to, by diffusers pipeline class, and what they are called in a refusal.
+MODEL_KINDS = {
+    "StableDiffusionPipeline": "SD 1.x/2.x (UNet family)",
+    "StableDiffusionXLPipeline": "SDXL (UNet family)",
+    "StableDiffusion3Pipeline": "SD3 (rectified-flow family)",
+    "FluxPipeline": "FLUX.1 (rectified-flow family)",
+}
+_UNET = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+# benchmark -> (the pipeline classes it applies to, why not the others); a benchmark not here applies to every model
+# the engine loads (throughput, overhead and memory run the family's default method and count its denoiser's calls;
+# gpu runs them on each configs folder)
+APPLIES_TO: dict[str, tuple[tuple[str, ...], str]] = {
+    "efficiency": (_UNET, "its dense grid is SimInversion's w_src x w_tgt with Prompt-to-Prompt (UNet-family "
+                          "methods), and the sampler settings it grades were chosen on the shapes UNet model's tables; "
+                          "a flow model's version comes with the flow shapes model (issue 24)"),
+    "quality": (_UNET, "its baselines are SimInversion's (0.5, 7.5) and DDIM inversion (`--method ddim`), UNet-family "
+                       "methods a rectified-flow model does not run; a flow model's version comes with the flow shapes "
+                       "model (issue 24)"),
+    "inversion": (("StableDiffusionPipeline",), "it replicates SimInversion's DDIM-inversion table on the shapes "
+                  "model (an SD 1.x UNet at 64 px): it reads the VAE through diffusers' StableDiffusionPipeline and "
+                  "compares reconstructions with the 64 px rendered scenes pixel for pixel"),
+}
+
+
+def pipeline_class(editor: Any) -> str:
+    """The diffusers pipeline class of a loaded editor's checkpoint (the UNet family's components name theirs)."""
+    components = editor.components
+    name = getattr(components, "pipeline", None)
+    if isinstance(name, str):
+        return name
+    pipe = getattr(components, "pipe", None)
+    return type(pipe).__name__ if pipe is not None else "StableDiffusionPipeline"
+
+
+def not_applicable(benchmark: str, pipeline: str) -> str | None:
+    """Why `benchmark` does not apply to a model of this pipeline class, in words that name both and say what to run
+    instead; None when it applies."""
+    if benchmark not in APPLIES_TO:
+        return None
+    classes, why = APPLIES_TO[benchmark]
+    if pipeline in classes:
+        return None
+    kind = MODEL_KINDS.get(pipeline, pipeline)
+    fits = [n for n in BENCHMARKS if n != "gpu" and (n not in APPLIES_TO or pipeline in APPLIES_TO[n][0])]
+    return (f"`autotune bench {benchmark}` does not apply to {kind}: {why}. It applies to "
+            f"{', '.join(MODEL_KINDS[c] for c in classes)}; on this model run `autotune bench "
+            f"{'|'.join(fits)}`.")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -38,6 +38,9 @@ from autotune.errors import InputError
 CONFIGS = Path(__file__).resolve().parent / "configs"
 SIZES = ("full", "tiny")
 BUDGET_MINUTES = 8.0
+# At --size tiny (a CPU check that the command runs, no figure) the overhead benchmark times one repeat and sweeps
+# two batch sizes instead of the card's six or seven.
+TINY_RUN = {"repeats": 1, "sample_batches": [1, 2], "sample_rows": 4}
 CALM = 0.1
 
 
@@ -70,19 +73,45 @@ def configs_hash(model: str) -> str:
 # Building a checkpoint folder from configs
 
 
-def _tokenizer(class_name: str) -> Any:
-    """The offline tokenizer builders, by class name (real checkpoints ship theirs; the configs here do not)."""
+def _tokenizer(class_name: str, work: Path) -> Any:
+    """The offline tokenizer builders, by class name (real checkpoints ship theirs; the configs here do not): CLIP's
+    real BPE vocabulary, and a small T5 vocabulary (`t5_tokenizer`). `work`: a scratch folder."""
     if class_name == "CLIPTokenizer":
         from autotune.shapes.tokenizer import clip_tokenizer
 
         return clip_tokenizer()
+    if class_name == "T5TokenizerFast":
+        return t5_tokenizer(work)
     raise InputError(f"no offline builder for a {class_name}; add one to autotune/bench/gpu.py `_tokenizer`")
 
 
+def t5_tokenizer(directory: Path) -> Any:
+    """A `T5TokenizerFast` over a small Unigram vocabulary: T5's special tokens at T5's ids (pad 0, end 1, unknown
+    2), the shapes world's words and the letters (any prompt of the benchmark tokenizes). No T5 SentencePiece model
+    ships offline; the ids differ from T5's, the work does not: the pipelines pad every prompt to their
+    `max_sequence_length` (SD3 256, FLUX.1-dev 512 tokens). Built as a Unigram model with a
+    Metaspace pre-tokenizer and decoder, saved to `tokenizer.json` (a WordLevel one saves but does not reload)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    from autotune.shapes.world import BACKGROUND_COLORS, OBJECT_COLORS, SHAPES
+
+    words = sorted({*OBJECT_COLORS, *BACKGROUND_COLORS, *SHAPES, "a", "an", "and", "on", "background"})
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    pieces += [("\u2581" + w, -1.0) for w in words] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    return T5TokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), extra_ids=0, pad_token="<pad>",
+                           eos_token="</s>", unk_token="<unk>")
+
+
 def _build_component(library: str, class_name: str, folder: Path, overrides: dict[str, Any], device: torch.device,
-                     dtype: torch.dtype) -> Any:
+                     dtype: torch.dtype, work: Path | None = None) -> Any:
     if class_name.endswith("Tokenizer") or class_name.endswith("TokenizerFast"):
-        return _tokenizer(class_name)
+        return _tokenizer(class_name, work if work is not None else folder)
     if library not in ("diffusers", "transformers"):
         raise InputError(f"{folder}: components of library {library!r} are not built here")
     cls = getattr(__import__(library), class_name)
@@ -121,20 +150,21 @@ def build_checkpoint(model: str, out: str | Path, *, size: str = "full", device:
             continue
         library, class_name = entry
         overrides = spec.get("tiny", {}).get(name, {}) if size == "tiny" else {}
-        component = _build_component(library, class_name, folder / name, overrides, torch.device(device), dtype)
-        if isinstance(component, torch.nn.Module):
-            counts[name] = sum(p.numel() for p in component.parameters())
-            with torch.no_grad():
-                for path in spec.get("calm", []):
-                    owner, _, attr = path.partition(".")
-                    if owner == name:
-                        layer = component.get_submodule(attr)
-                        for p in layer.parameters():
-                            p.mul_(CALM)
-            component.save_pretrained(out / name, safe_serialization=True)
-        else:
-            component.save_pretrained(out / name)
-        del component
+        with tempfile.TemporaryDirectory() as scratch:  # a tokenizer's source files, before it saves itself
+            component = _build_component(library, class_name, folder / name, overrides, torch.device(device), dtype,
+                                         work=Path(scratch))
+            if isinstance(component, torch.nn.Module):
+                counts[name] = sum(p.numel() for p in component.parameters())
+                with torch.no_grad():
+                    for path in spec.get("calm", []):
+                        owner, _, attr = path.partition(".")
+                        if owner == name:
+                            for p in component.get_submodule(attr).parameters():
+                                p.mul_(CALM)
+                component.save_pretrained(out / name, safe_serialization=True)
+            else:
+                component.save_pretrained(out / name)
+            del component
     shutil.copyfile(folder / "model_index.json", out / "model_index.json")
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
@@ -158,9 +188,9 @@ class ModelFigures:
     build_seconds: float = 0.0
     load_seconds: float = 0.0
     throughput: Any = None  # ThroughputResult
-    overhead: Any = None  # OverheadResult, or None where no replay exists for the denoiser
-    overhead_note: str = ""
-    memory_mb: dict[str, float] = field(default_factory=dict)  # "load", "tuning peak" (device memory)
+    method: str = ""  # the family's default method, which every edit and the tuner's space use
+    overhead: Any = None  # OverheadResult
+    memory_mb: dict[str, float] = field(default_factory=dict)  # "load", "overhead peak", "tuning peak"
     memory_kind: str = ""
     seconds: float = 0.0
 
@@ -191,12 +221,13 @@ class GpuResult:
                          _median_range(rate[AUTOTUNE]), _median_range(rate[STRONG_NAIVE]), _median_range(rate[NAIVE]),
                          _median_range(tp.ratios(STRONG_NAIVE, threads), "x"),
                          _median_range(tp.ratios(NAIVE, threads), "x"),
-                         f"{m.overhead.cold_ratio:.2f} / {m.overhead.warm_ratio:.2f}" if m.overhead else "-",
+                         f"{m.overhead.cold_ratio:.2f} / {m.overhead.warm_ratio:.2f}",
                          m.memory_mb.get("tuning peak", math.nan), m.seconds / 60])
-            tasks = (f"{m.name}: {tp.tasks} shapes tasks ({tp.steps} steps, {tp.trials} trials asked {tp.batch} at a "
-                     f"time, {tp.runs()} runs; the naive loop on {tp.naive_trials} trial(s)); configs "
-                     f"{m.configs[:19]}…; built in {m.build_seconds:.0f} s, loaded in {m.load_seconds:.0f} s.")
-            notes.append(tasks + (f" {m.overhead_note}" if m.overhead_note else ""))
+            notes.append(f"{m.name}: `{m.method}` edits of {tp.tasks} shapes tasks ({tp.steps} steps, {tp.trials} "
+                         f"trials asked {tp.batch} at a time, {tp.runs()} runs; the naive loop on {tp.naive_trials} "
+                         f"trial(s)); overhead on {m.overhead.cold_calls} / {m.overhead.warm_calls} denoiser calls "
+                         f"({m.overhead.denoiser}); configs {m.configs[:19]}…; built in {m.build_seconds:.0f} s, "
+                         f"loaded in {m.load_seconds:.0f} s.")
         table = markdown.table(["model", "native size", "parameters", "autotune edits / min", "strong naive",
                                 "naive", "vs strong naive", "vs naive", "overhead cold / warm",
                                 "peak memory (MB)", "minutes"], rows)
@@ -208,7 +239,8 @@ class GpuResult:
                 "saved and loaded by the Editor as a checkpoint folder, edited at its native size. Throughput: edits "
                 "per minute, medians (range) over the runs, autotune against the strong naive loop (one `edit` per "
                 "trial and task, cache on) and the naive loop (a fresh inversion each), as in section 1. Overhead: "
-                "one edit's time over its denoiser calls replayed alone (cold: with inversion; warm: from the cache). "
+                "one edit of the model's default method over its denoiser calls replayed alone (cold: from an empty "
+                "cache; warm: the same edit again, with what the cache kept). "
                 "Peak memory: the device's `max_memory_allocated` over the tuning and baseline loops (RSS of the "
                 "process on a CPU). Random weights edit nothing meaningful: the times, calls and memory transfer to "
                 "trained weights, the scores (and so which trials are pruned) do not." + budget + "\n\n" + table
@@ -249,13 +281,13 @@ def bench_gpu(models: list[str], *, device: str = "cuda", size: str = "full", ta
 
 def _bench_model(model: str, *, device: str, size: str, category: str, factors: bool, work_dir: Any,
                  deadline: float | None, progress: bool, overrides: dict[str, Any]) -> ModelFigures:
-    from autotune.bench.overhead import bench_overhead
+    from autotune.bench.overhead import SAMPLE_BATCHES, bench_overhead
     from autotune.bench.throughput import bench_throughput
     from autotune.engine.editor import Editor
     from autotune.engine.family import family_for_pipeline
-    from autotune.params import EditParams
     from autotune.shapes.scoring import ShapesScorer
     from autotune.shapes.tasks import shapes_tasks
+    from autotune.tuning.search_space import family_defaults
 
     spec = model_spec(model)
     figures = ModelFigures(model, spec.get("name", model), size, configs_hash(model))
@@ -263,9 +295,10 @@ def _bench_model(model: str, *, device: str, size: str, category: str, factors: 
     if family_for_pipeline(pipeline) is None:
         figures.skipped = f"the engine has no model family for {pipeline} yet"
         return figures
-    run = {**spec.get("run", {}), **{k: v for k, v in overrides.items() if v is not None}}
+    run = {**spec.get("run", {}), **(TINY_RUN if size == "tiny" else {}),
+           **{k: v for k, v in overrides.items() if v is not None}}
     dev = torch.device(device)
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    dtype = _dtype(spec, dev)
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:  # kept until the end: the editor was loaded from it
         figures.parameters = build_checkpoint(model, tmp, size=size, device=dev, dtype=dtype)
@@ -278,12 +311,14 @@ def _bench_model(model: str, *, device: str, size: str, category: str, factors: 
         figures.resolution, figures.dtype = editor.resolution, str(dtype).replace("torch.", "")
         figures.memory_kind = "max_memory_allocated" if dev.type == "cuda" else "peak RSS of the process"
         figures.memory_mb["load"] = _peak_mb(dev)
+        params = family_defaults(editor, None).params.with_(steps=int(run["steps"]))
+        figures.method = params.method
         tasks = shapes_tasks(category, "tune", int(run["tasks"]))
-        if spec.get("denoiser") == "unet":
-            figures.overhead = bench_overhead(editor, tasks[0], EditParams(steps=int(run["steps"])), repeats=3)
-        else:
-            figures.overhead_note = (f"No overhead figure: no replay of {spec.get('denoiser')!r} calls yet "
-                                     "(autotune/bench/overhead.py replays UNet calls).")
+        _reset_peak(dev)
+        figures.overhead = bench_overhead(editor, tasks[0], params, repeats=int(run.get("repeats", 3)),
+                                          sample_batches=run.get("sample_batches", SAMPLE_BATCHES),
+                                          sample_rows=int(run.get("sample_rows", 128)))
+        figures.memory_mb["overhead peak"] = _peak_mb(dev)
         _reset_peak(dev)
         figures.throughput = bench_throughput(
             editor, tasks, ShapesScorer(), trials=int(run["trials"]), batch=int(run["batch"]),
@@ -295,6 +330,17 @@ def _bench_model(model: str, *, device: str, size: str, category: str, factors: 
         torch.cuda.empty_cache()
     figures.seconds = time.perf_counter() - begin
     return figures
+
+
+def _dtype(spec: dict[str, Any], device: torch.device) -> torch.dtype:
+    """A model's dtype on a GPU as its `bench.json` names it (float16 unless it says otherwise: FLUX.1's native
+    bfloat16); float32 on a CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    name = spec.get("dtype", "float16")
+    if name not in ("float16", "bfloat16", "float32"):
+        raise InputError(f"{spec['folder'] / 'bench.json'}: dtype {name!r}; use float16, bfloat16 or float32")
+    return getattr(torch, name)
 
 
 def _reset_peak(device: torch.device) -> None:

@@ -27,7 +27,7 @@ from autotune.errors import InputError
 _ORDER = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "gpu")
 _TITLES = {
     "throughput": "1. Tuning throughput, like for like: autotune's loop vs. the naive and strong naive loops",
-    "overhead": "2. Engine overhead: one candidate edit vs. its UNet passes alone",
+    "overhead": "2. Engine overhead: one candidate edit vs. its denoiser passes alone",
     "efficiency": "3. Sample efficiency: trials to reach 98% of a dense grid's best",
     "quality": "4. Quality on a fresh held-out set: every preset pick vs. (0.5, 7.5) and DDIM, with intervals",
     "inversion": "5. Inversion error vs. w_inv (SimInversion replication)",
@@ -188,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
     which = [n for n in _ORDER if n != "gpu"] if args.which == "all" else [args.which]
     state: dict = {}
     for name in which:
+        refused = _not_applicable(name, args, state)
+        if refused and args.which == "all":
+            print(f"(skipped {name}: {refused})\n")
+            continue
+        if refused:
+            raise InputError(refused)
         result, notes = _run_one(name, args, categories, state)
         machine = _common.machine_info(args.device)
         text = markdown.section(_TITLES[name], command_line(args, name), machine, result.markdown(), notes)
@@ -214,6 +220,25 @@ def _thread_counts(args: argparse.Namespace) -> list[int] | None:
     if not counts or any(n < 1 for n in counts):
         raise InputError(f"--thread-counts {args.thread_counts!r}: each count must be >= 1")
     return counts
+
+
+def _not_applicable(name: str, args: argparse.Namespace, state: dict) -> str | None:
+    """Why benchmark `name` does not apply to `--model`'s family (`_common.APPLIES_TO`), or None. The inversion
+    benchmark loads a folder of its own: its pipeline class is read from the folder's model_index.json."""
+    from autotune.bench import _common
+
+    if name == "gpu" or name not in _common.APPLIES_TO:
+        return None
+    if name == "inversion":
+        folder = Path(_model_folder(args.model))
+        try:
+            pipeline = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))["_class_name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(f"the inversion benchmark needs a diffusers folder with a model_index.json naming its "
+                             f"pipeline (_class_name); {folder} has none") from None
+    else:
+        pipeline = _common.pipeline_class(_editor(args, state))
+    return _common.not_applicable(name, pipeline)
 
 
 def _editor(args: argparse.Namespace, state: dict):
@@ -253,8 +278,8 @@ def _grids(args: argparse.Namespace, categories: list[str], state: dict, seed: i
 
 def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: dict):
     from autotune.bench import efficiency, gpu, inversion, memory, overhead, quality, throughput
-    from autotune.params import EditParams
     from autotune.shapes.scoring import ShapesScorer
+    from autotune.tuning.search_space import family_defaults
 
     def get(setting: str) -> Any:
         return _setting(args, setting, name)
@@ -270,7 +295,8 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     if name == "overhead":
         editor = _editor(args, state)
         task = _tasks(args.category, "tune", 1, args.seed)[0]
-        return overhead.bench_overhead(editor, task, EditParams(steps=get("steps")), repeats=args.repeats), ""
+        params = family_defaults(editor, None).params.with_(steps=get("steps"))  # the model family's default method
+        return overhead.bench_overhead(editor, task, params, repeats=args.repeats), ""
     if name == "efficiency":
         grids = _grids(args, categories, state, args.seed)
         tables, labels = list(grids.values()), [f"seed {args.seed} (chosen on)"] * len(grids)
