@@ -10,7 +10,7 @@ from autotune.params import EditParams
 
 
 def register(subparsers) -> None:
-    from autotune.cli._common import add_model_arguments, add_param_arguments
+    from autotune.cli._common import add_model_arguments, add_param_arguments, add_split_arguments
     from autotune.scoring.piebench_scorer import ALL_METRICS
 
     parser = subparsers.add_parser(
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         help="shapes:<category>[:<count>], a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv"
     )
     parser.add_argument("--category", help="only tasks of this category (id 0-9 or name, e.g. change_color)")
-    parser.add_argument("--split", default="heldout", help="split of a generated task world (shapes: tune, heldout)")
+    add_split_arguments(parser, default="heldout")
     parser.add_argument(
         "--preset",
         help="a preset: a style (balanced, conservative, aggressive: each task uses its category's preset), "
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
-    tasks = load_tasks(args.tasks, args.category, args.split)
+    tasks = load_tasks(args.tasks, args.category, args.split, args.heldout_fraction)
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
     try:
