@@ -40,7 +40,7 @@ def test_paper_points_come_first_and_are_marked(tmp_path):
     # The values are the fake's exact means over the tasks.
     offsets = [t.metadata["offset"] for t in make_tasks(3)]
     fid, strength = np.mean([true_values(0.5, 7.5, o) for o in offsets], axis=0)
-    assert trials[0].values == pytest.approx([30 + 10 * fid, strength], abs=1e-4)  # background_psnr, edit_success
+    assert trials[0].values == pytest.approx([30 + 10 * fid, strength], abs=1e-4)  # background_psnr, full_success
 
 
 def test_a_batch_costs_one_engine_call_per_task(tmp_path):
@@ -452,7 +452,7 @@ def test_bad_arguments_are_refused(tmp_path):
              progress=False)
     with pytest.raises(InputError, match="weight must be negative"):
         run(tmp_path, objectives=[{"name": "fidelity", "direction": "minimize", "metrics": {"preservation": 1}},
-                                  {"name": "edit_strength", "direction": "maximize", "metrics": {"edit_success": 1}}])
+                                  {"name": "edit_strength", "direction": "maximize", "metrics": {"full_success": 1}}])
     assert math.isfinite(1.0)
 
 

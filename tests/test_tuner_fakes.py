@@ -4,7 +4,7 @@ The editor writes the candidate's (w_src, w_tgt) into the pixels; the scorer rea
 metrics whose trade-off is known exactly:
 
     preservation = 0.9 - (w_src - 0.5)^2 - 0.03 * w_tgt + task offset      (fidelity, maximize)
-    edit_success = 0.9 - 0.5 * (w_src - 0.5)^2 - exp(-w_tgt / 3) + task offset  (edit strength, maximize)
+    full_success = 0.9 - 0.5 * (w_src - 0.5)^2 - exp(-w_tgt / 3) + task offset  (edit strength, maximize)
 
 so the Pareto set is w_src = 0.5 with w_tgt anywhere, the SimInversion point (0.5, 7.5) is on it and the DDIM
 point (1, 7.5) is dominated. Run as a script it is a tuner worker process (for the storage tests).
@@ -90,7 +90,7 @@ class FakeScorer:
         self.calls = 0
 
     def metrics(self) -> dict[str, str]:
-        return {"preservation": "maximize", "edit_success": "maximize", "background_psnr": "maximize"}
+        return {"preservation": "maximize", "full_success": "maximize", "background_psnr": "maximize"}
 
     def describe(self) -> dict:
         return {"mode": "fake", "version": 1}
@@ -104,7 +104,7 @@ class FakeScorer:
             fid, strength = true_values(w_src, w_tgt, offset)
             if self.nan_below is not None and w_src < self.nan_below:
                 fid = math.nan
-            out.append({"preservation": fid, "edit_success": strength, "background_psnr": 30 + 10 * fid})
+            out.append({"preservation": fid, "full_success": strength, "background_psnr": 30 + 10 * fid})
         return out
 
 

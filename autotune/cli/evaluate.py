@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from typing import Any
 
 from autotune.errors import InputError
@@ -70,6 +72,9 @@ class _Overridden:
     def params_for(self, category, style, model_info) -> EditParams:
         return self.base.params_for(category, style, model_info).with_(**self.overrides)
 
+    def preset_for(self, category, model_info):
+        return self.base.preset_for(category, model_info)
+
 
 def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
     from autotune.cli._common import param_overrides
@@ -97,8 +102,9 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from autotune.cli._common import ensure_output_dir, load_editor, make_scorer
+    from autotune.cli._common import ensure_output_dir, load_editor, make_scorer, task_source
     from autotune.evaluation.evaluate import evaluate
+    from autotune.evaluation.overlap import TuningOverlapWarning
     from autotune.tasks.sources import load_tasks
 
     if args.task_batch is not None and args.task_batch < 1:
@@ -111,8 +117,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     scorer = make_scorer(args, editor)
-    result = evaluate(editor, tasks, source, scorer, args.out, progress=not args.quiet, style=style,
-                      task_batch=args.task_batch)
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, *rest, **kwargs):  # the overlap warning as one line, when it is found
+            if issubclass(category, TuningOverlapWarning):
+                print(f"autotune evaluate: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", TuningOverlapWarning)
+        result = evaluate(editor, tasks, source, scorer, args.out, progress=not args.quiet, style=style,
+                          task_batch=args.task_batch, task_source=task_source(args))
     print((result.out_dir / "summary.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {result.out_dir} ({len(result.rows)} tasks, {result.skipped} already done)")
     return 0
