@@ -170,3 +170,19 @@ def test_a_study_made_before_digests_gets_them_when_resumed(task_file, tmp_path)
     kw["storage"] = str(tmp_path / "o.journal")
     resumed = tune(FakeEditor(), tasks, trials=3, **kw).study
     assert resumed.user_attrs[contract.TASK_DIGESTS] == sorted(task_digest(t) for t in tasks)
+
+
+def test_the_report_reloads_the_split_a_study_recorded(task_file, tmp_path):
+    from autotune.report.read import study_tasks
+
+    kw = dict(category="change_color", trials=1, batch=1, scorer=SCORER, objectives=OBJECTIVES, sampler="random",
+              storage=str(tmp_path / "s.journal"), progress=False, prune=False, artifacts=False, save_preset=False)
+    tuned = tune(FakeEditor(), load_tasks(task_file), study_name="now",
+                 task_source={"spec": task_file, "split": "tune", "heldout_fraction": 0.3}, **kw).study
+    tasks, label = study_tasks(tuned)
+    assert [t.id for t in tasks] == sorted(t.id for t in load_tasks(task_file)) and label.endswith("(tune)")
+    # Before splits, a task file's study saw every task and recorded no fraction: it is reloaded whole.
+    before = tune(FakeEditor(), load_tasks(task_file, split="all"), study_name="before",
+                  task_source={"spec": task_file, "split": "tune"}, **kw).study
+    tasks, label = study_tasks(before)
+    assert len(tasks) == 40 and label.endswith("(all)")

@@ -128,13 +128,13 @@ def study_tasks(study: optuna.Study) -> tuple[list[EditTask] | None, str]:
     if isinstance(source, dict) and source.get("spec"):
         from autotune.tasks.sources import is_shapes, load_tasks
 
-        fraction = source.get("heldout_fraction")
-        split = source.get("split", "tune") if fraction is not None or is_shapes(source["spec"]) else "all"
+        fraction = None if is_shapes(source["spec"]) else source.get("heldout_fraction")
+        recorded = source.get("split", "tune") if fraction is not None or is_shapes(source["spec"]) else "all"
 
-        def from_source() -> list[EditTask]:
-            return load_tasks(source["spec"], category, split, None if is_shapes(source["spec"]) else fraction)
+        def from_source(spec=source["spec"], split=recorded, fraction=fraction) -> list[EditTask]:
+            return load_tasks(spec, category, split, fraction)
 
-        candidates.append((f"{source['spec']} ({split})", from_source))
+        candidates.append((f"{source['spec']} ({recorded})", from_source))
     from autotune.shapes.tasks import SHAPES_CATEGORIES, SPLITS, shapes_tasks
 
     if category in SHAPES_CATEGORIES and isinstance(count, int):
