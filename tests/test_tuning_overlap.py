@@ -186,3 +186,12 @@ def test_the_report_reloads_the_split_a_study_recorded(task_file, tmp_path):
                   task_source={"spec": task_file, "split": "tune"}, **kw).study
     tasks, label = study_tasks(before)
     assert len(tasks) == 40 and label.endswith("(all)")
+
+
+def test_a_preset_written_before_task_digests_still_loads_and_verifies():
+    from pathlib import Path
+
+    old = Path(__file__).parent / "data" / "preset_before_task_digests.json"  # shapes__change_color of 2026-11-22
+    preset = Preset.load(old, strict=True)  # its content hash still holds: nothing it has was reinterpreted
+    assert preset.tuning_tasks is None and preset.provenance["task_count"] == 20
+    assert "task_digests" not in json.loads(preset.dumps())["provenance"]
