@@ -46,6 +46,14 @@ def dirs(tmp_path, monkeypatch):
     return project / "presets", user
 
 
+@pytest.mark.parametrize("name", ["sd15", "sd14", "CompVis/stable-diffusion-v1-4"])
+def test_shipped_sd1_presets_are_found_for_the_short_names_and_aliases(name):
+    """A model loaded as `--model sd15` is named 'sd15' (its model_info id): the shipped presets must answer to it."""
+    store = PresetStore([("shipped", shipped_presets_dir())])
+    entry = store.find("change_color", {"id": name})
+    assert entry.preset.model["id"] == SD15 and entry.origin == "shipped"
+
+
 def test_shipped_sd1_presets_are_the_paper_defaults_for_every_category():
     shipped = shipped_presets_dir()
     assert shipped is not None and shipped.name == "presets"
@@ -82,6 +90,9 @@ def test_lookup_order_local_then_user_then_shipped(dirs):
     assert entry.origin == "local" and entry.preset.params().w_tgt.start == 9.0
     # Another category still falls through to the shipped one.
     assert store.find("change_style", SD15).origin == "shipped"
+    # ... also for an editor loaded by a short name (`Editor.from_pretrained("sd15", presets=True)`: its id is "sd15").
+    for short in ("sd15", "sd14"):
+        assert store.params_for("change_pose", None, {"id": short, "scheduler": {}}).w_tgt.start == 7.5
 
 
 def test_resolve_specs(dirs):

@@ -92,7 +92,7 @@ def _cuda_memory(model: str, device: str, tune_args: list[str], trials: int, bat
     category = tune_args[tune_args.index("--tasks") + 1].split(":", 1)[1]
     with tempfile.TemporaryDirectory() as tmp:
         tune(editor, shapes_tasks(category, "tune", tasks), category=category, trials=trials, batch=batch,
-             storage=f"{tmp}/s.journal", scorer=ShapesScorer(), search_space=bench_space(steps), progress=False,
+             storage=f"{tmp}/s.journal", scorer=ShapesScorer(), search_space=bench_space(steps, editor), progress=False,
              artifacts=False, save_preset=False, project_dir=tmp)
     return MemoryResult(device, load_mb, torch.cuda.max_memory_allocated(dev) / 2**20, trials, batch, tasks, steps,
                         "CUDA max_memory_allocated")

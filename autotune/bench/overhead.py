@@ -13,7 +13,8 @@ import torch
 
 from autotune.bench import markdown
 from autotune.bench._common import sync
-from autotune.params import EditParams
+from autotune.errors import InputError
+from autotune.params import UNET_METHODS, EditParams
 from autotune.task import EditTask
 
 
@@ -60,13 +61,14 @@ class OverheadResult:
 
 
 class CallRecorder:
-    """A forward pre-hook that records each UNet call's input shapes and timestep."""
+    """A forward pre-hook that records each denoiser call's input shapes and timestep (a UNet's `sample`, a
+    transformer's `hidden_states`)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[torch.Size, Any, torch.Size]] = []
 
     def __call__(self, module: Any, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs["sample"] if "sample" in kwargs else kwargs["hidden_states"]
         t = args[1] if len(args) > 1 else kwargs["timestep"]
         states = args[2] if len(args) > 2 else kwargs["encoder_hidden_states"]
         t = t.detach().clone() if torch.is_tensor(t) else t
@@ -112,6 +114,8 @@ def bench_overhead(editor: Any, task: EditTask, params: EditParams | None = None
     """Time one candidate edit (cold: cache cleared, so it inverts and records its source branch; warm: both from the
     cache, only the target branch runs) against its own UNet calls alone."""
     params = params or EditParams()
+    if params.method not in UNET_METHODS:
+        raise InputError(f"the overhead benchmark replays UNet calls; {params.method} runs on another model family")
     unet, device, dtype = editor.components.unet, torch.device(editor.device), editor.dtype
 
     def edit() -> None:

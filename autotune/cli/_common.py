@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import InputError
-from autotune.params import METHODS
+from autotune.params import FLOW_KNOBS, FLOW_METHODS, METHODS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         help="hub id, local diffusers folder, single .safetensors file, or a short name "
-        "(shapes = the small model shipped with autotune; sd15, sd14, sd21). Default: %(default)s",
+        "(shapes = the small model shipped with autotune; sd15, sd14, sd21, sd21-base, sdxl; sd3, sd35, sd35-large, "
+        "flux-dev, flux-schnell). Default: %(default)s",
     )
     group.add_argument("--revision", help="hub revision (branch, tag or commit) of --model")
     group.add_argument("--config", help="for a single-file checkpoint: a diffusers folder or hub id with its configs")
@@ -32,8 +33,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("checkpoint", "piebench"),
         default="checkpoint",
         help="DDIM settings from the checkpoint, or PIE-Bench's (beta 0.00085-0.012 scaled_linear, no clipping, "
-        "set_alpha_to_one off). Default: %(default)s",
+        "set_alpha_to_one off; Stable Diffusion 1.x/2.x only: SD3 and FLUX.1 use their own). Default: %(default)s",
     )
+    group.add_argument("--offload", choices=("model", "sequential"),
+                       help="CUDA: keep weights on the CPU and move them in when used (the diffusers pipeline's "
+                       "offloading; SD3 / FLUX.1). model: whole models in turn; sequential: layer by layer, least "
+                       "memory (FLUX.1-dev on a 24 GB card)")
     group.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin weights (they can run code)")
     group.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -79,16 +84,22 @@ def load_editor(args: argparse.Namespace, presets=None):
         allow_pickle=args.allow_pickle,
         progress=not args.quiet,
         presets=presets,
+        offload=getattr(args, "offload", None),
     )
 
 
-def add_param_arguments(parser: argparse.ArgumentParser) -> None:
-    """Editing parameters; unset ones come from the preset, else from the SimInversion defaults."""
-    group = parser.add_argument_group("editing parameters (default: SimInversion with PIE-Bench's P2P settings)")
-    group.add_argument("--method", choices=METHODS, help="inversion/editing method. Default: siminversion")
-    group.add_argument("--w-src", type=float, help="source (and inversion) guidance. Default: 0.5")
-    group.add_argument("--w-tgt", type=float, help="target guidance. Default: 7.5")
-    group.add_argument("--steps", type=int, help="DDIM steps. Default: 50")
+def add_param_arguments(parser: argparse.ArgumentParser, title: str | None = None) -> None:
+    """Editing parameters; unset ones come from the preset, else from the model's published defaults."""
+    group = parser.add_argument_group(title or "editing parameters (default: the model's published setting: "
+                                      "SimInversion with PIE-Bench's P2P settings on SD 1.x/2.x, FlowEdit's on SD3 "
+                                      "and FLUX.1)")
+    group.add_argument("--method", choices=METHODS,
+                       help="editing method. Default: siminversion on SD 1.x/2.x, flowedit on SD3 / FLUX.1")
+    group.add_argument("--w-src", type=float, help="source (and inversion) guidance. Default: 0.5 (SD 1.x/2.x), "
+                       "3.5 (FlowEdit on SD3), 1.5 (FlowEdit on FLUX.1-dev)")
+    group.add_argument("--w-tgt", type=float, help="target guidance. Default: 7.5 (SD 1.x/2.x), 13.5 (FlowEdit on "
+                       "SD3), 5.5 (FlowEdit on FLUX.1-dev)")
+    group.add_argument("--steps", type=int, help="sampling steps. Default: 50 (FLUX.1-dev: 28)")
     group.add_argument(
         "--cross-replace", type=float, help="fraction of steps with cross-attention replaced. Default: 0.4"
     )
@@ -98,21 +109,32 @@ def add_param_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reweight", type=float, help="re-weighting of the target blend word. Default: 2")
     group.add_argument("--blend-threshold", type=float, help="LocalBlend mask threshold. Default: 0.3")
     group.add_argument("--p2p-mode", choices=("refine", "replace"), help="token alignment. Default: refine")
+    group.add_argument("--n-max", type=float, metavar="FRACTION",
+                       help="SD3 / FLUX.1: edit over the last FRACTION of the steps (FlowEdit's n_max; the depth of "
+                       "flow_siminversion). Default: 0.66 (33 of 50, SD3), 0.857 (24 of 28, FLUX.1-dev)")
+    group.add_argument("--n-min", type=float, metavar="FRACTION",
+                       help="FlowEdit: sample the last FRACTION of the steps under the target prompt alone. Default: 0")
+    group.add_argument("--n-avg", type=int, help="FlowEdit: noise draws averaged per step. Default: 1")
+    group.add_argument("--noise-seed", type=int, help="FlowEdit: seed of its noise draws. Default: 0")
+
+
+PARAM_NAMES = ("method", "w_src", "w_tgt", "steps", "cross_replace", "self_replace", "reweight", "blend_threshold",
+               "p2p_mode", "n_max", "n_min", "n_avg", "noise_seed")
 
 
 def param_overrides(args: argparse.Namespace) -> dict:
-    names = (
-        "method",
-        "w_src",
-        "w_tgt",
-        "steps",
-        "cross_replace",
-        "self_replace",
-        "reweight",
-        "blend_threshold",
-        "p2p_mode",
-    )
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return {n: getattr(args, n) for n in PARAM_NAMES if getattr(args, n, None) is not None}
+
+
+def check_overrides(overrides: dict) -> None:
+    """Check command-line editing parameters before a model loads: with their method, or, when none is given, with
+    the family their knobs belong to (the model's own method is known only once it has loaded)."""
+    from autotune.params import EditParams
+
+    method = overrides.get("method")
+    if method is None and any(name in overrides for name in FLOW_KNOBS):
+        method = FLOW_METHODS[0]
+    EditParams(**{**overrides, **({"method": method} if method else {})})
 
 
 def ensure_output_dir(folder: Path, option: str) -> None:

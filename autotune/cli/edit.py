@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autotune.cli import _common
 from autotune.cli._common import (
     add_model_arguments,
     add_param_arguments,
+    check_overrides,
     ensure_output_dir,
-    load_editor,
     param_overrides,
 )
 from autotune.errors import InputError
@@ -39,7 +40,8 @@ def register(subparsers) -> None:
         action="store_true",
         help="use a preset even if it was made for another model or scheduler",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (editing is deterministic; kept for records)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (editing is deterministic; kept for records; "
+                        "FlowEdit's noise draws take --noise-seed)")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--save-source", action="store_true", help="also save the source branch's reconstruction")
     add_param_arguments(parser)
@@ -50,8 +52,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from autotune.params import EditParams
-
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise InputError(f"--out {out} must end in .png, .jpg or .webp")
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     ensure_output_dir(out.parent, "--out")
     torch.manual_seed(args.seed)
     overrides = param_overrides(args)
-    EditParams(**overrides)  # check the parameters before loading a model
-    editor = load_editor(args)
-    params = _preset_params(args, editor) if args.preset else EditParams()
+    check_overrides(overrides)  # check the parameters before loading a model
+    editor = _common.load_editor(args)  # looked up at call time, so a test may stand in for it
+    params = _preset_params(args, editor) if args.preset else editor.default_params(overrides.get("method"))
     if overrides:
         params = params.with_(**overrides)
     result = editor.edit(args.image, args.source_prompt, args.target_prompt, params, blend_words=args.blend_words)
@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
             result.source_image.save(out.with_name(out.stem + ".source" + out.suffix))
     except OSError as exc:
         raise InputError(f"--out {out}: could not write the edited image ({exc.strerror or exc})") from None
-    print(f"wrote {out} ({params.method}, w_src={params.w_src}, w_tgt={params.w_tgt}, {params.steps} steps)")
+    window = f", window {params.window[0]}-{params.window[1]}" if "n_max" in params.family_knobs else ""
+    print(f"wrote {out} ({params.method}, w_src={params.w_src}, w_tgt={params.w_tgt}, {params.steps} steps{window})")
     return 0
 
 

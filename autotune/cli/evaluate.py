@@ -81,7 +81,7 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
 
     overrides = param_overrides(args)
     if not args.preset:
-        return EditParams().with_(**overrides), None
+        return editor.default_params(overrides.get("method")).with_(**overrides), None
     if args.method:
         raise InputError("give either --method or --preset: a preset fixes the method")
     from autotune.presets.schema import STYLES
@@ -102,13 +102,21 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from autotune.cli._common import ensure_output_dir, load_editor, make_scorer, task_source
+    from autotune.cli._common import (
+        check_overrides,
+        ensure_output_dir,
+        load_editor,
+        make_scorer,
+        param_overrides,
+        task_source,
+    )
     from autotune.evaluation.evaluate import evaluate
     from autotune.evaluation.overlap import TuningOverlapWarning
     from autotune.tasks.sources import load_tasks
 
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
+    check_overrides(param_overrides(args))  # before a model loads
     tasks = load_tasks(args.tasks, args.category, args.split, args.heldout_fraction)
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)

@@ -4,6 +4,7 @@ Examples:
     autotune tune --model shapes --tasks shapes:change_color --category change_color --trials 32
     autotune tune --model sd15 --tasks piebench/ --category change_color --trials 200 --batch 8 \\
         --storage postgresql://user:password@db:5432/autotune --study sd15-color
+    autotune tune --model sd3 --tasks piebench/ --category change_color --trials 100 --method flowedit
 Run the same command again to resume: completed trials are kept, the study continues up to --trials.
 """
 
@@ -16,7 +17,7 @@ from autotune.errors import InputError
 
 
 def register(subparsers) -> None:
-    from autotune.cli._common import add_model_arguments, add_split_arguments
+    from autotune.cli._common import add_model_arguments, add_param_arguments, add_split_arguments
     from autotune.tuning.samplers import DEFAULT_SAMPLER, SAMPLERS
 
     parser = subparsers.add_parser(
@@ -49,9 +50,9 @@ def register(subparsers) -> None:
     parser.add_argument("--presets-dir", default="presets", help="where the preset is written")
     parser.add_argument("--project-dir", default=".autotune", help="embedded storage and artifacts")
     parser.add_argument("--space", action="append", default=[], metavar="KNOB=RANGE",
-                        help="search a knob: w_src=0:2:0.1 (the default), w_tgt=1:12, steps=10:50:10, "
-                        "cross_replace=0.2:0.8, method=siminversion,ddim (repeatable; w_src and w_tgt are searched "
-                        "by default)")
+                        help="search a knob: w_src=0:2:0.1 (the default on SD 1.x/2.x), w_tgt=1:12, steps=10:50:10, "
+                        "cross_replace=0.2:0.8, method=siminversion,ddim; on SD3 / FLUX.1 n_max=0.3:1, n_avg=1:4 "
+                        "(repeatable; w_src and w_tgt are searched by default, with n_max and n_min for FlowEdit)")
     parser.add_argument("--fidelity", metavar="DIR:METRIC[=W],...", help="e.g. minimize:structure_distance=1,lpips=1")
     parser.add_argument("--strength", metavar="DIR:METRIC[=W],...", help="e.g. maximize:clip_edited")
     parser.add_argument("--scorer", choices=("auto", "piebench", "shapes"), default="auto",
@@ -68,15 +69,21 @@ def register(subparsers) -> None:
     parser.add_argument("--report", action="store_true",
                         help="at the end, compare the front with the paper points and write the visual report "
                         "(front, slices, edit grid, index.html) to <project-dir>/reports/<study>; print its path")
+    add_param_arguments(parser, "base editing parameters (every knob the study does not search; default: the "
+                                "model's published setting)")
     add_model_arguments(parser)
     parser.set_defaults(handler=run)
 
 
-def _space(args: argparse.Namespace):
-    from autotune.tuning.search_space import SearchSpace, parse_knob_arg
+def _space(args: argparse.Namespace, editor, overrides: dict):
+    """The editor's family's default space for the method asked for, the --space knobs added or replaced, on the base
+    parameters the command line gives (the published setting otherwise)."""
+    from autotune.cli._common import param_overrides
+    from autotune.tuning.search_space import SearchSpace, family_defaults
 
-    overrides = dict(parse_knob_arg(text) for text in args.space)
-    return SearchSpace.default(**overrides)
+    params = param_overrides(args)
+    base = family_defaults(editor, params.get("method")).params.with_(**params)
+    return SearchSpace.for_editor(editor, base, **overrides)
 
 
 def _objectives(args: argparse.Namespace, scorer):
@@ -104,7 +111,7 @@ def report(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli._common import load_editor, make_scorer, task_source
+    from autotune.cli._common import check_overrides, load_editor, make_scorer, param_overrides, task_source
     from autotune.task import category_name
     from autotune.tasks.sources import load_tasks, shapes_spec
     from autotune.tuning.pruning import DominationPruner
@@ -125,13 +132,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autotune.presets.store import check_presets_dir
+    from autotune.tuning.search_space import parse_knob_arg
     from autotune.tuning.storage import open_storage
 
-    space = _space(args)
+    knobs = dict(parse_knob_arg(text) for text in args.space)  # checked now; the space needs the model's defaults
+    check_overrides(param_overrides(args))
     check_presets_dir(Path(args.presets_dir))  # found now, not when the preset is written hours later
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
     tasks = load_tasks(args.tasks, category, args.split, args.heldout_fraction)
     editor = load_editor(args)
+    space = _space(args, editor, knobs)
     editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it
     if getattr(editor, "cache", None) is not None:
         from autotune.engine.cache import TensorCache

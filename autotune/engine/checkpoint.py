@@ -31,6 +31,13 @@ SHORT_NAMES = {
     "sd14": "CompVis/stable-diffusion-v1-4",
     "sd21": "stabilityai/stable-diffusion-2-1",
     "sd21-base": "stabilityai/stable-diffusion-2-1-base",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    # rectified-flow transformers (the flow family)
+    "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sd35": "stabilityai/stable-diffusion-3.5-medium",
+    "sd35-large": "stabilityai/stable-diffusion-3.5-large",
+    "flux-dev": "black-forest-labs/FLUX.1-dev",
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
 }
 
 

@@ -1,5 +1,6 @@
-"""The Editor: invert a photo and edit it with separate source and target guidance (SimInversion), under
-Prompt-to-Prompt control, for one candidate or a batch of candidates at once.
+"""The Editor: edit a photo with separate source and target guidance, for one candidate or a batch of candidates at
+once: SimInversion under Prompt-to-Prompt control on Stable Diffusion 1.x/2.x, FlowEdit and flow inversion on SD3 /
+SD3.5 and FLUX.1.
 
 The Editor is the one public face of the engine. It finds the checkpoint, picks its model family
 (`autotune.engine.family`), reads presets, and checks what it is given; the family's engine does the work.
@@ -26,6 +27,7 @@ from autotune.engine.family import (
     SINGLE_FILE_FAMILY,
     EditResult,
     EngineSettings,
+    FamilyDefaults,
     FamilyEngine,
     ModelFamily,
     family_for_pipeline,
@@ -67,6 +69,7 @@ class Editor:
         presets: Any = None,
         max_batch: int = 16,
         record_sources: bool = True,
+        offload: str | None = None,
     ) -> Editor:
         """Load a checkpoint. `device` defaults to CUDA when present, `dtype` to fp16 on CUDA and fp32 on CPU;
         `scheduler="piebench"` uses PIE-Bench's DDIM settings instead of the checkpoint's. `presets` is what
@@ -75,16 +78,22 @@ class Editor:
         `cache_dir` keeps inversions on disk so that other processes reuse them. `max_batch` caps the target
         branches per UNet call (lower it if a large batch runs out of GPU memory). `record_sources` keeps each
         source branch in the cache (in memory) so that later edits with the same image, source prompt and
-        source guidance run only their target branches; it turns itself off when one record would take over a
-        quarter of the cache (Stable Diffusion at 512 px), where it would crowd out the inversions."""
+        source guidance run only their target branches; it turns itself off, before recording anything, when one
+        record would take over a quarter of the cache (Stable Diffusion at 512 px: 1 GiB; SDXL at 1024 px: 12.7 GiB
+        in half precision), where it would crowd out the inversions. `offload` ("model" or "sequential", on CUDA)
+        uses the diffusers pipeline's CPU offloading, for models larger than the GPU's memory (the flow family:
+        FLUX.1-dev on a 24 GB card needs "sequential")."""
         if max_batch < 1:
             raise InputError(f"max_batch={max_batch} must be >= 1")
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         checkpoint = locate(model, revision, allow_pickle)
         family = _family_of(checkpoint)
+        if offload is not None and offload not in family.offload_modes:
+            modes = ", ".join(family.offload_modes) or "none"
+            raise InputError(f"offload={offload!r} is not available for {family.name} models (modes: {modes})")
         settings = EngineSettings(TensorCache(cache_items, cache_bytes, directory=cache_dir), max_batch,
-                                  record_sources, progress)
+                                  record_sources, progress, offload)
         engine = family.load(checkpoint, device=device, dtype=dtype, scheduler=scheduler, config=config,
                              allow_pickle=allow_pickle, settings=settings)
         from autotune.presets.store import open_presets
@@ -138,6 +147,18 @@ class Editor:
         """Identity of the model and scheduler, for provenance and preset compatibility."""
         return self.engine.model_info()
 
+    def defaults(self, method: str | None = None) -> FamilyDefaults:
+        """What this model's family publishes for `method` (default: the family's own, e.g. SimInversion on
+        Stable Diffusion 1.x/2.x, FlowEdit on SD3 and FLUX.1): the parameters, the search ranges, the paper points."""
+        if method is not None and method not in self.family.methods:
+            raise InputError(f"method {method!r} does not run on {self.family.name} models "
+                             f"({self.model_info().get('id')}); choose one of {', '.join(self.family.methods)}")
+        return self.family.defaults_for(self.model_info(), method)
+
+    def default_params(self, method: str | None = None) -> EditParams:
+        """The parameters an edit uses when given none: the published setting of `method` for this model."""
+        return self.defaults(method).params
+
     def prepare_image(self, image: ImageInput) -> Image.Image:
         """The image as the model works on it: RGB, resized by the policy in `autotune.images`."""
         return self.engine.prepare_image(image)
@@ -180,16 +201,19 @@ class Editor:
         **overrides: Any,
     ) -> EditResult:
         """Edit one image. Parameters come from `params`, else from this editor's preset for `category`
-        (at `style`: conservative, balanced or aggressive), else the SimInversion defaults; keyword
-        `overrides` (e.g. `w_tgt=9`) change single fields."""
-        base = params if params is not None else self._preset_params(category, style)
-        if overrides:
-            base = base.with_(**overrides)
+        (at `style`: conservative, balanced or aggressive), else the model's published defaults
+        (`default_params`: SimInversion's on Stable Diffusion 1.x/2.x, FlowEdit's on SD3 and FLUX.1); keyword
+        `overrides` (e.g. `w_tgt=9`, or `method="flow_siminversion"` for that method's defaults) change single
+        fields."""
+        if params is not None or category is not None:
+            base = params if params is not None else self._preset_params(category, style)
+            if overrides:
+                base = base.with_(**overrides)
+        else:
+            base = self.default_params(overrides.get("method")).with_(**overrides)
         return self.edit_batch(image, source_prompt, target_prompt, [base], blend_words=blend_words)[0]
 
-    def _preset_params(self, category: str | None, style: str) -> EditParams:
-        if category is None:
-            return EditParams()
+    def _preset_params(self, category: str, style: str) -> EditParams:
         if self.presets is None:
             raise InputError(
                 f"category={category!r} was given but this editor has no presets; "

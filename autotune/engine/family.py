@@ -1,8 +1,9 @@
 """A model family: what the `Editor` needs from one kind of checkpoint, behind one small protocol.
 
 The `Editor` is the one public face (`edit`, `edit_batch`, `edit_tasks`, `invert_tasks`); behind it, each model
-family is a folder of its own (`engine/unet/`: the Stable Diffusion UNets) with an entry in `FAMILIES`. Adding a
-family adds files and an entry here; no other part of the engine changes.
+family is a folder of its own (`engine/unet/`: the Stable Diffusion UNets; `engine/flow/`: the rectified-flow
+transformers SD3 and FLUX.1) with an entry in `FAMILIES`. Adding a family adds files and an entry here; no other part
+of the engine changes.
 
 A family module exposes `FAMILY`, with:
 
@@ -11,7 +12,11 @@ A family module exposes `FAMILY`, with:
   otherwise;
 - `methods`: the `EditParams.method` values it runs (others are refused before any work);
 - `search_ranges` and `paper_points`: the knobs a tuning study searches by default, and the published settings
-  enqueued first so every study reports how far tuning moved from them;
+  enqueued first so every study reports how far tuning moved from them (for the family's default model);
+- `defaults_for(model_info, method=None)`: those three for one loaded model and method (`FamilyDefaults`: the
+  parameters an edit uses when given none, the search ranges, the paper points), since a family's models may
+  publish different settings (FlowEdit's SD3 and FLUX.1 settings differ);
+- `offload_modes`: the CPU-offload modes its loader accepts (`EngineSettings.offload`; empty: none);
 - `load(checkpoint, *, device, dtype, scheduler, config, allow_pickle, settings)`: the family's engine for a
   located checkpoint (`autotune.engine.checkpoint.Checkpoint`).
 
@@ -48,6 +53,7 @@ from autotune.params import EditParams
 # family name -> module exposing FAMILY (imported on first use: a family's imports stay out of the others' way)
 FAMILIES: dict[str, str] = {
     "unet": "autotune.engine.unet.family",
+    "flow": "autotune.engine.flow.family",
 }
 SINGLE_FILE_FAMILY = "unet"
 
@@ -79,6 +85,18 @@ class EngineSettings:
     max_batch: int = 16  # target branches per denoising loop
     record_sources: bool = True  # keep source branches in the cache (turned off when one record is too large)
     progress: bool = True
+    offload: str | None = None  # the loader's CPU offloading (a family's `offload_modes`), None: all on the device
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What a family publishes for one model and method: the parameters an edit uses when given none, the knobs a
+    study searches by default (knob -> range spec, `autotune.tuning.search_space`) and the published settings a
+    study enqueues first (name -> knob values; a point naming a `method` applies to that method only)."""
+
+    params: EditParams
+    search_ranges: dict[str, dict[str, float]]
+    paper_points: dict[str, dict[str, Any]]
 
 
 class FamilyEngine(Protocol):
@@ -108,6 +126,9 @@ class ModelFamily(Protocol):
     methods: tuple[str, ...]
     search_ranges: dict[str, dict[str, float]]
     paper_points: dict[str, dict[str, float]]
+    offload_modes: tuple[str, ...]
+
+    def defaults_for(self, model_info: dict[str, Any], method: str | None = None) -> FamilyDefaults: ...
 
     def load(self, checkpoint: Any, *, device: torch.device, dtype: torch.dtype, scheduler: str, config: str | None,
              allow_pickle: bool, settings: EngineSettings) -> FamilyEngine: ...
@@ -126,6 +147,15 @@ def family_for_pipeline(pipeline_class: str) -> ModelFamily | None:
         if pipeline_class in family.pipelines:
             return family
     return None
+
+
+def family_for_method(method: str) -> ModelFamily:
+    """The family that runs this `EditParams.method`."""
+    for name in FAMILIES:
+        family = get_family(name)
+        if method in family.methods:
+            return family
+    raise KeyError(f"no model family runs method {method!r}")
 
 
 def supported_pipelines() -> list[str]:

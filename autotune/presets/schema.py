@@ -45,6 +45,8 @@ SCHEDULER_STRICT_KEYS = (
     "trained_betas",
     "prediction_type",
     "rescale_betas_zero_snr",
+    "shift",  # rectified flow (FlowMatchEulerDiscreteScheduler): the noise schedule's shift
+    "use_dynamic_shifting",
 )
 # Settings that shift timesteps slightly: a difference is reported as a warning.
 SCHEDULER_LOOSE_KEYS = ("steps_offset", "timestep_spacing", "set_alpha_to_one", "clip_sample", "_class_name")

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.params import EditParams
+from autotune.params import UNET_METHODS, EditParams
 from autotune.presets.schema import STYLES
 from autotune.task import EditTask
 from autotune.tuning import contract
@@ -101,12 +101,19 @@ def study_picks(study: optuna.Study) -> list[Pick]:
 
 
 def paper_default_params(study: optuna.Study, picks: Sequence[Pick]) -> EditParams:
-    """SimInversion's (0.5, 7.5) as the study ran it: its paper-point trial, else the base parameters at 0.5/7.5."""
-    for p in picks:
-        if p.kind == "paper" and p.name == "siminversion":
-            return p.params
+    """The published default as the study ran it: its paper-point trial (SimInversion's (0.5, 7.5) when the study has
+    it, else its first, e.g. FlowEdit's), else SimInversion's pair on the base parameters; a flow study's base is
+    itself its model's published setting unless the command line changed it, so the model's own is used."""
+    papers = [p for p in picks if p.kind == "paper"]
+    for p in sorted(papers, key=lambda p: p.name != "siminversion"):
+        return p.params
     base = EditParams.from_dict(study.user_attrs.get(contract.BASE_PARAMS) or {})
-    return base.with_(method="siminversion", **PAPER_POINTS["siminversion"])
+    if base.method in UNET_METHODS:
+        return base.with_(method="siminversion", **PAPER_POINTS["siminversion"])
+    from autotune.engine.family import family_for_method
+
+    model = study.user_attrs.get(contract.MODEL) or {}
+    return family_for_method(base.method).defaults_for(model, base.method).params
 
 
 def study_tasks(study: optuna.Study) -> tuple[list[EditTask] | None, str]:

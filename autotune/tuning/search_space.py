@@ -1,6 +1,8 @@
 """The search space of a tuning study, declared in one place and recorded with the study.
 
-By default the tuner searches the guidance pair only:
+The default knobs, the base parameters and the paper points come from the editor's model family
+(`SearchSpace.for_editor`, `ModelFamily.defaults_for`). On Stable Diffusion 1.x/2.x (the UNet family) the tuner
+searches the guidance pair only:
 
 - `w_src` in [0, 2] in steps of 0.1: the source-branch scale, which SimInversion also uses for inversion. Its
   analysis puts the optimum near 0.5 (plain DDIM inversion sits at 1, or 0); above 2 the inversion drifts badly.
@@ -14,6 +16,10 @@ Any other field of `EditParams` can be opened: `method` and `p2p_mode` (choices)
 schedules: `w_src_end` / `w_tgt_end` turn that scale into a linear ramp from the sampled start to the sampled
 end; `w_tgt_begin` / `w_tgt_finish` (fractions of the steps) turn it into an interval schedule (the base
 schedule's `outside` scale, 1 for a constant, elsewhere). Knobs that are not searched keep the base `EditParams`.
+
+On SD3 and FLUX.1 (the flow family) the defaults are FlowEdit's knobs: `w_src` on a grid and `w_tgt` around the
+loaded model's published setting, and the window `n_max`, `n_min` (fractions of the steps; a sampled `n_min` above
+`n_max` is clamped to it); `n_avg` (integer) on request. A knob of the other family's methods is refused.
 
 The space serialises to JSON (`to_dict` / `from_dict`) and is stored on the study as `autotune.search_space`.
 """
@@ -36,7 +42,7 @@ from optuna.distributions import (
 from autotune.engine.unet.family import FAMILY as UNET
 from autotune.errors import InputError
 from autotune.guidance import GuidanceSchedule
-from autotune.params import METHODS, P2P_MODES, EditParams
+from autotune.params import FLOW_KNOBS, FLOW_METHODS, METHODS, P2P_KNOBS, P2P_MODES, EditParams
 
 # The default knobs and the paper points enqueued first in every study: the UNet family's (autotune.engine.unet).
 DEFAULT_RANGES: dict[str, dict[str, float]] = UNET.search_ranges
@@ -58,6 +64,9 @@ _KNOBS: dict[str, tuple[str, Any, Any]] = {
     "blend_threshold": ("float", 0.0, 1.0),
     "blend_start": ("float", 0.0, 1.0),
     "reweight": ("float", 0.0, math.inf),
+    "n_max": ("float", 0.0, 1.0),
+    "n_min": ("float", 0.0, 1.0),
+    "n_avg": ("int", 1, 64),
     "method": ("choice", METHODS, None),
     "p2p_mode": ("choice", P2P_MODES, None),
 }
@@ -139,10 +148,13 @@ def _parse_knob(name: str, spec: Any) -> Knob:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The knobs a study searches (`knobs`) and the `EditParams` every other knob keeps (`base`)."""
+    """The knobs a study searches (`knobs`), the `EditParams` every other knob keeps (`base`), and the published
+    settings a new study enqueues first (`points`: name -> knob values; not part of the recorded space)."""
 
     knobs: dict[str, Knob] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RANGES.items()})
     base: EditParams = field(default_factory=EditParams)
+    points: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in PAPER_POINTS.items()},
+                                              compare=False)
 
     def __post_init__(self) -> None:
         parsed = {name: _parse_knob(name, spec) for name, spec in dict(self.knobs).items()}
@@ -153,13 +165,38 @@ class SearchSpace:
                                  f"({g}_begin/{g}_finish), not both")
         if not isinstance(self.base, EditParams):
             raise InputError("search space: base must be an EditParams")
+        methods = parsed["method"].choices if "method" in parsed else (self.base.method,)  # type: ignore[union-attr]
+        for name in parsed:
+            users = [m for m in methods if name not in (P2P_KNOBS if m in FLOW_METHODS else FLOW_KNOBS)]
+            if not users:
+                kind = "the rectified-flow methods" if name in FLOW_KNOBS else "the UNet methods (Prompt-to-Prompt)"
+                raise InputError(f"search space: {name} is a knob of {kind}; the method searched "
+                                 f"({', '.join(methods)}) does not use it")
 
     @classmethod
     def default(cls, base: EditParams | None = None, **overrides: Any) -> SearchSpace:
-        """The default (w_src, w_tgt) space, with `overrides` knob -> range/choices added or replaced."""
+        """The UNet family's default (w_src, w_tgt) space, with `overrides` knob -> range/choices added or replaced
+        (an editor's own defaults: `for_editor`)."""
         knobs: dict[str, Any] = {k: dict(v) for k, v in DEFAULT_RANGES.items()}
         knobs.update(overrides)
         return cls(knobs, base or EditParams())
+
+    @classmethod
+    def for_editor(cls, editor: Any, base: EditParams | None = None, **overrides: Any) -> SearchSpace:
+        """The default space of the editor's model family for the loaded model and `base.method` (default: the
+        family's own method), with `overrides` knob -> range/choices added or replaced. `base` defaults to the
+        published setting; the paper points are those of the searched method(s). An editor without `defaults`
+        (a test double) gets the UNet family's."""
+        method = base.method if base is not None else None
+        defaults = family_defaults(editor, method)
+        knobs: dict[str, Any] = {k: dict(v) for k, v in defaults.search_ranges.items()}
+        knobs.update(overrides)
+        points = dict(defaults.paper_points)
+        if "method" in overrides:
+            spec = _parse_knob("method", overrides["method"])
+            for choice in spec.choices:  # type: ignore[union-attr]
+                points.update(family_defaults(editor, choice).paper_points)
+        return cls(knobs, base or defaults.params, points)
 
     # -- Optuna ---------------------------------------------------------------------------------------------------
     def distributions(self) -> dict[str, BaseDistribution]:
@@ -206,6 +243,9 @@ class SearchSpace:
             elif g in values and not base.is_constant:
                 changes[g] = GuidanceSchedule(base.kind, start, start if base.kind != "linear" else base.end,
                                               base.begin, base.finish, base.outside)
+        if "n_min" in changes or "n_max" in changes:  # FlowEdit's window needs n_min <= n_max
+            n_max = changes.get("n_max", self.base.n_max)
+            changes["n_min"] = min(changes.get("n_min", self.base.n_min), n_max)
         try:
             return self.base.with_(**changes)
         except (TypeError, ValueError) as exc:
@@ -214,13 +254,20 @@ class SearchSpace:
     def paper_points(self) -> list[tuple[str, dict[str, Any]]]:
         """The paper points to enqueue, as (name, knob values); empty unless both w_src and w_tgt are searched.
 
-        Other searched knobs are fixed to their base values when those lie inside the range, so the paper points
-        are the published settings. A point outside the searched range is left out (the sampler never goes there).
+        A point's values of searched knobs are used; other searched knobs are fixed to their base values when those
+        lie inside the range, so the paper points are the published settings (knobs not searched keep the base). A
+        point outside the searched range is left out (the sampler never goes there), as is a point that names a
+        method the study does not run.
         """
         if not {"w_src", "w_tgt"} <= self.knobs.keys():
             return []
         out = []
-        for name, pair in PAPER_POINTS.items():
+        for name, point in self.points.items():
+            method = point.get("method")
+            if method is not None and not (self.contains("method", method) if "method" in self.knobs
+                                           else method == self.base.method):
+                continue
+            pair = {k: v for k, v in point.items() if k in self.knobs}
             if not all(self.contains(k, v) for k, v in pair.items()):
                 continue
             values: dict[str, Any] = dict(pair)
@@ -255,7 +302,7 @@ class SearchSpace:
                 vals = [float(knob.low * (knob.high / knob.low) ** (i / max(points - 1, 1))) for i in range(points)]
             else:
                 vals = [float(knob.low + (knob.high - knob.low) * i / max(points - 1, 1)) for i in range(points)]
-            for pair in PAPER_POINTS.values():
+            for pair in self.points.values():
                 if name in pair and self.contains(name, pair[name]):
                     vals.append(pair[name])
             out[name] = sorted({round(v, 6) if isinstance(v, float) else v for v in vals})
@@ -266,10 +313,21 @@ class SearchSpace:
         return {name: knob.to_dict() for name, knob in self.knobs.items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base: EditParams | None = None) -> SearchSpace:
+    def from_dict(cls, data: Mapping[str, Any], base: EditParams | None = None,
+                  points: Mapping[str, Mapping[str, Any]] | None = None) -> SearchSpace:
         if not isinstance(data, Mapping) or not data:
             raise InputError(f"search space must be a non-empty mapping of knob -> range, got {data!r}")
-        return cls(dict(data), base or EditParams())
+        if points is None:
+            return cls(dict(data), base or EditParams())
+        return cls(dict(data), base or EditParams(), {k: dict(v) for k, v in points.items()})
+
+
+def family_defaults(editor: Any, method: str | None) -> Any:
+    """`editor.defaults(method)`, or the UNet family's for an editor without it (a test double)."""
+    defaults = getattr(editor, "defaults", None)
+    if defaults is None:
+        return UNET.defaults_for({}, method)
+    return defaults(method)
 
 
 def parse_knob_arg(text: str) -> tuple[str, dict[str, Any]]:
@@ -298,4 +356,5 @@ def parse_knob_arg(text: str) -> tuple[str, dict[str, Any]]:
             from exc
     if _KNOBS[name][0] == "int":
         spec = {k: (int(v) if isinstance(v, float) and v == int(v) else v) for k, v in spec.items()}
+    _parse_knob(name, spec)  # the range itself, checked now
     return name, spec

@@ -151,7 +151,10 @@ def tune(
             is `seed` if it created the study, else derived from `seed`, host and pid (each worker its own seed).
         scorer: a `Scorer` (metrics / score / describe).
         objectives: see `autotune.scoring.objectives`; default chosen from the scorer's metrics.
-        search_space: a `SearchSpace` or its dict; default w_src in [0, 2] in steps of 0.1, w_tgt in [1, 12].
+        search_space: a `SearchSpace` or its dict (knob -> range, on the editor's default base parameters and
+            paper points); default: the editor's model family's (`SearchSpace.for_editor`): on Stable Diffusion
+            1.x/2.x w_src in [0, 2] in steps of 0.1 and w_tgt in [1, 12]; on SD3 / FLUX.1 FlowEdit's guidance
+            pair and window around the model's published setting.
         presets_dir: where the preset is written (default `./presets`).
         prune: True (a `DominationPruner()`), False, or a configured pruner.
         artifacts: None (a `FileSystemArtifactStore` in `<project_dir>/artifacts`), False (off), a directory,
@@ -212,11 +215,12 @@ def _plan(editor: Any, tasks: Sequence[EditTask], *, category: str | int, trials
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if search_space is None:
-        space = SearchSpace.default()
+        space = SearchSpace.for_editor(editor)
     elif isinstance(search_space, SearchSpace):
         space = search_space
     else:
-        space = SearchSpace.from_dict(search_space)
+        defaults = SearchSpace.for_editor(editor)
+        space = SearchSpace.from_dict(search_space, defaults.base, defaults.points)
     objs = Objectives.from_spec(objectives) if objectives is not None else default_objectives(scorer.metrics())
     objs.check_against(scorer.metrics())
     pruner = prune if isinstance(prune, DominationPruner) else (DominationPruner() if prune else None)

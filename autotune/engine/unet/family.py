@@ -1,26 +1,28 @@
 """The UNet family's entry in the registry: which checkpoints it reads, which methods it runs, what a study searches.
 
 Stable Diffusion 1.x (epsilon prediction) and 2.x (v-prediction) checkpoints, loaded through diffusers'
-`StableDiffusionPipeline` and edited by `UNetEngine`: SimInversion and the four classic baselines (DDIM,
-negative-prompt, null-text and direct inversion) under Prompt-to-Prompt control.
+`StableDiffusionPipeline`, and SDXL base and its fine-tunes (`StableDiffusionXLPipeline`), edited by `UNetEngine`:
+SimInversion and the four classic baselines (DDIM, negative-prompt, null-text and direct inversion) under
+Prompt-to-Prompt control.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from autotune.params import METHODS
+from autotune.params import UNET_METHODS
 
 if TYPE_CHECKING:  # the registry reads this module for its constants: keep torch out of that import
     import torch
 
-    from autotune.engine.family import EngineSettings
+    from autotune.engine.family import EngineSettings, FamilyDefaults
 
 
 class UNetFamily:
     name = "unet"
-    pipelines = ("StableDiffusionPipeline",)
-    methods = METHODS
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+    methods = UNET_METHODS
+    offload_modes: tuple[str, ...] = ()
     # The default search space: w_src on a 0.1 grid in [0, 2] (inversions and source branches are reused across
     # trials that share a w_src; above 2 the inversion drifts badly), w_tgt in [1, 12] (7.5 is SD's default).
     search_ranges: dict[str, dict[str, float]] = {
@@ -32,6 +34,15 @@ class UNetFamily:
         "siminversion": {"w_src": 0.5, "w_tgt": 7.5},  # SimInversion's prescription
         "ddim": {"w_src": 1.0, "w_tgt": 7.5},  # DDIM-style: invert and reconstruct at 1, edit at 7.5
     }
+
+    def defaults_for(self, model_info: dict[str, Any], method: str | None = None) -> FamilyDefaults:
+        """The same for every Stable Diffusion checkpoint: SimInversion's pair with PIE-Bench's P2P settings."""
+        from autotune.engine.family import FamilyDefaults
+        from autotune.params import EditParams
+
+        params = EditParams() if method is None else EditParams(method=method)
+        return FamilyDefaults(params, {k: dict(v) for k, v in self.search_ranges.items()},
+                              {k: dict(v) for k, v in self.paper_points.items()})
 
     def load(self, checkpoint: Any, *, device: torch.device, dtype: torch.dtype, scheduler: str,
              config: str | None, allow_pickle: bool, settings: EngineSettings) -> Any:
