@@ -221,10 +221,6 @@ def test_cli_bench_rejects_a_category_the_world_lacks(capsys):
     assert "change_style" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, autotune/bench/memory.py: a child's ru_maxrss from wait4 starts "
-                   "at its parent's RSS (Linux keeps the hiwater of the forked memory across exec), so the figure is "
-                   "max(the parent's RSS, the child's peak): here a child that fills 300 MiB reads the same as an "
-                   "idle one, both about 515 MB, the test process's own size")
 def test_child_peak_rss_sees_a_known_allocation():
     import sys
 
