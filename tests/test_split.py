@@ -137,3 +137,17 @@ def test_shapes_all_is_both_splits_with_their_own_ids_and_tasks():
         assert (task.source_prompt, task.target_prompt) == (same.source_prompt, same.target_prompt)
         assert np.array_equal(np.asarray(task.image), np.asarray(same.image))
     assert [t.id for t in load_tasks("shapes:delete_object:25", split="all")] == [t.id for t in every]
+
+
+def test_the_shapes_tasks_command_writes_either_split_or_both(tmp_path, capsys):
+    import json
+
+    from autotune.cli import main
+    from autotune.shapes.tasks import shapes_tasks
+
+    assert main(["shapes", "tasks", "change_color", "--split", "all", "--count", "20", "--out", str(tmp_path)]) == 0
+    written = [(e["id"], e["source_prompt"]) for e in json.loads((tmp_path / "tasks.json").read_text())]
+    own = {t.id: t.source_prompt for split in ("tune", "heldout") for t in shapes_tasks("change_color", split, 20)}
+    assert len(written) == 20 and all(own[i] == prompt for i, prompt in written)  # each as in its own split
+    assert sum("-heldout-" in i for i, _ in written) == 2  # one scene in five, give or take: 2 of the first 20
+    assert "(all split)" in capsys.readouterr().out

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tasks = sub.add_parser("tasks", help="write edit tasks (source PNG, mask PNG, tasks.json) of one category")
     tasks.add_argument("category", help="change_color, change_object, change_background, add_object, delete_object")
-    tasks.add_argument("--split", default="tune", choices=("tune", "heldout"))
+    tasks.add_argument("--split", default="tune", choices=("tune", "heldout", "all"),
+                       help="the world's split (one scene in five held out, by its hash); all: both, each task's "
+                       "id naming its own")
     tasks.add_argument("--count", type=int, default=20)
     tasks.add_argument("--seed", type=int, default=0)
     tasks.add_argument("--out", required=True, help="output folder")
