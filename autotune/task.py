@@ -1,6 +1,14 @@
-"""An edit task: one image, what it shows, what it should become, and where; its fingerprint; word matching.
+"""An edit task: one image, what it shows, what it should become, and where; its fingerprints; word matching.
 
 Categories follow PIE-Bench's `editing_type_id` (0-9); names are accepted wherever an id is.
+
+Two fingerprints, for two questions. `task_fingerprint(tasks)` identifies a whole task *set* as loaded (ids,
+prompts, blend words, categories, pixels, masks, in order): a study is resumed only on the same set.
+`task_digest(task)` identifies one edit by what it is, whatever it is called: its source image and its two
+prompts. It decides a task's held-out split (`autotune.tasks.split`) and tells whether a preset was tuned on a
+task (`autotune evaluate`'s overlap check), so it must not change between machines or versions: it is sha256
+under a fixed scheme name, over the image *file's* bytes where the task came from a file (decoders differ across
+libjpeg builds; bytes do not) and over the decoded RGB pixels for a task built in code.
 """
 
 from __future__ import annotations
@@ -78,6 +86,33 @@ class EditTask:
                     f"{self.image.width}x{self.image.height}; they must match"
                 )
             self.mask = mask.astype(bool)
+
+
+IMAGE_SHA256 = "image_sha256"  # metadata key: sha256 of the image file's bytes, set by the file loaders
+DIGEST_SCHEME = b"autotune-task-digest-v1"  # part of every digest; a new scheme would need a new name
+DIGEST_HEX = 16  # 64 bits: collisions are negligible for any task set that fits in memory
+
+
+def image_sha256(task: EditTask) -> str:
+    """sha256 of the task's image: of its file's bytes when a loader recorded them, else of its RGB pixels."""
+    recorded = task.metadata.get(IMAGE_SHA256)
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    image = task.image.convert("RGB")
+    h = hashlib.sha256(f"rgb {image.width}x{image.height}\0".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def task_digest(task: EditTask) -> str:
+    """One edit's identity: the first 64 bits (16 hex digits) of sha256 over the scheme name, the image's sha256
+    and the source and target prompts. The id, category, blend words and mask do not enter: the same photo with
+    the same prompts is the same edit, under any name."""
+    h = hashlib.sha256(DIGEST_SCHEME)
+    for part in (image_sha256(task), task.source_prompt, task.target_prompt):
+        h.update(b"\0")
+        h.update(part.encode("utf-8"))
+    return h.hexdigest()[:DIGEST_HEX]
 
 
 def task_fingerprint(tasks: Sequence[EditTask]) -> str:

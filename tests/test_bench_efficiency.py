@@ -68,11 +68,12 @@ def test_a_cached_grid_is_not_read_under_other_objectives(tmp_path, monkeypatch)
     assert len(made) == 1  # the second read the cached table
     real = objectives.default_objectives
 
-    def full_success(metrics):
+    def other(metrics):  # an edit strength no default uses: the tables must not depend on which one is default
         got = real(metrics)
+        assert got.edit_strength.metrics != {"preservation": 1.0}
         return objectives.Objectives(got.fidelity, objectives.Objective("edit_strength", "maximize",
-                                                                        {"full_success": 1.0}))
+                                                                        {"preservation": 1.0}))
 
-    monkeypatch.setattr(objectives, "default_objectives", full_success)
+    monkeypatch.setattr(objectives, "default_objectives", other)
     efficiency.cached_grid(Model(), tasks, ShapesScorer(), tmp_path, points=15, steps=10)
     assert len(made) == 2 and len(list(tmp_path.glob("grid-*.json"))) == 2

@@ -183,3 +183,29 @@ def test_grid_preset_picks_from_the_grids_front(editor):
     assert {(p.w_src.start, p.w_tgt.start) for p in map(preset.params, quality.PICKS)} <= front
     assert "grid" in source and preset.params().steps == 2
     assert torch.get_num_threads() == 1
+
+
+def test_the_section_checks_the_held_out_tasks_against_the_presets_tuning_tasks(editor):
+    from autotune.task import task_digest
+
+    tasks = _common.fresh_shapes_tasks("change_color", "heldout", 4, quality.HELDOUT_SEED)[0]
+    tuned = _common.fresh_shapes_tasks("change_color", "tune", 3, quality.HELDOUT_SEED)[0]
+    preset = _preset(editor)
+    assert quality.tuned_on_count(preset, tasks) is None  # a grid's picks list no tuning tasks
+    preset.provenance["task_digests"] = sorted(task_digest(t) for t in tuned)
+    assert quality.tuned_on_count(preset, tasks) == 0
+    preset.provenance["task_digests"] = sorted(task_digest(t) for t in [*tuned, tasks[1], tasks[3]])
+    assert quality.tuned_on_count(preset, tasks) == 2
+
+    def result(tuned_on):
+        settings = [SettingScores(c, name, {"method": "siminversion", "w_src": 0.5, "w_tgt": 7.5},
+                                  {"edit_success": [1.0] * 4, "full_success": [1.0] * 4, "background_psnr": [30.0] * 4})
+                    for c in tuned_on for name in ("balanced", "(0.5, 7.5)", "ddim")]
+        return QualityResult(quality.HELDOUT_SEED, dict.fromkeys(tuned_on, 4), dict.fromkeys(tuned_on, 0), [],
+                             settings, tuned_on=tuned_on).markdown()
+
+    text = result({"change_color": 2, "add_object": 0, "delete_object": None})
+    assert "**Not held out:** change_color: 2 of 4 tasks are among the tasks its preset was tuned on" in text
+    assert "tuning tasks (add_object): none of the held-out tasks was tuned on" in text
+    assert "The presets for delete_object list no tuning tasks" in text
+    assert "Not held out" not in result({"add_object": 0})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autotune import Editor
-from autotune.engine.checkpoint import SHORT_NAMES
+from autotune.engine.checkpoint import SHORT_NAMES, locate
 from autotune.engine.unet.loading import make_scheduler
 from autotune.errors import ModelNotFoundError
 
@@ -69,9 +69,26 @@ def test_cuda_request_without_cuda_is_a_clear_error(tiny_model_dir):
         Editor.from_pretrained(str(tiny_model_dir), device="cuda")
 
 
-def test_short_names_resolve():
-    assert SHORT_NAMES["sd15"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert SHORT_NAMES["shapes"].endswith("shapes/weights/shapes")
+def test_short_names_resolve(monkeypatch):
+    import json
+
+    # `shapes` is the pipeline folder shipped inside the package, found wherever autotune is installed.
+    shapes = locate("shapes")
+    assert shapes.kind == "folder" and shapes.pipeline_class == "StableDiffusionPipeline"
+    index = json.loads((shapes.path / "model_index.json").read_text())
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    assert locate(str(shapes.path)).path == shapes.path
+    # A hub short name is looked up as the hub id README documents, and the error says so.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as info:
+        locate("sd15")
+    message = str(info.value)
+    assert "short name 'sd15' -> stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+    assert "hub id 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in message
+    with pytest.raises(ModelNotFoundError) as info:
+        locate("sd99")  # not a short name: taken as a hub id as it is
+    assert "short name" not in str(info.value) and "hub id 'sd99'" in str(info.value)
+    assert set(SHORT_NAMES) >= {"shapes", "sd15", "sd14", "sd21", "sd21-base"}  # README's list
     assert SHORT_NAMES["shapes-flow"].endswith("shapes/weights/shapes-flow")
 
 

@@ -140,6 +140,8 @@ def test_cli_end_to_end_on_the_tiny_pipeline(tiny_model_dir, tmp_path, capsys):
         str(tiny_model_dir),
         "--tasks",
         str(tmp_path / "tasks.jsonl"),
+        "--split",
+        "all",
         "--device",
         "cpu",
         "--out",
@@ -178,7 +180,7 @@ def test_cli_with_a_preset_file_and_an_override(tiny_model_dir, tmp_path, capsys
     task = {"id": "cup", "image": "coffee.png", "source_prompt": "a cup of coffee", "target_prompt": "a cup of tea"}
     (tmp_path / "objects.jsonl").write_text(json.dumps({**task, "category": "change_object"}))
     (tmp_path / "colors.jsonl").write_text(json.dumps({**task, "category": "change_color"}))
-    common = ["--model", str(tiny_model_dir), "--device", "cpu", "--metrics", "mse", "-q"]
+    common = ["--model", str(tiny_model_dir), "--device", "cpu", "--metrics", "mse", "--split", "all", "-q"]
     argv = ["evaluate", "--tasks", str(tmp_path / "objects.jsonl"), "--preset", str(tmp_path / "object.json")]
     assert main([*argv, "--w-tgt", "3", "--out", str(tmp_path / "run"), *common]) == 0
     row = next(csv.DictReader(open(tmp_path / "run" / "results.csv")))

@@ -250,7 +250,7 @@ def test_cli_edit_tune_and_evaluate_on_flow_models(tiny_sd3_dir, tiny_flux_dir, 
 
     run = tmp_path / "run"
     argv = ["evaluate", "--model", str(tiny_sd3_dir), "--tasks", str(tasks_file), "--out", str(run), "--metrics",
-            "psnr", "mse", "--method", "flow_siminversion", "--steps", "3", "--w-tgt", "4", *common]
+            "psnr", "mse", "--method", "flow_siminversion", "--steps", "3", "--w-tgt", "4", "--split", "all", *common]
     assert main(argv) == 0
     assert "2 tasks, 0 already done" in capsys.readouterr().out
     rows = list(csv.DictReader(open(run / "results.csv")))

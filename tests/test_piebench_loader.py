@@ -91,7 +91,7 @@ def test_loads_real_photos_with_prompts_masks_and_categories(tmp_path):
 def test_category_by_id_or_name(tmp_path, category):
     build_piebench(tmp_path)
     assert [t.id for t in load_piebench(tmp_path, category)] == ["000000000001"]
-    assert [t.id for t in load_tasks(str(tmp_path), "change_color")] == ["000000000001"]
+    assert [t.id for t in load_tasks(str(tmp_path), "change_color", split="all")] == ["000000000001"]
 
 
 def test_errors_name_file_entry_and_field(tmp_path):

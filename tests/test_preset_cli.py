@@ -69,6 +69,26 @@ def test_diff(env, capsys):
     assert "picks.balanced.params.w_tgt: 6.0 -> 7.0" in out and "content_hash" not in out
 
 
+def test_show_and_diff_summarise_the_tuning_tasks(env, capsys):
+    def listing(digests):
+        preset = tuned(6.0)
+        preset.provenance.update(task_source={"spec": "tasks.jsonl", "split": "tune", "heldout_fraction": 0.3},
+                                 task_digests=digests)
+        return preset
+
+    a, b = env / "a.json", env / "b.json"
+    listing([f"{i:016x}" for i in range(300)]).save(a)
+    listing([f"{i:016x}" for i in range(100, 350)]).save(b)
+    assert main(["presets", "show", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "tuned on    spec tasks.jsonl, split tune, heldout_fraction 0.3; 300 task digests listed" in out
+    assert f"{7:016x}" not in out  # the list itself stays out of the way
+    assert main(["presets", "diff", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "provenance.task_digests: 300 tasks -> 250 tasks (200 in common)" in out
+    assert "task_digests[" not in out
+
+
 def test_export_import_verify(env, capsys):
     tuned(6.0).save(env / "presets" / preset_filename("shapes", "change_color"))
     assert main(["presets", "export", "--out", "team.zip"]) == 0

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from skimage import data
 
 from autotune.errors import WeightsNotFoundError
-from autotune.scoring import ALL_METRICS, PieBenchScorer, Scorer, display_value
+from autotune.params import EditParams
+from autotune.scoring import ALL_METRICS, PieBenchScorer, Scorer
 from autotune.scoring.clip import ClipScore
 from autotune.scoring.lpips_weights import load_lpips
 from autotune.scoring.structure import DINO_MODEL, StructureDistance
@@ -124,12 +125,48 @@ def test_subset_of_metrics_and_describe(parts):
         PieBenchScorer(metrics=("fid",))
 
 
-def test_display_scales_follow_piebench_tables():
-    assert display_value("structure_distance", 0.01) == pytest.approx(10.0)
-    assert display_value("mse", 0.002) == pytest.approx(20.0)
-    assert display_value("ssim", 0.84) == pytest.approx(84.0)
-    assert display_value("lpips", 0.06) == pytest.approx(60.0)
-    assert display_value("psnr", 27.0) == 27.0
+def test_summary_columns_read_back_to_independently_computed_metrics(tmp_path):
+    """What a reader of summary.csv gets: each column divided by the factor its header names is the metric itself,
+    as scikit-image computes it, and PSNR and MSE agree through PSNR's definition. The headers are PIE-Bench's
+    Table 1 (Ju et al. 2024): PSNR unscaled, MSE x10^4, SSIM x10^2."""
+    import csv
+    import re
+
+    from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
+    from autotune.evaluation.evaluate import evaluate
+
+    photo = Image.fromarray(data.astronaut()).resize((128, 128), Image.BICUBIC)
+    source = np.asarray(photo, dtype=np.float32) / 255
+    noisy = np.clip(source + np.random.default_rng(0).normal(0, 0.05, source.shape), 0, 1).astype(np.float32)
+
+    class NoisyEditor:
+        def model_info(self):
+            return {"id": "noisy"}
+
+        def edit_task(self, task, candidates):
+            result = type("R", (), {"pixels": torch.from_numpy(noisy).permute(2, 0, 1), "params": candidates[0]})
+            result.image = Image.fromarray((noisy * 255).round().astype(np.uint8))
+            return [result]
+
+    task = EditTask("astro", photo, "a woman", "a robot", "change_object")
+    scorer = PieBenchScorer(mode="masked", device="cpu", metrics=("psnr", "mse", "ssim"))
+    evaluate(NoisyEditor(), [task], EditParams(), scorer, tmp_path, progress=False)
+    (row,) = [r for r in csv.DictReader(open(tmp_path / "summary.csv")) if r["category"] == "change_object"]
+    columns = {name: float(value) for name, value in row.items() if name not in ("category", "n")}
+    assert set(columns) == {"PSNR", "MSE x10^4", "SSIM x10^2"}
+
+    def raw(column: str) -> float:
+        power = re.search(r"x10\^(\d+)$", column)
+        return columns[column] / 10 ** int(power.group(1)) if power else columns[column]
+
+    mse = mean_squared_error(source, noisy)
+    assert raw("MSE x10^4") == pytest.approx(mse, abs=0.006e-4)  # the column keeps 2 decimals
+    assert raw("PSNR") == pytest.approx(10 * np.log10(1 / raw("MSE x10^4")), abs=0.01)
+    assert raw("PSNR") == pytest.approx(peak_signal_noise_ratio(source, noisy, data_range=1.0), abs=0.006)
+    ssim = structural_similarity(source, noisy, data_range=1.0, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False)
+    assert raw("SSIM x10^2") == pytest.approx(ssim, abs=0.006e-2)
 
 
 def test_missing_weights_fail_at_load_naming_them(tmp_path, monkeypatch):

@@ -443,7 +443,7 @@ def test_cli_edit_tune_and_evaluate_on_sdxl(tiny_sdxl_dir, tmp_path, capsys, mon
                                                       "target_prompt": TGT, "category": "change_color",
                                                       "blend_words": "woman man"}))
     assert main(["evaluate", *model, "--tasks", str(tmp_path / "tasks.jsonl"), "--preset", str(preset_file),
-                 "--out", str(tmp_path / "run"), "--metrics", "psnr", "mse", "-q"]) == 0
+                 "--out", str(tmp_path / "run"), "--metrics", "psnr", "mse", "--split", "all", "-q"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "run" / "results.csv")))
     assert [r["task_id"] for r in rows] == ["p"] and 0 <= float(rows[0]["mse"]) < 1
 

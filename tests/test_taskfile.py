@@ -59,7 +59,7 @@ def test_jsonl_round_trip(photos):
     assert tasks[0].metadata["owner"] == "ann" and tasks[0].image.size == (600, 400)
     assert tasks[1].category == "change_object" and tasks[1].blend_words == ("cat", "tiger")
     assert tasks[1].mask.shape == (300, 451) and tasks[1].mask.sum() == 100 * 200
-    assert load_tasks(str(photos / "tasks.jsonl"))[1].id == "tasks-2"
+    assert load_tasks(str(photos / "tasks.jsonl"), split="all")[1].id == "tasks-2"
 
 
 def test_jsonl_mask_as_run_length(photos):
@@ -82,7 +82,7 @@ def test_csv(photos):
         ("cat", "change_color", None),
     ]
     assert tasks[1].mask.sum() == 100 * 200
-    assert [t.id for t in load_tasks(str(photos / "tasks.csv"), category="change_color")] == ["cat"]
+    assert [t.id for t in load_tasks(str(photos / "tasks.csv"), category="change_color", split="all")] == ["cat"]
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ def test_tune_on_the_real_engine(tiny_model_dir, tmp_path):
 def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatch):
     import autotune.cli._common
     from autotune.cli import main
+    from autotune.task import task_digest
     from autotune.tasks import sources as task_sources
 
     load = task_sources.load_tasks
@@ -69,7 +70,11 @@ def test_cli_tune_writes_the_preset(tiny_model_dir, tmp_path, capsys, monkeypatc
     assert code == 0
     assert editors[0].cache.max_bytes == 300 << 20 and editors[0].cache.directory == tmp_path / "proj" / "inversions"
     assert "paper point siminversion" in out and "preset written to" in out
-    assert list((tmp_path / "presets").glob("*change_color*.json"))
+    (preset_path,) = (tmp_path / "presets").glob("*change_color*.json")
+    provenance = json.loads(preset_path.read_text())["provenance"]
+    assert provenance["task_source"] == {"spec": "shapes:change_color", "split": "tune", "heldout_fraction": 0.2}
+    tuned_on = load("shapes:change_color")[:2]
+    assert provenance["task_digests"] == sorted(task_digest(t) for t in tuned_on)
     assert (tmp_path / "proj" / "studies.journal").stat().st_size > 0
     assert list((tmp_path / "proj" / "inversions").glob("*.safetensors"))  # shared with re-runs and workers
     index = Path(out.split("report: ", 1)[1].split()[0])  # --report writes the visual report and names it

@@ -4,20 +4,28 @@ The editor writes the candidate's (w_src, w_tgt) into the pixels; the scorer rea
 metrics whose trade-off is known exactly:
 
     preservation = 0.9 - (w_src - 0.5)^2 - 0.03 * w_tgt + task offset      (fidelity, maximize)
-    edit_success = 0.9 - 0.5 * (w_src - 0.5)^2 - exp(-w_tgt / 3) + task offset  (edit strength, maximize)
+    full_success = 0.9 - 0.5 * (w_src - 0.5)^2 - exp(-w_tgt / 3) + task offset  (edit strength, maximize)
 
 so the Pareto set is w_src = 0.5 with w_tgt anywhere, the SimInversion point (0.5, 7.5) is on it and the DDIM
 point (1, 7.5) is dominated. Run as a script it is a tuner worker process (for the storage tests).
+
+`GridLandscape` and `GridScorer` are the opposite: a jagged landscape recorded from the shipped shapes model
+(tests/data/grid_add_object.json, made by tests/data/make_grid_table.py: 8 add_object tasks, 10 steps, an 11 x 11
+grid, each task's metrics at every cell). Pass/fail metrics over 8 tasks move in steps of 1/8, neighbouring cells
+differ by up to a third of the range, and the best scalarised cells are 4 of 121. The scorer reads the candidate's
+(w_src, w_tgt) back from the fake editor's pixels and returns the recorded metrics of the nearest cell.
 This module holds no tests; pytest collects it and finds none.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -90,7 +98,7 @@ class FakeScorer:
         self.calls = 0
 
     def metrics(self) -> dict[str, str]:
-        return {"preservation": "maximize", "edit_success": "maximize", "background_psnr": "maximize"}
+        return {"preservation": "maximize", "full_success": "maximize", "background_psnr": "maximize"}
 
     def describe(self) -> dict:
         return {"mode": "fake", "version": 1}
@@ -104,8 +112,60 @@ class FakeScorer:
             fid, strength = true_values(w_src, w_tgt, offset)
             if self.nan_below is not None and w_src < self.nan_below:
                 fid = math.nan
-            out.append({"preservation": fid, "edit_success": strength, "background_psnr": 30 + 10 * fid})
+            out.append({"preservation": fid, "full_success": strength, "background_psnr": 30 + 10 * fid})
         return out
+
+
+GRID_TABLE = Path(__file__).resolve().parent / "data" / "grid_add_object.json"
+
+
+class GridLandscape:
+    """A recorded grid table: `metrics[name][task, i_src, j_tgt]` over the grid `w_src` x `w_tgt`."""
+
+    def __init__(self, path: Path = GRID_TABLE) -> None:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        self.command = table["command"]
+        self.w_src, self.w_tgt = np.array(table["w_src"]), np.array(table["w_tgt"])
+        self.metrics = {name: np.array(values, dtype=float) for name, values in table["metrics"].items()}
+        self.n_tasks = len(table["task_ids"])
+
+    def tasks(self) -> list[EditTask]:
+        """One fake task per recorded task (the fake editor's offset is 0: the table holds the truth)."""
+        tasks = make_tasks(self.n_tasks, category="add_object")
+        for i, task in enumerate(tasks):
+            task.metadata.update(offset=0.0, index=i)
+        return tasks
+
+    def cell(self, w_src: float, w_tgt: float) -> tuple[int, int]:
+        """The nearest cell; values are rounded to 1e-6 first, so that a value read back from float32 pixels and the
+        trial's own value find the same cell, and a value halfway between two cells takes the lower one."""
+        w_src, w_tgt = round(w_src, 6), round(w_tgt, 6)
+        return int(np.abs(self.w_src - w_src).argmin()), int(np.abs(self.w_tgt - w_tgt).argmin())
+
+    def task_metrics(self, task: int, w_src: float, w_tgt: float) -> dict[str, float]:
+        i, j = self.cell(w_src, w_tgt)
+        return {name: float(values[task, i, j]) for name, values in self.metrics.items()}
+
+    def means(self, w_src: float, w_tgt: float) -> dict[str, float]:
+        i, j = self.cell(w_src, w_tgt)
+        return {name: float(values[:, i, j].mean()) for name, values in self.metrics.items()}
+
+
+class GridScorer:
+    """The shapes scorer's metrics, read from a `GridLandscape` at the candidate's nearest cell."""
+
+    def __init__(self, landscape: GridLandscape) -> None:
+        self.landscape = landscape
+
+    def metrics(self) -> dict[str, str]:
+        return dict.fromkeys(self.landscape.metrics, "maximize")
+
+    def describe(self) -> dict:
+        return {"scorer": "recorded grid", "command": self.landscape.command}
+
+    def score(self, task: EditTask, edited: torch.Tensor) -> list[dict[str, float]]:
+        return [self.landscape.task_metrics(task.metadata["index"], float(x[0].mean()) * 2.0,
+                                            float(x[1].mean()) * 12.0) for x in edited]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ import torch
 
 from autotune.errors import InputError
 from autotune.params import EditParams
-from autotune.task import EditTask
+from autotune.task import EditTask, task_digest
 from autotune.tuning.search_space import SearchSpace, family_defaults
 
 BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "gpu")
@@ -23,12 +22,10 @@ SEEN_COUNT = 200  # of a seed's tasks, as many as any benchmark or tuning run ca
 
 
 def scene_key(task: EditTask) -> str:
-    """The scene a task shows and the edit it asks, whatever its seed and id."""
-    h = hashlib.sha256()
-    for text in (task.source_prompt, task.target_prompt, repr(task.blend_words)):
-        h.update(text.encode("utf-8") + b"\0")
-    h.update(task.image.convert("RGB").tobytes())
-    return h.hexdigest()
+    """The scene a task shows and the edit it asks, whatever its seed and id: its task digest
+    (`autotune.task.task_digest`, the image and the two prompts), the identity that `--split` and `autotune
+    evaluate`'s overlap check use, so "left out as seen" here and "tuned on" there mean the same task."""
+    return task_digest(task)
 
 
 def fresh_shapes_tasks(category: str, split: str, count: int, seed: int, seen_seeds: Sequence[int] = (0,),

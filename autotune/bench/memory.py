@@ -33,18 +33,40 @@ class MemoryResult:
         return table + "\n\nThe tuning run is `autotune tune` with the same model, in its own process."
 
 
+# Runs argv[1:] as its child and writes that child's ru_maxrss (KiB; bytes on macOS) to stdout. Why a launcher: a
+# child's ru_maxrss includes the memory of the process image it replaced at exec, and subprocess starts children
+# by vfork from this process, so a child started directly reads at least this process's own peak (the test process
+# or the benchmark with torch loaded, hundreds of MB). The launcher is small, so its child's figure is the child's.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        os.execv(sys.argv[1], sys.argv[1:])
+    except OSError as exc:
+        os.write(2, f"cannot run {sys.argv[1]}: {exc}\\n".encode())
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, flush=True)
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def _child_peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    """Run `cmd` and return its peak resident set size (Linux ru_maxrss is in KiB)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
+    """Run `cmd` and return its peak resident set size in MiB (its own, not this process's: see `_LAUNCHER`)."""
+    proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, check=False)
+    err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
+    try:
+        maxrss = int(proc.stdout.decode().split()[-1])
+    except (ValueError, IndexError):
+        raise RuntimeError(f"{' '.join(cmd)}: the memory launcher reported no peak ({proc.stdout[-200:]!r})") from None
     scale = 1.0 if sys.platform != "darwin" else 1 / 1024
-    return usage.ru_maxrss * scale / 1024
+    return maxrss * scale / 1024
 
 
 def bench_memory(model: str, device: str = "cpu", *, category: str = "change_color", trials: int = 8, batch: int = 4,

@@ -21,7 +21,7 @@ import numpy as np
 from autotune.bench import markdown
 from autotune.bench.efficiency import GridTable
 from autotune.params import EditParams
-from autotune.task import EditTask
+from autotune.task import EditTask, task_digest
 
 HELDOUT_SEED = 20261205  # issue 22's fresh held-out seed: no tuning or design decision has seen its tasks
 SEEN_SEEDS = (0,)  # held-out seeds read before (benchmarks, tuning checks): their scenes are left out
@@ -124,6 +124,13 @@ def grid_preset(editor: Any, category: str, grid: GridTable) -> tuple[Any, str]:
                     "tune-split tasks (no tuned preset for this model)")
 
 
+def tuned_on_count(preset: Any, tasks: Sequence[EditTask]) -> int | None:
+    """How many of `tasks` the preset lists as tuned on (by task digest, the check `autotune evaluate` makes);
+    None when it lists none."""
+    listed = getattr(preset, "tuning_tasks", None)
+    return None if listed is None else sum(task_digest(t) in listed for t in tasks)
+
+
 def _shown_path(path: Any) -> str:
     """Relative to the working directory when under it: the section is committed and read on other machines."""
     try:
@@ -155,6 +162,28 @@ class QualityResult:
     settings: list[SettingScores]
     resamples: int = RESAMPLES
     seen_seeds: list[int] = field(default_factory=lambda: list(SEEN_SEEDS))
+    # category -> held-out tasks among the tasks its preset lists as tuned on (by task digest, as `autotune
+    # evaluate` checks); None: the preset lists none (tuned before autotune recorded them, or a grid's picks)
+    tuned_on: dict[str, int | None] = field(default_factory=dict)
+
+    def tuning_check(self) -> str:
+        """What the presets' own task lists say about the held-out set, one sentence or two."""
+        shared = {c: n for c, n in self.tuned_on.items() if n}
+        unlisted = [c for c, n in self.tuned_on.items() if n is None]
+        checked = [c for c, n in self.tuned_on.items() if n == 0]
+        parts = []
+        if shared:
+            parts.append("**Not held out:** " + "; ".join(f"{c}: {n} of {self.tasks[c]} tasks are among the tasks "
+                                                          "its preset was tuned on" for c, n in shared.items())
+                         + " (by task digest); those rows measure tuning tasks.")
+        if checked:
+            parts.append(f"Checked by task digest against the presets' lists of tuning tasks ({', '.join(checked)}): "
+                         "none of the held-out tasks was tuned on.")
+        if unlisted:
+            parts.append(f"The presets for {', '.join(unlisted)} list no tuning tasks (tuned before autotune recorded "
+                         "them, or a grid's picks), so no digest check: these tasks are held out by the shapes "
+                         "world's split, which puts each scene in tune or heldout by its hash.")
+        return " ".join(parts)
 
     def of(self, category: str, setting: str) -> SettingScores:
         return next(s for s in self.settings if s.category == category and s.setting == setting)
@@ -208,6 +237,7 @@ class QualityResult:
                 f"per category, read by no tuning run or design decision before this benchmark ({left} task(s) "
                 f"whose scene the held-out tasks of seed(s) {', '.join(map(str, self.seen_seeds))} show were left "
                 "out). Every setting edits the same tasks; only the guidance (and, for `ddim`, the method) differs.\n\n"
+                + (f"{self.tuning_check()}\n\n" if self.tuned_on else "")
                 + table + "\n\nPaired differences, pick minus baseline, task by task: percentile bootstrap over the "
                 f"tasks ({self.resamples:,} resamples), 95% intervals. Edit success and full success in percentage "
                 "points, background PSNR in dB.\n\n" + delta_table + "\n\n" + loss_text
@@ -242,8 +272,10 @@ def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask
 
     settings_out: list[SettingScores] = []
     used: list[PresetUsed] = []
+    tuned_on: dict[str, int | None] = {}
     for category, tasks in heldout.items():
         preset, source = presets[category]
+        tuned_on[category] = tuned_on_count(preset, tasks)
         picks = {style: preset.params(style) for style in PICKS if style in preset.picks}
         base = preset.params("balanced")
         named = {**picks, **{name: base.with_(**values) for name, values in BASELINES.items()}}
@@ -265,4 +297,5 @@ def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask
                 bar.update(len(chunk))
         for name, p in named.items():
             settings_out.append(SettingScores(category, name, p.to_dict(), {m: list(v) for m, v in scores[p].items()}))
-    return QualityResult(seed, {c: len(t) for c, t in heldout.items()}, dict(left_out or {}), used, settings_out)
+    return QualityResult(seed, {c: len(t) for c, t in heldout.items()}, dict(left_out or {}), used, settings_out,
+                         tuned_on=tuned_on)

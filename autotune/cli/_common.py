@@ -69,6 +69,25 @@ def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGro
     )
 
 
+def add_split_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """--split and --heldout-fraction, the same for every command that reads tasks."""
+    parser.add_argument("--split", choices=("tune", "heldout", "all"), default=default,
+                        help="which tasks of --tasks: the tuning split, the held-out split, or all. A task's split is "
+                        "fixed by a hash of its image file and prompts, the same on every machine (docs/metrics.md, "
+                        "Splits); the shapes world draws its own")
+    parser.add_argument("--heldout-fraction", type=float, metavar="F",
+                        help="share of a PIE-Bench folder's or task file's tasks held out (0-1; default 0.3; "
+                        "the shapes world's is fixed at 0.2)")
+
+
+def task_source(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the tasks came from, as studies and evaluations record it."""
+    from autotune.tasks.sources import heldout_fraction_of
+
+    return {"spec": args.tasks, "split": args.split,
+            "heldout_fraction": heldout_fraction_of(args.tasks, args.heldout_fraction)}
+
+
 def load_editor(args: argparse.Namespace, presets=None):
     import torch
 

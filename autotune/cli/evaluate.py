@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from typing import Any
 
 from autotune.errors import InputError
@@ -10,7 +12,7 @@ from autotune.params import EditParams
 
 
 def register(subparsers) -> None:
-    from autotune.cli._common import HelpFormatter, add_model_arguments, add_param_arguments
+    from autotune.cli._common import HelpFormatter, add_model_arguments, add_param_arguments, add_split_arguments
     from autotune.scoring.piebench_scorer import ALL_METRICS
 
     parser = subparsers.add_parser(
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
         help="shapes:<category>[:<count>], a PIE-Bench directory (mapping_file.json), or a .jsonl/.csv"
     )
     parser.add_argument("--category", help="only tasks of this category (id 0-9 or name, e.g. change_color)")
-    parser.add_argument("--split", default="heldout", help="split of a generated task world (shapes: tune, heldout)")
+    add_split_arguments(parser, default="heldout")
     parser.add_argument(
         "--preset",
         help="a preset: a style (balanced, conservative, aggressive: each task uses its category's preset), "
@@ -70,6 +72,9 @@ class _Overridden:
     def params_for(self, category, style, model_info) -> EditParams:
         return self.base.params_for(category, style, model_info).with_(**self.overrides)
 
+    def preset_for(self, category, model_info):
+        return self.base.preset_for(category, model_info)
+
 
 def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
     from autotune.cli._common import param_overrides
@@ -97,14 +102,22 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from autotune.cli._common import check_overrides, ensure_output_dir, load_editor, make_scorer, param_overrides
+    from autotune.cli._common import (
+        check_overrides,
+        ensure_output_dir,
+        load_editor,
+        make_scorer,
+        param_overrides,
+        task_source,
+    )
     from autotune.evaluation.evaluate import evaluate
+    from autotune.evaluation.overlap import TuningOverlapWarning
     from autotune.tasks.sources import load_tasks
 
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
     check_overrides(param_overrides(args))  # before a model loads
-    tasks = load_tasks(args.tasks, args.category, args.split)
+    tasks = load_tasks(args.tasks, args.category, args.split, args.heldout_fraction)
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
     try:
@@ -112,8 +125,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     scorer = make_scorer(args, editor)
-    result = evaluate(editor, tasks, source, scorer, args.out, progress=not args.quiet, style=style,
-                      task_batch=args.task_batch)
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, *rest, **kwargs):  # the overlap warning as one line, when it is found
+            if issubclass(category, TuningOverlapWarning):
+                print(f"autotune evaluate: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, *rest, **kwargs)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", TuningOverlapWarning)
+        result = evaluate(editor, tasks, source, scorer, args.out, progress=not args.quiet, style=style,
+                          task_batch=args.task_batch, task_source=task_source(args))
     print((result.out_dir / "summary.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {result.out_dir} ({len(result.rows)} tasks, {result.skipped} already done)")
     return 0

@@ -150,7 +150,8 @@ def _resolve(spec: str, model: str | None) -> tuple[Preset, str]:
 
 
 # provenance fields `show` prints on their own lines before the rest (or not at all: the space, the base params)
-_SHOWN_ABOVE = ("kind", "study", "citation", "search_space", "base_params", "migrated_from")
+_SHOWN_ABOVE = ("kind", "study", "citation", "search_space", "base_params", "migrated_from", "task_source",
+                "task_digests")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -173,6 +174,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     study = prov.get("study") or {}
     if study:
         print(f"study       {study.get('name')} @ {redact_url(study.get('storage'))}")
+    if prov.get("task_source") or prov.get("task_digests") is not None:
+        source = prov.get("task_source") or {}
+        listed = prov.get("task_digests")
+        where = ", ".join(f"{k} {source[k]}" for k in ("spec", "split", "heldout_fraction") if k in source)
+        print(f"tuned on    {where or 'tasks of unrecorded origin'}"
+              + (f"; {len(listed)} task digests listed" if listed is not None else ""))
     for key in (k for k in PROVENANCE_KEYS if k not in _SHOWN_ABOVE):
         if prov.get(key) is not None:
             print(f"{key:11s} {prov[key] if not isinstance(prov[key], dict) else json.dumps(prov[key])}")
@@ -218,8 +225,13 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def preset_diff(a: Preset, b: Preset) -> list[str]:
     """Differences as `field: a -> b` lines (the content hash and creation stamp left out)."""
     ignore = ("content_hash", "provenance.created")
-    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    da, db = a.to_dict(), b.to_dict()
     lines = []
+    ta, tb = da["provenance"].pop("task_digests", None), db["provenance"].pop("task_digests", None)
+    if ta != tb:  # a list of digests, one a task: say how many, and how many in common, not each one
+        shared = len(set(ta or []) & set(tb or []))
+        lines.append(f"provenance.task_digests: {_tasks_listed(ta)} -> {_tasks_listed(tb)} ({shared} in common)")
+    fa, fb = _flatten(da), _flatten(db)
     for key in sorted(set(fa) | set(fb)):
         if key in ignore:
             continue
@@ -227,6 +239,10 @@ def preset_diff(a: Preset, b: Preset) -> list[str]:
         if va != vb:
             lines.append(f"{key}: {json.dumps(va)} -> {json.dumps(vb)}")
     return lines
+
+
+def _tasks_listed(digests: list[str] | None) -> str:
+    return "<absent>" if digests is None else f"{len(digests)} tasks"
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tasks = sub.add_parser("tasks", help="write edit tasks (source PNG, mask PNG, tasks.json) of one category")
     tasks.add_argument("category", help="change_color, change_object, change_background, add_object, delete_object")
-    tasks.add_argument("--split", default="tune", choices=("tune", "heldout"),
-                       help="tune: the tasks tuning uses; heldout: others, for evaluation (default: tune)")
+    tasks.add_argument("--split", default="tune", choices=("tune", "heldout", "all"),
+                       help="the world's split: tune, the tasks tuning uses; heldout, others, for evaluation (one "
+                       "scene in five held out, by its hash); all: both, each task's id naming its own (default: tune)")
     tasks.add_argument("--count", type=int, default=20, help="tasks to write (default: 20)")
     tasks.add_argument("--seed", type=int, default=0, help="random seed of the tasks (default: 0)")
     tasks.add_argument("--out", required=True, help="output folder")

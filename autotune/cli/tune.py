@@ -17,7 +17,7 @@ from autotune.errors import InputError
 
 
 def register(subparsers) -> None:
-    from autotune.cli._common import HelpFormatter, add_model_arguments, add_param_arguments
+    from autotune.cli._common import HelpFormatter, add_model_arguments, add_param_arguments, add_split_arguments
     from autotune.tuning.samplers import DEFAULT_SAMPLER, SAMPLERS
 
     parser = subparsers.add_parser(
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                         help="shapes:<category>[:<count>], a PIE-Bench directory (mapping_file.json), "
                         "or a .jsonl/.csv")
     parser.add_argument("--category", help="edit category (id 0-9 or name); unset: the one of shapes:<category>")
-    parser.add_argument("--split", default="tune", help="split of a generated task world (shapes)")
+    add_split_arguments(parser, default="tune")
     parser.add_argument("--trials", type=int, required=True, help="the study's total trial budget")
     parser.add_argument("--batch", type=int, default=4, help="trials evaluated together")
     parser.add_argument("--task-batch", type=int, metavar="N",
@@ -113,7 +113,7 @@ def report(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli._common import check_overrides, load_editor, make_scorer, param_overrides
+    from autotune.cli._common import check_overrides, load_editor, make_scorer, param_overrides, task_source
     from autotune.task import category_name
     from autotune.tasks.sources import load_tasks, shapes_spec
     from autotune.tuning.pruning import DominationPruner
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     presets_dir = Path(args.presets_dir) if args.presets_dir else user_presets_dir()
     check_presets_dir(presets_dir)  # found now, not when the preset is written hours later
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
-    tasks = load_tasks(args.tasks, category, args.split)
+    tasks = load_tasks(args.tasks, category, args.split, args.heldout_fraction)
     editor = load_editor(args)
     space = _space(args, editor, knobs)
     editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                   study_name=args.study, sampler=args.sampler, seed=args.seed, scorer=scorer,
                   objectives=_objectives(args, scorer), search_space=space, presets_dir=presets_dir,
                   progress=not args.quiet, prune=pruner or False, project_dir=args.project_dir,
-                  task_source={"spec": args.tasks, "split": args.split}, task_batch=args.task_batch,
+                  task_source=task_source(args), task_batch=args.task_batch,
                   invert_ahead=args.invert_ahead)
     print(report(result) if args.report else result.summary())
     if result.preset is not None:

@@ -14,7 +14,10 @@ Writes into `out_dir`:
   share of its group's edit time (tasks with the same parameters are edited together) plus its own scoring;
 - ``summary.csv`` and ``summary.md``: per category and overall, the mean of each metric (NaN skipped) in
   PIE-Bench's columns and scales (structure distance x10^3, PSNR, LPIPS x10^3, MSE x10^4, SSIM x10^2, CLIP);
-- ``run.json``: the model, the scorer's mode and backbones, the parameter source.
+- ``run.json``: the model, the scorer's mode and backbones, the parameter source, where the tasks came from, and
+  (when the parameters come from presets) how many tasks the presets were tuned on (`autotune.evaluation.overlap`):
+  a score on a preset's own tuning tasks is not a held-out score, and the run says so in ``summary.md`` and with a
+  `TuningOverlapWarning`.
 
 Resumable: tasks already in ``results.csv`` are not redone. A run directory belongs to one model, scorer
 and parameter source; reusing it for another raises `InputError`.
@@ -29,7 +32,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from typing import Any
 from autotune import atomic
 from autotune.errors import InputError
 from autotune.evaluation.batch import check_prompts, edit_group, edit_groups, tasks_per_call
+from autotune.evaluation.overlap import TuningOverlapWarning, tuning_overlap
 from autotune.params import EditParams
 from autotune.scoring.base import Scorer, metric_info
 from autotune.task import EditTask
@@ -89,11 +94,14 @@ def evaluate(
     progress: bool = True,
     style: str | None = None,
     task_batch: int | None = None,
+    task_source: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Edit every task, score it, write images and tables into `out_dir` (see module docstring).
 
     Consecutive tasks with the same parameters are edited together, `task_batch` per engine call (default: the
-    editor's `max_batch`; 1 for an engine without `edit_tasks`); a group that fails is retried task by task."""
+    editor's `max_batch`; 1 for an engine without `edit_tasks`); a group that fails is retried task by task.
+    `task_source` (e.g. {"spec": ..., "split": "heldout", "heldout_fraction": 0.3}) is recorded in run.json and
+    summary.md. Warns (`TuningOverlapWarning`) before editing when a preset was tuned on some of the tasks."""
     if task_batch is not None and (isinstance(task_batch, bool) or not isinstance(task_batch, int) or task_batch < 1):
         raise InputError(f"task_batch={task_batch!r} must be a whole number >= 1 (or None: the editor's max_batch)")
     out = Path(out_dir)
@@ -113,6 +121,14 @@ def evaluate(
         "metrics": metric_names,
     }
     _check_run(out, run)
+    overlap = tuning_overlap(params_or_preset, tasks, run["model"])
+    if task_source is not None:
+        run["task_source"] = _jsonable(dict(task_source))
+    if overlap is not None:
+        run["tuning_overlap"] = overlap.to_dict()
+        if overlap.message():
+            warnings.warn(overlap.message(), TuningOverlapWarning, stacklevel=2)
+    atomic.write_text(out / RUN_JSON, json.dumps(run, indent=2, sort_keys=True) + "\n")
     rows = _read_rows(out / RESULTS)
     done = {row["task_id"] for row in rows}
     todo = [t for t in tasks if t.id not in done]
@@ -142,7 +158,7 @@ def evaluate(
     wanted = set(ids)
     selected = [row for row in rows if row["task_id"] in wanted]
     summary = summarize(selected, metric_names)
-    _write_summary(out, summary, metric_names, run)
+    _write_summary(out, summary, metric_names, run, overlap)
     return Evaluation(out, selected, summary, skipped=len(tasks) - len(todo))
 
 
@@ -206,7 +222,7 @@ def _write_rows(path: Path, rows: Sequence[dict[str, Any]], metric_names) -> Non
     atomic.write_text(path, buffer.getvalue())
 
 
-def _write_summary(out: Path, summary, metric_names, run) -> None:
+def _write_summary(out: Path, summary, metric_names, run, overlap=None) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["category", "n", *[metric_info(m).column for m in metric_names]])
@@ -217,6 +233,15 @@ def _write_summary(out: Path, summary, metric_names, run) -> None:
     lines = [
         f"scorer: {_scorer_label(run['scorer'])}; model: {run['model'].get('id', '?')}",
         f"params: {run['params_source']}",
+    ]
+    source = run.get("task_source")
+    if source:
+        fraction = source.get("heldout_fraction")
+        lines.append(f"tasks: {source.get('spec')}, split {source.get('split')}"
+                     + (f" (held-out fraction {fraction:g})" if fraction is not None else ""))
+    if overlap is not None:
+        lines.append(overlap.summary_line())
+    lines += [
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -246,8 +271,6 @@ def _check_run(out: Path, run: dict) -> None:
                 f"{out} holds an evaluation with a different {', '.join(differs)}; "
                 "use a new --out directory (or delete this one) so results do not mix"
             )
-        return
-    atomic.write_text(path, json.dumps(run, indent=2, sort_keys=True) + "\n")
 
 
 def _scorer_label(describe: dict) -> str:

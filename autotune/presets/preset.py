@@ -119,6 +119,17 @@ class Preset:
         self.check_compatible(model_info, override=override)
         return self.params(style)
 
+    def preset_for(self, category: str | int, model_info: Mapping[str, Any] | str) -> Preset | None:
+        """This preset when it is the one `params_for` uses for `category`, else None."""
+        return self if category_name(category) == self.category else None
+
+    @property
+    def tuning_tasks(self) -> frozenset[str] | None:
+        """The digests of the tasks it was tuned on (`autotune.task.task_digest`); None when it does not list
+        them (hand-made, paper defaults, or tuned before autotune recorded them)."""
+        digests = self.provenance.get("task_digests")
+        return frozenset(digests) if isinstance(digests, list) else None
+
     @property
     def label(self) -> str:
         return self.source or f"preset {self.category} for {self.model.get('id')}"

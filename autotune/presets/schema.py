@@ -28,6 +28,9 @@ from autotune.task import category_name
 
 SCHEMA_VERSION = 1
 MAX_PRESET_BYTES = 4 * 1024 * 1024  # a front of a few thousand points fits; anything bigger is refused unread
+MAX_TASK_DIGESTS = 50_000  # tuning tasks a preset lists (26 bytes each as written: 1.3 MB at most)
+TASK_DIGEST = re.compile(r"[0-9a-f]{16}")  # `autotune.task.task_digest`
+SPLITS = ("tune", "heldout", "all")
 STYLES = ("conservative", "balanced", "aggressive")
 OBJECTIVES = ("fidelity", "edit_strength")
 DIRECTIONS = ("maximize", "minimize")
@@ -74,6 +77,8 @@ PROVENANCE_KEYS = (  # in the order `autotune presets show` prints them
     "n_complete",
     "task_fingerprint",
     "task_count",
+    "task_source",
+    "task_digests",
     "created",
     "author",
     "autotune_version",
@@ -323,6 +328,8 @@ def _check_provenance(value: Any, source: str) -> dict[str, Any]:
     for key in ("study", "sampler", "search_space", "base_params"):
         if prov.get(key) is not None:
             _dict(prov[key], source, f"provenance.{key}")
+    _check_task_source(prov.get("task_source"), source)
+    _check_task_digests(prov.get("task_digests"), source)
     study = prov.get("study") or {}
     if has_password(study.get("storage")):
         warnings.warn(
@@ -330,6 +337,35 @@ def _check_provenance(value: Any, source: str) -> dict[str, Any]:
         )
         prov["study"] = {**study, "storage": redact_url(study["storage"])}
     return {k: v for k, v in prov.items() if k in set(PROVENANCE_KEYS)}
+
+def _check_task_source(value: Any, source: str) -> None:
+    """`provenance.task_source`: where the tuning tasks came from (`--tasks`, `--split`, the held-out fraction)."""
+    if value is None:
+        return
+    task_source = _dict(value, source, "provenance.task_source")
+    _opt_str(task_source.get("spec"), source, "provenance.task_source.spec")
+    split = task_source.get("split")
+    if split is not None and split not in SPLITS:
+        raise _fail(source, "provenance.task_source.split", f"{split!r} must be one of {', '.join(SPLITS)}")
+    fraction = _number(task_source.get("heldout_fraction"), source, "provenance.task_source.heldout_fraction",
+                       allow_null=True)
+    if fraction is not None and not 0 < fraction < 1:
+        raise _fail(source, "provenance.task_source.heldout_fraction", f"{fraction!r} must lie between 0 and 1")
+
+
+def _check_task_digests(value: Any, source: str) -> None:
+    """`provenance.task_digests`: the digest of every tuning task (optional: presets before them lack it)."""
+    if value is None:
+        return
+    where = "provenance.task_digests"
+    if not isinstance(value, list):
+        raise _fail(source, where, f"must be a list of task digests, got {type(value).__name__}")
+    if len(value) > MAX_TASK_DIGESTS:
+        raise _fail(source, where, f"lists {len(value)} tasks, over the {MAX_TASK_DIGESTS} a preset may list")
+    for i, digest in enumerate(value):
+        if not isinstance(digest, str) or not TASK_DIGEST.fullmatch(digest):
+            raise _fail(source, f"{where}[{i}]", f"{digest!r} is not a task digest (16 lowercase hex digits)")
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The whole file

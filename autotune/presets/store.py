@@ -212,6 +212,10 @@ class PresetStore:
         preset.check_compatible(model_info, override=override)
         return preset.params(style)
 
+    def preset_for(self, category: str | int, model_info: Mapping[str, Any] | str) -> Preset | None:
+        """The preset `params_for` uses for `category` on this model."""
+        return self.find(category, model_info).preset
+
     def add(self, preset: Preset, directory: str | Path | None = None, force: bool = False) -> InstallResult:
         """Write `preset` into `directory` (default: the user's directory) as `<model>__<category>.json`.
 

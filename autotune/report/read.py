@@ -119,8 +119,10 @@ def paper_default_params(study: optuna.Study, picks: Sequence[Pick]) -> EditPara
 def study_tasks(study: optuna.Study) -> tuple[list[EditTask] | None, str]:
     """The tasks the study was tuned on, checked against its task fingerprint; (None, why) when not available.
 
-    Read from the study attr `autotune.task_source` ({"spec": ..., "split": ...}) when the tuner recorded it; for
-    the shapes world the tasks are regenerated from the category and count and accepted if the fingerprint matches.
+    Read from the study attr `autotune.task_source` ({"spec": ..., "split": ..., "heldout_fraction": ...}) when the
+    tuner recorded it (a study of a task file or PIE-Bench folder recorded before splits existed has no fraction:
+    it saw every task); for the shapes world the tasks are regenerated from the category and count and accepted if
+    the fingerprint matches.
     """
     from autotune.task import task_fingerprint
 
@@ -131,12 +133,15 @@ def study_tasks(study: optuna.Study) -> tuple[list[EditTask] | None, str]:
     candidates: list[tuple[str, Any]] = []
     source = attrs.get(contract.TASK_SOURCE)
     if isinstance(source, dict) and source.get("spec"):
-        def from_source() -> list[EditTask]:
-            from autotune.tasks.sources import load_tasks
+        from autotune.tasks.sources import is_shapes, load_tasks
 
-            return load_tasks(source["spec"], category, source.get("split", "tune"))
+        fraction = None if is_shapes(source["spec"]) else source.get("heldout_fraction")
+        recorded = source.get("split", "tune") if fraction is not None or is_shapes(source["spec"]) else "all"
 
-        candidates.append((f"{source['spec']} ({source.get('split', 'tune')})", from_source))
+        def from_source(spec=source["spec"], split=recorded, fraction=fraction) -> list[EditTask]:
+            return load_tasks(spec, category, split, fraction)
+
+        candidates.append((f"{source['spec']} ({recorded})", from_source))
     from autotune.shapes.tasks import SHAPES_CATEGORIES, SPLITS, shapes_tasks
 
     if category in SHAPES_CATEGORIES and isinstance(count, int):

@@ -12,7 +12,10 @@ Documented defaults (the first whose metrics the scorer provides is used):
   ranges, ~0.01-0.3), edit strength = clip_edited (maximize; CLIP score of the edited region, 0-100).
 - shapes scorer: fidelity = background_psnr (maximize; PSNR outside the edited region, continuous, where
   `preservation`, the share of other objects read back unchanged, moves in coarse steps), edit strength =
-  edit_success (maximize; share of tasks whose edit is read back as asked). Every metric stays on the trial.
+  full_success (maximize; share of tasks whose edit is read back as asked with nothing else changed and nothing
+  added). Where ground truth says whether an edit is right, edit strength counts only right edits: edit_success
+  would reward a setting that makes the edit and breaks the rest (docs/tuning.md, Objectives). Every metric
+  stays on the trial.
 
 Pass `objectives=` to `tune` (or `--fidelity` / `--strength` on the CLI) to choose other metrics or weights.
 """
@@ -33,7 +36,7 @@ NAMES = ("fidelity", "edit_strength")
 DEFAULTS: dict[str, tuple[tuple[str, dict[str, float]], tuple[str, dict[str, float]]]] = {
     "piebench": (("minimize", {"structure_distance": 1.0, "lpips": 1.0}),
                  ("maximize", {"clip_edited": 1.0})),
-    "shapes": (("maximize", {"background_psnr": 1.0}), ("maximize", {"edit_success": 1.0})),
+    "shapes": (("maximize", {"background_psnr": 1.0}), ("maximize", {"full_success": 1.0})),
 }
 
 

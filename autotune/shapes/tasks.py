@@ -11,7 +11,9 @@ Blend words (source word, target word) for LocalBlend, each found exactly once i
 - add_object: ("background", colour of the new object): the new object appears where the source shows background;
 - delete_object: (colour of the removed object, "background"): that region becomes background.
 
-Splits are disjoint by construction: a scene's hash decides whether it may appear in "tune" or "heldout".
+Splits are disjoint by construction: a scene's hash decides whether it may appear in "tune" or "heldout" (one
+scene in five is held out). "all" is both, in the order they are drawn: the first N tasks of "all" are the tasks
+of "tune" and "heldout" drawn among the first N scenes, each with the same id and content as in its own split.
 
 World versions (`autotune.shapes.world`): `version=1` (the default) gives the UNet model's tasks, unchanged; `version=2`
 gives tasks of the 64 px world with up to four objects (ids `shapes-v2-...`, their own random streams). In version 2,
@@ -42,6 +44,7 @@ SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_
 SPLITS = ("tune", "heldout")
 DEFAULT_COUNT = 20
 HELDOUT_SHARE = 5  # one scene hash in five belongs to the held-out split
+HELDOUT_FRACTION = 1 / HELDOUT_SHARE
 
 
 def _split_of(scene: Scene) -> str:
@@ -114,33 +117,36 @@ def _make(category: str, rng: np.random.Generator, version: int = 1):
 
 def shapes_tasks(category: str | int, split: str = "tune", count: int | None = None, seed: int = 0,
                  version: int = 1) -> list[EditTask]:
-    """`count` tasks (default 20) of one category from one split of world `version` (1: the UNet model's, 2: the
-    flow model's); the same arguments give the same tasks."""
+    """`count` tasks (default 20) of one category from one split ("tune", "heldout" or "all": both) of world
+    `version` (1: the UNet model's, 2: the flow model's); the same arguments give the same tasks."""
     name = category_name(category)
     if name not in SHAPES_CATEGORIES:
         raise ValueError(f"the shapes world has no {name!r} tasks; it has: {', '.join(SHAPES_CATEGORIES)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use 'tune' or 'heldout'")
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"unknown split {split!r}; use 'tune', 'heldout' or 'all'")
     count = DEFAULT_COUNT if count is None else int(count)
     version = world(version).version
     stream = [seed, SHAPES_CATEGORIES.index(name)] + ([] if version == 1 else [version])
     prefix = "shapes" if version == 1 else f"shapes-v{version}"
     rng = np.random.default_rng(stream)
     tasks: list[EditTask] = []
+    drawn = dict.fromkeys(SPLITS, 0)  # tasks of each split so far: the index in a task's id
     seen: set[str] = set()
     while len(tasks) < count:
         made = _make(name, rng, version)
         if made is None:
             continue
         src, tgt, words, mask, edited = made
-        if _split_of(src) != split or repr(src) in seen:
+        which = _split_of(src)
+        if (split != "all" and which != split) or repr(src) in seen:
             continue
         seen.add(repr(src))
         tasks.append(EditTask(
-            id=f"{prefix}-{name}-{split}-{seed}-{len(tasks):04d}",
+            id=f"{prefix}-{name}-{which}-{seed}-{drawn[which]:04d}",
             image=render(src), source_prompt=caption(src), target_prompt=caption(tgt), category=name,
             blend_words=words, mask=mask, expected=_expected(tgt, edited),
-            metadata={"world": "shapes", "world_version": version, "split": split, "seed": seed,
+            metadata={"world": "shapes", "world_version": version, "split": which, "seed": seed,
                       "source": _expected(src, None) | {"edited": None}},
         ))
+        drawn[which] += 1
     return tasks

@@ -9,6 +9,8 @@ decoded over the flattened row-major image with its 1-pixel border forced to "ed
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from autotune.errors import TaskFileError
-from autotune.task import CATEGORIES, EditTask, category_name
+from autotune.task import CATEGORIES, IMAGE_SHA256, EditTask, category_name
 
 MAPPING_FILE = "mapping_file.json"
 IMAGES_DIR = "annotation_images"
@@ -101,7 +103,8 @@ def _task(root: Path, key: str, entry: dict, category: str, where: str) -> EditT
     if not image_path.is_file():
         raise TaskFileError(f"{where}, field 'image_path': no image at {image_path}")
     try:
-        with Image.open(image_path) as handle:
+        data = image_path.read_bytes()
+        with Image.open(io.BytesIO(data)) as handle:
             image = handle.convert("RGB")
     except OSError as exc:
         raise TaskFileError(f"{where}, field 'image_path': cannot read {image_path} ({exc})") from exc
@@ -123,6 +126,7 @@ def _task(root: Path, key: str, entry: dict, category: str, where: str) -> EditT
             "editing_type_id": str(entry["editing_type_id"]),
             "editing_instruction": entry.get("editing_instruction", ""),
             "blended_word": entry.get("blended_word", ""),
+            IMAGE_SHA256: hashlib.sha256(data).hexdigest(),  # the task's digest and split are computed on it
         },
     )
 

@@ -1,19 +1,25 @@
-"""One entry point for every kind of task source: `load_tasks(spec, category, split)`.
+"""One entry point for every kind of task source: `load_tasks(spec, category, split, heldout_fraction)`.
 
 - ``"shapes:<category>[:<count>]"``: the shapes world's generated tasks (``autotune.shapes.tasks.shapes_tasks``;
-  20 unless a count is given: the first 20 of a longer list are the default 20);
+  20 unless a count is given: the first 20 of a longer list are the default 20), whose split is drawn by
+  construction (one scene in five held out);
 - a directory holding ``mapping_file.json``: PIE-Bench;
 - a ``.jsonl`` / ``.csv`` file: a task file (see `autotune.tasks.taskfile`).
+
+Every source has the splits tune, heldout and all; for PIE-Bench and task files a task's digest decides its split
+(`autotune.tasks.split`), with 30% held out unless `heldout_fraction` says otherwise.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from autotune.errors import TaskFileError
+from autotune.errors import InputError, TaskFileError
+from autotune.shapes.tasks import HELDOUT_FRACTION as SHAPES_HELDOUT_FRACTION
 from autotune.shapes.tasks import shapes_tasks
 from autotune.task import EditTask, category_name
 from autotune.tasks.piebench import MAPPING_FILE, load_piebench
+from autotune.tasks.split import DEFAULT_HELDOUT_FRACTION, check_split, select_split, split_of
 from autotune.tasks.taskfile import load_task_file
 
 _KINDS = "use shapes:<category>[:<count>], a PIE-Bench directory (with mapping_file.json), or a .jsonl / .csv task file"
@@ -29,14 +35,36 @@ def shapes_spec(spec: str) -> tuple[str, int | None]:
     return world_category, int(count_text)
 
 
-def load_tasks(spec: str, category: str | None = None, split: str = "tune") -> list[EditTask]:
-    """Tasks named by `spec`, optionally only one category; `split` applies to generated worlds only."""
+def is_shapes(spec: str) -> bool:
+    return spec.startswith("shapes:") or spec == "shapes"
+
+
+def heldout_fraction_of(spec: str, heldout_fraction: float | None = None) -> float:
+    """The held-out fraction `load_tasks` applies to `spec`: the shapes world's own, else the one given or 30%.
+    A fraction given for the shapes world is refused: its split is fixed by construction."""
+    if is_shapes(spec):
+        if heldout_fraction is not None and heldout_fraction != SHAPES_HELDOUT_FRACTION:
+            raise InputError(f"{spec}: the shapes world holds out one scene in five by construction (fraction "
+                             f"{SHAPES_HELDOUT_FRACTION:g}); --heldout-fraction applies to PIE-Bench folders and task "
+                             "files")
+        return SHAPES_HELDOUT_FRACTION
+    return DEFAULT_HELDOUT_FRACTION if heldout_fraction is None else heldout_fraction
+
+
+def load_tasks(spec: str, category: str | None = None, split: str = "tune",
+               heldout_fraction: float | None = None) -> list[EditTask]:
+    """Tasks named by `spec`, optionally only one category, of one split: "tune" (the default), "heldout" or "all".
+
+    PIE-Bench folders and task files hold out `heldout_fraction` of their tasks (default 0.3) by each task's
+    digest (`autotune.tasks.split`); the shapes world draws its split by construction (one scene in five)."""
+    fraction = heldout_fraction_of(spec, heldout_fraction)
+    check_split(split, fraction)
     if category is not None:
         try:
             category = category_name(category)
         except ValueError as exc:
             raise TaskFileError(f"--category: {exc}") from None
-    if spec.startswith("shapes:") or spec == "shapes":
+    if is_shapes(spec):
         world_category, count = shapes_spec(spec)
         world_category = world_category or category
         if not world_category:
@@ -64,4 +92,11 @@ def load_tasks(spec: str, category: str | None = None, split: str = "tune") -> l
         raise TaskFileError(f"{spec}: not a task source; {_KINDS}")
     if not tasks:
         raise TaskFileError(f"{spec}: no tasks" + (f" in category {category}" if category else ""))
-    return tasks
+    chosen = select_split(tasks, split, fraction)
+    if not chosen:
+        held = sum(split_of(t, fraction) == "heldout" for t in tasks)
+        raise TaskFileError(
+            f"{spec}: none of its {len(tasks)} task(s){f' of category {category}' if category else ''} falls in the "
+            f"{split} split ({held} held out at a held-out fraction of {fraction:g}); use --split all, another "
+            "--heldout-fraction, or more tasks")
+    return chosen

@@ -28,6 +28,8 @@ Errors name the file, the line and the field.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -38,7 +40,7 @@ from PIL import Image
 
 from autotune.errors import TaskFileError
 from autotune.images import MAX_PIXELS, to_rgb
-from autotune.task import EditTask, category_name, contains_words
+from autotune.task import IMAGE_SHA256, EditTask, category_name, contains_words
 from autotune.tasks.piebench import decode_mask
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,8 @@ def _to_task(path: Path, line: int, entry: dict[str, Any]) -> EditTask:
         category = category_name(entry["category"])
     except ValueError as exc:
         raise TaskFileError(f"{where}, field 'category': {exc}") from None
-    image = to_rgb(_open_image(path, entry["image"], f"{where}, field 'image'"))
+    opened, image_sha256 = _open_image(path, entry["image"], f"{where}, field 'image'")
+    image = to_rgb(opened)
     mask = None
     if entry.get("mask") is not None:
         mask = _mask(path, entry["mask"], image, f"{where}, field 'mask'")
@@ -147,23 +150,25 @@ def _to_task(path: Path, line: int, entry: dict[str, Any]) -> EditTask:
         category=category,
         blend_words=blend_words,
         mask=mask,
-        metadata={"source": str(path), "line": line, **metadata},
+        metadata={"source": str(path), "line": line, **metadata, IMAGE_SHA256: image_sha256},
     )
 
 
-def _open_image(path: Path, relative: str, where: str) -> Image.Image:
+def _open_image(path: Path, relative: str, where: str) -> tuple[Image.Image, str]:
+    """The image and the sha256 of its file's bytes (what the task's digest, and so its split, is computed on)."""
     image_path = Path(relative) if Path(relative).is_absolute() else path.parent / relative
     if not image_path.is_file():
         raise TaskFileError(f"{where}: no image at {image_path}")
     try:
-        with Image.open(image_path) as handle:
+        data = image_path.read_bytes()
+        with Image.open(io.BytesIO(data)) as handle:
             if handle.width * handle.height > MAX_PIXELS:
                 raise TaskFileError(
                     f"{where}: {image_path} is {handle.width}x{handle.height}, over {MAX_PIXELS:,} pixels; "
                     "downscale it first"
                 )
             handle.load()
-            return handle.copy()
+            return handle.copy(), hashlib.sha256(data).hexdigest()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise TaskFileError(f"{where}: cannot read {image_path} as an image ({exc})") from None
 
@@ -175,7 +180,7 @@ def _mask(path: Path, value: Any, image: Image.Image, where: str) -> np.ndarray:
         except (TypeError, ValueError) as exc:
             raise TaskFileError(f"{where}: {exc}") from None
     elif isinstance(value, str):
-        mask_image = _open_image(path, value, where)
+        mask_image, _ = _open_image(path, value, where)
         if mask_image.size != image.size:
             raise TaskFileError(
                 f"{where}: mask is {mask_image.width}x{mask_image.height} but the image is "

@@ -4,9 +4,12 @@ builder, the report and the benchmarks read them through these names.
 
 Study user attrs (JSON), written once when a study is created or first resumed by this version:
 `autotune.version`, `autotune.model` (the editor's `model_info()`), `autotune.category`, `autotune.search_space`,
-`autotune.base_params`, `autotune.objectives`, `autotune.scorer`, `autotune.task_fingerprint`,
-`autotune.task_count`, `autotune.sampler`, `autotune.storage` (redacted), and where known `autotune.task_source`
-and `autotune.artifacts`. A resumed study must match on `MUST_MATCH` and on the model id, or it is refused.
+`autotune.base_params`, `autotune.objectives`, `autotune.scorer`, `autotune.task_fingerprint` (of the task set),
+`autotune.task_digests` (each task's `task_digest`, sorted: which edits the study saw, so that an evaluation can
+tell whether it scores a preset on its own tuning tasks), `autotune.task_count`, `autotune.sampler`,
+`autotune.storage` (redacted), and where known `autotune.task_source` (`{"spec", "split", "heldout_fraction"}`) and
+`autotune.artifacts`. A resumed study must match on `MUST_MATCH` and on the model id, or it is refused; a key
+it lacks (a study made by an older version) is added when it is resumed.
 
 Trial user attrs: `params` (the full EditParams), `metrics` (means over the tasks measured), `per_task` (every
 metric of every task), `paper_point` (the name of an enqueued paper point), for a pruned trial
@@ -33,6 +36,7 @@ BASE_PARAMS = "autotune.base_params"
 OBJECTIVES = "autotune.objectives"
 SCORER = "autotune.scorer"
 TASK_FINGERPRINT = "autotune.task_fingerprint"
+TASK_DIGESTS = "autotune.task_digests"
 TASK_COUNT = "autotune.task_count"
 SAMPLER = "autotune.sampler"
 STORAGE = "autotune.storage"

@@ -24,6 +24,7 @@ from autotune.errors import PresetError
 from autotune.params import EditParams
 from autotune.presets.preset import OBJECTIVES, FrontPoint, Preset, PresetWarning
 from autotune.presets.provenance import make_provenance
+from autotune.presets.schema import MAX_TASK_DIGESTS
 from autotune.presets.store import InstallResult, save_preset
 from autotune.redact import redact_url
 from autotune.tuning import contract
@@ -72,6 +73,8 @@ def presets_from_study(study: optuna.Study, storage_label: str | None = None) ->
         n_complete=len(complete),
         task_fingerprint=attrs.get(contract.TASK_FINGERPRINT),
         task_count=attrs.get(contract.TASK_COUNT),
+        task_source=_task_source(attrs.get(contract.TASK_SOURCE)),
+        task_digests=_task_digests(attrs.get(contract.TASK_DIGESTS), name),
         search_space=attrs.get(contract.SEARCH_SPACE),
         base_params=base or None,
     )
@@ -93,6 +96,26 @@ def presets_from_study(study: optuna.Study, storage_label: str | None = None) ->
         references=references,
     )
     return [preset]
+
+
+def _task_source(source: Any) -> dict[str, Any] | None:
+    """The study's task source as the preset records it (spec, split, held-out fraction), if it was recorded."""
+    if not isinstance(source, Mapping):
+        return None
+    return {k: source[k] for k in ("spec", "split", "heldout_fraction") if source.get(k) is not None} or None
+
+
+def _task_digests(digests: Any, study_name: str) -> list[str] | None:
+    """The digests of the tasks the study saw, for `autotune evaluate`'s overlap check; left out (with a warning)
+    beyond MAX_TASK_DIGESTS so the preset stays under its size cap."""
+    if not isinstance(digests, list):
+        return None
+    if len(digests) > MAX_TASK_DIGESTS:
+        warnings.warn(f"study {study_name!r} saw {len(digests)} tasks, more than the {MAX_TASK_DIGESTS} a preset "
+                      "lists; their digests are left out, so `autotune evaluate` cannot tell whether it scores "
+                      "this preset on its own tuning tasks", PresetWarning, stacklevel=3)
+        return None
+    return sorted(str(d) for d in digests)
 
 
 def _utc_iso(moment: datetime.datetime) -> str:

@@ -48,7 +48,7 @@ from autotune.errors import InputError, StorageError
 from autotune.evaluation.batch import ARTIFACT_TASKS, BatchEvaluator, Candidate, check_prompts, thumbnail
 from autotune.presets.store import InstallResult, is_shipped_dir, search_dirs, shipped_presets_dir
 from autotune.scoring.objectives import Objectives, default_objectives
-from autotune.task import EditTask, category_name, task_fingerprint
+from autotune.task import EditTask, category_name, task_digest, task_fingerprint
 from autotune.tuning import contract, record
 from autotune.tuning.pruning import DominationPruner
 from autotune.tuning.samplers import DEFAULT_SAMPLER, SAMPLERS, make_sampler, sampler_record
@@ -305,6 +305,7 @@ def _open(plan: _Plan, editor: Any, scorer: Any, *, storage: Any, project_dir: A
         contract.OBJECTIVES: plan.objectives.to_list(),
         contract.SCORER: scorer.describe(),
         contract.TASK_FINGERPRINT: fingerprint,
+        contract.TASK_DIGESTS: sorted(task_digest(t) for t in plan.tasks),
         contract.TASK_COUNT: len(plan.tasks),
         contract.SAMPLER: sampler_record(sampler, seed),
         contract.STORAGE: store.url,
