@@ -11,7 +11,7 @@ import torch
 from autotune.params import EditParams
 from autotune.tuning.search_space import SearchSpace, family_defaults
 
-BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory")
+BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "predictor")
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autotune.errors import InputError
 
-_ORDER = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory")
+_ORDER = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "predictor")
 _TITLES = {
     "throughput": "1. Tuning throughput: autotune's loop vs. the naive loop",
     "overhead": "2. Engine overhead: one candidate edit vs. its UNet passes alone",
@@ -23,6 +23,7 @@ _TITLES = {
     "quality": "4. Quality on the held-out split: tuned preset vs. the paper's defaults",
     "inversion": "5. Inversion error vs. w_inv (SimInversion replication)",
     "memory": "6. Peak memory of a tuning run",
+    "predictor": "7. Per-image guidance (style auto) on the held-out split: predictor vs. the pick and the oracle",
 }
 
 
@@ -60,7 +61,11 @@ def register(subparsers) -> None:
     parser.add_argument("--runs", type=int, default=1, help="runs of the whole throughput comparison; the median "
                         "is reported, with every run's ratio")
     parser.add_argument("--inversion-samples", type=int, default=20, help="rendered scenes (inversion)")
-    parser.add_argument("--presets", help="directory of tuned presets (quality); default: the preset lookup order")
+    parser.add_argument("--presets", help="directory of tuned presets (quality, predictor); default: the preset lookup "
+                        "order")
+    parser.add_argument("--oracle-grid", type=int, default=0, metavar="N",
+                        help="predictor: also edit an N x N grid over the search space for the oracle (0: the "
+                        "predictor's candidates only)")
     parser.add_argument("--cache-dir", default=".autotune/bench", help="where grid tables are kept between runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier on a "
@@ -94,6 +99,8 @@ def command_line(args: argparse.Namespace, which: str) -> str:
         "inversion": [("--inversion-samples", args.inversion_samples), ("--seed", args.seed)],
         "memory": [("--category", args.category), ("--tasks", args.tasks), ("--trials", args.trials),
                    ("--batch", args.batch)],
+        "predictor": [("--categories", args.categories), ("--tasks", args.tasks), ("--presets", args.presets),
+                      ("--oracle-grid", args.oracle_grid or None), ("--seed", args.seed)],
     }[which]
     for flag, value in opts:
         if value is True:  # a switch
@@ -196,6 +203,14 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     if name == "inversion":
         model = _model_folder(args.model)
         return inversion.bench_inversion(model, args.inversion_samples, args.steps, args.seed), ""
+    if name == "predictor":
+        from autotune.bench import predictor
+
+        editor = _editor(args, state)
+        presets = predictor.shipped_presets(editor, categories, args.presets)
+        heldout = {c: _tasks(c, "heldout", args.tasks, args.seed) for c in categories}
+        return predictor.bench_predictor(editor, scorer, presets, heldout, grid=args.oracle_grid,
+                                         cache_dir=args.cache_dir, seed=args.seed, progress=True), ""
     if name == "memory":
         return memory.bench_memory(args.model, args.device, category=args.category, trials=args.trials,
                                    batch=args.batch, tasks=args.tasks, steps=args.steps), ""
