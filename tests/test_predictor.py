@@ -14,7 +14,7 @@ from autotune.errors import PresetError
 from autotune.params import EditParams
 from autotune.presets.predictor import Criterion, Predictor
 from autotune.presets.preset import FrontPoint, Preset, PresetWarning, pick_indices
-from autotune.tuning.fit_predictor import Config, Landscape, fit_predictor
+from autotune.tuning.fit_predictor import Config, Landscape, fit_predictor, select_candidates
 
 NAMES = (["text.cosine", "text.diff_norm"] + [f"text.diff.{i}" for i in range(6)]
          + ["words.replaced", "words.inserted", "latent.mean.0", "latent.std.0", "latent.busy"])
@@ -84,6 +84,15 @@ def test_the_fit_finds_the_planted_signal_and_helps_on_new_tasks(fitted):
     mine = criterion.key(new.fidelity[rows, index].mean(), new.strength[rows, index].mean())
     always_pick = criterion.key(new.fidelity[:, 0].mean(), new.strength[:, 0].mean())
     assert mine > always_pick
+
+
+def test_the_candidates_kept_are_the_ones_per_image_choice_uses():
+    land, _ = planted(60, seed=6)
+    criterion = land.criterion("balanced")
+    assert select_candidates(land, criterion, pick=0, limit=8) == [0, 1]  # the weak setting is never a task's best
+    assert select_candidates(land, criterion, pick=0, limit=1) == [0]
+    land.strength[:, 0] = 1.0
+    assert select_candidates(land, criterion, pick=0, limit=8) == [0]  # nothing beats the pick on any task
 
 
 def test_an_image_outside_the_training_data_falls_back_and_says_so(fitted):

@@ -94,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the pick each image's own best is judged by, and its fallback")
     p.add_argument("--no-inversion-features", dest="inversion_features", action="store_false",
                    help="leave out the inversion's reconstruction error (cheaper 'auto' edits: no probe inversion)")
+    p.add_argument("--max-candidates", type=int, default=8, metavar="N",
+                   help="settings the predictor chooses among: the pick, then the study's settings that most help "
+                   "choosing per image")
     p.add_argument("--seed", type=int, default=0, help="cross-validation folds and permutation seed")
     p.add_argument("--force", action="store_true", help="replace a preset in --out that another study made")
     p.set_defaults(handler=cmd_fit_predictor)
@@ -405,8 +408,11 @@ def fit_study_predictor(study: Any, args: argparse.Namespace, label: str | None)
         editor = Editor.from_pretrained(args.model, device=args.device, progress=False)
     else:
         editor = study_editor(study, args.device)
+    if args.max_candidates < 2:
+        raise InputError(f"--max-candidates {args.max_candidates}: a predictor chooses among at least 2 settings")
     return preset_with_predictor(study, editor, tasks, trade_off=args.trade_off,
-                                 inversion_features=args.inversion_features, seed=args.seed, storage_label=label)
+                                 inversion_features=args.inversion_features, seed=args.seed, storage_label=label,
+                                 max_candidates=args.max_candidates)
 
 
 def write_with_predictor(preset: Preset, directory: Path, force: bool = False) -> Path:

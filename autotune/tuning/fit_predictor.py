@@ -48,6 +48,7 @@ from autotune.task import EditTask
 from autotune.tuning import contract
 
 MIN_TASKS = 10  # fewer and grouped cross-validation says nothing
+MAX_CANDIDATES = 8  # settings a predictor chooses among (`select_candidates`)
 MAX_PREDICTOR_BYTES = 1 << 20  # of the 4 MiB preset limit
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 THRESHOLD_QUANTILES = (0.5, 0.75, 0.9, 1.0)
@@ -76,6 +77,11 @@ class Landscape:
         values (scaled as on the preset's front, so a task whose gentle settings fail is not 'best' failing)."""
         return np.asarray([landscape_choice(f, s, {"name": "criterion"}, criterion)
                            for f, s in zip(self.fidelity, self.strength)])
+
+    def with_candidates(self, columns: Sequence[int]) -> Landscape:
+        columns = list(columns)
+        return Landscape(self.task_ids, [self.candidates[c] for c in columns], [self.trials[c] for c in columns],
+                         self.fidelity[:, columns], self.strength[:, columns])
 
     def subset(self, rows: Sequence[int]) -> Landscape:
         rows = list(rows)
@@ -121,6 +127,29 @@ def study_landscape(study: optuna.Study) -> Landscape:
     keep = np.flatnonzero(usable)
     return Landscape(task_ids, [candidates[c] for c in keep], [trials[c] for c in keep], fid[:, keep],
                      strength[:, keep])
+
+
+def select_candidates(land: Landscape, criterion: Criterion, pick: int, limit: int) -> list[int]:
+    """At most `limit` candidates, the pick first, then greedily the one that most improves what choosing each task's
+    best among those kept would achieve (the criterion on the means), until none improves it: the settings per-image
+    choice can use. Fewer candidates cost fewer edits (the benchmark, the oracle) and leave less to overfit."""
+    kept = [pick]
+    rows = np.arange(len(land.task_ids))
+
+    def achieved(columns: list[int]) -> tuple[float, ...]:
+        best = [columns[landscape_choice(land.fidelity[t, columns], land.strength[t, columns], {"name": "criterion"},
+                                         criterion)] for t in rows]
+        return criterion.key(land.fidelity[rows, best].mean(), land.strength[rows, best].mean())
+
+    current = achieved(kept)
+    while len(kept) < min(limit, len(land.candidates)):
+        trials = [(achieved(kept + [c]), c) for c in range(len(land.candidates)) if c not in kept]
+        score, best = max(trials, key=lambda item: item[0])
+        if score <= current:
+            break
+        kept.append(best)
+        current = score
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -372,20 +401,23 @@ def fit_predictor(
     seed: int = 0,
     repeats: int = 20,
     record: Mapping[str, Any] | None = None,
+    criterion: Criterion | None = None,
 ) -> tuple[Predictor, FitReport]:
     """Choose, calibrate and export a predictor for `land` (tasks in its order, `features[t]` and `groups[t]` (the
     source image) for each). `pick` is the preset's pick for `trade_off` as a candidate index; `probe`, the setting
-    the features' inversion group was computed at (None: no inversion features). `record` is stored in `fit`."""
+    the features' inversion group was computed at (None: no inversion features). `record` is stored in `fit`.
+    `criterion` defaults to the trade-off's on the landscape's own front (pass the full study's when `land` holds a
+    selection of its candidates)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):  # hundreds of tiny fits: threads only cost here
-        return _fit_predictor(land, features, groups, pick=pick, trade_off=trade_off, probe=probe, configs=configs,
-                              seed=seed, repeats=repeats, record=record)
+        return _fit_predictor(land, features, groups, pick=pick, probe=probe, configs=configs, seed=seed,
+                              repeats=repeats, record=record, criterion=criterion or land.criterion(trade_off))
 
 
 def _fit_predictor(land: Landscape, features: Sequence[Mapping[str, float]], groups: Sequence[str], *, pick: int,
-                   trade_off: str, probe: EditParams | None, configs: Sequence[Config] | None, seed: int,
-                   repeats: int, record: Mapping[str, Any] | None) -> tuple[Predictor, FitReport]:
+                   probe: EditParams | None, configs: Sequence[Config] | None, seed: int, repeats: int,
+                   record: Mapping[str, Any] | None, criterion: Criterion) -> tuple[Predictor, FitReport]:
     n, m = len(land.task_ids), len(land.candidates)
     if len(features) != n or len(groups) != n:
         raise InputError(f"{n} tasks in the landscape but {len(features)} feature rows and {len(groups)} groups")
@@ -398,7 +430,6 @@ def _fit_predictor(land: Landscape, features: Sequence[Mapping[str, float]], gro
     x = np.asarray([[float(f[k]) for k in names] for f in features])
     if not np.all(np.isfinite(x)):
         raise InputError("some task features are not finite")
-    criterion = land.criterion(trade_off)
     labels = land.own_best(criterion)
     folds = _folds(groups, seed)
     baseline = CVResult(None, {}, score_choices(land, np.full(n, pick), pick, criterion), np.full(n, pick),
@@ -578,7 +609,8 @@ def _report_record(report: FitReport) -> dict[str, Any]:
 
 def preset_with_predictor(study: optuna.Study, editor: Any, tasks: Sequence[EditTask], *, trade_off: str = "balanced",
                           inversion_features: bool = True, seed: int = 0, storage_label: str | None = None,
-                          configs: Sequence[Config] | None = None) -> tuple[Preset, FitReport]:
+                          configs: Sequence[Config] | None = None, max_candidates: int = MAX_CANDIDATES
+                          ) -> tuple[Preset, FitReport]:
     """The study's preset (`presets_from_study`) with a predictor fitted on it: the tasks' features from `editor`
     (the study's model), the landscape from the trials. `tasks` must be the study's (checked by fingerprint)."""
     import sklearn
@@ -604,7 +636,9 @@ def preset_with_predictor(study: optuna.Study, editor: Any, tasks: Sequence[Edit
     chosen = preset.params(trade_off)
     if chosen not in land.candidates:
         raise PresetError(f"the preset's {trade_off} pick is not among the study's completed settings")
-    pick = land.candidates.index(chosen)
+    criterion = land.criterion(trade_off)
+    kept = select_candidates(land, criterion, land.candidates.index(chosen), max_candidates)
+    land, pick = land.with_candidates(kept), 0
     ordered = [by_id[tid] for tid in land.task_ids]
     probe = chosen if inversion_features else None
     features = editor.task_features(ordered, probe)
@@ -612,6 +646,6 @@ def preset_with_predictor(study: optuna.Study, editor: Any, tasks: Sequence[Edit
     record = {"study": {"name": study.study_name, "storage": redact_url(attrs.get(contract.STORAGE) or storage_label)},
               "task_fingerprint": fingerprint, "sklearn": sklearn.__version__, "seed": seed}
     predictor, report = fit_predictor(land, features, groups, pick=pick, trade_off=trade_off, probe=probe,
-                                      configs=configs, seed=seed, record=record)
+                                      configs=configs, seed=seed, record=record, criterion=criterion)
     return preset.with_predictor(predictor), report
 
