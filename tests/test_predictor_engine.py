@@ -88,6 +88,9 @@ def test_tune_predictor_writes_a_preset_that_carries_it(tuned_with_predictor, ca
     preset = Preset.load(path, strict=True)
     assert preset.predictor.candidates[preset.predictor.pick_index] == preset.params("balanced")
     assert preset.predictor.probe == preset.params("balanced")  # the inversion features' setting
+    assert main(["presets", "show", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "predictor" in shown and "study s (12 tasks" in shown and "<- fallback" in shown
 
 
 def test_fit_predictor_from_the_study_storage_gives_the_same_file(tuned_with_predictor, tmp_path, capsys):

@@ -150,6 +150,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows += 1
         trials = preset.provenance.get("n_complete")
         kind = preset.kind + (f", {trials} trials" if trials is not None else "")
+        kind += ", auto" if preset.predictor is not None else ""
         print(f"  {entry.origin:7s} {preset.category:17s} {preset.model['id']}  [{kind}]{shadowed}")
         print(f"          balanced: {_params_brief(preset.params())}  ({entry.path})")
     if not rows:
@@ -209,8 +210,29 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  reference {point.paper_point}: fidelity={values.get('fidelity'):.4g} "
             f"edit_strength={values.get('edit_strength'):.4g}"
         )
+    _show_predictor(preset)
     print(f"content     {preset.content_hash}")
     return 0
+
+
+def _show_predictor(preset: Preset) -> None:
+    """What style 'auto' would use: the model, its candidates, its cross-validated gain and fallback."""
+    if preset.predictor is None:
+        if preset.predictor_error:
+            print(f"predictor   refused: {preset.predictor_error}")
+        return
+    pred, fit = preset.predictor, preset.predictor.fit
+    study = (fit.get("study") or {}).get("name")
+    print(f"predictor   {fit.get('selected', pred.kind)}  (style auto; trade-off {pred.trade_off})")
+    print(f"            fitted on study {study} ({fit.get('tasks')} tasks of {fit.get('images')} images); "
+          f"fallback beyond distance {pred.threshold:.3g}")
+    gain = fit.get("cv_gain") or {}
+    if gain:
+        print(f"            cross-validated gain over the {pred.trade_off} pick: fidelity {gain.get('fidelity'):+.4g}, "
+              f"edit strength {gain.get('edit_strength'):+.4g}")
+    for i, params in enumerate(pred.candidates):
+        mark = "  <- fallback" if i == pred.pick_index else ""
+        print(f"  candidate [{i}] {_params_brief(params)}{mark}")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
