@@ -159,3 +159,15 @@ def test_style_auto_without_a_predictor_says_what_to_do(tiny_model_dir, tmp_path
                  "--preset", f"{path}:auto", "--out", str(tmp_path / "out.png"), "--quiet"])
     assert code == 2
     assert "fit-predictor" in capsys.readouterr().err
+
+
+def test_tune_predictor_on_too_few_tasks_keeps_the_preset_and_says_how_to_fit_later(tiny_model_dir, tmp_path,
+                                                                                      capsys):
+    code = main(["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color:3",
+                 "--trials", "2", "--batch", "2", "--space", "steps=2:2", "--project-dir", str(tmp_path / "proj"),
+                 "--presets-dir", str(tmp_path / "presets"), "--study", "few", "--quiet", "--predictor"])
+    captured = capsys.readouterr()
+    assert code == 1 and "preset written to" in captured.out
+    assert "at least 10 tasks" in captured.err and "autotune presets fit-predictor" in captured.err
+    (path,) = (tmp_path / "presets").glob("*change_color.json")
+    assert Preset.load(path).predictor is None

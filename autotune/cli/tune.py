@@ -164,9 +164,18 @@ def run(args: argparse.Namespace) -> int:
     if result.preset_path is None:
         print("no trial completed: no preset written")
     elif args.predictor:
+        from autotune.errors import PresetError
         from autotune.tuning.fit_predictor import preset_with_predictor
 
-        preset, fit = preset_with_predictor(result.study, editor, tasks, storage_label=result.storage)
+        try:
+            preset, fit = preset_with_predictor(result.study, editor, tasks, storage_label=result.storage)
+        except (InputError, PresetError) as exc:  # the study and preset are saved; say how to fit it later
+            name = result.study.study_name
+            storage = f"--storage {args.storage}" if args.storage else \
+                f"--storage {Path(args.project_dir) / 'studies.journal'}"
+            print(f"error: no predictor fitted: {exc}. The study and the preset are saved; fit it later with: autotune "
+                  f"presets fit-predictor {storage} --study {name} --out {args.presets_dir}", file=sys.stderr)
+            return 1
         preset.save(result.preset_path)
         print("predictor:\n" + "\n".join(f"  {line}" for line in fit.lines()))
         print(f"preset with its predictor written to {result.preset_path}")
