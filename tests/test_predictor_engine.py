@@ -12,6 +12,7 @@ import pytest
 
 from autotune.cli import main
 from autotune.engine.features import word_features
+from autotune.errors import InputError
 from autotune.params import EditParams
 from autotune.presets.preset import Preset
 from autotune.shapes.tasks import shapes_tasks
@@ -146,6 +147,43 @@ def test_style_auto_on_the_command_line(tuned_with_predictor, tiny_model_dir, tm
     out = capsys.readouterr().out
     assert code == 0 and (tmp_path / "out.png").is_file()
     assert "auto predicted" in out or "auto fell back" in out
+
+
+def test_preset_category_auto_finds_the_predictor_in_the_presets_directory(tuned_with_predictor, tiny_model_dir,
+                                                                          tmp_path, monkeypatch, capsys):
+    """`--preset change_color:auto` by category name: the preset is looked up (user directory) like any other."""
+    _, path = tuned_with_predictor
+    monkeypatch.chdir(tmp_path)  # no ./presets here
+    monkeypatch.setenv("AUTOTUNE_PRESETS_DIR", str(path.parent))
+    task = shapes_tasks("change_color", "heldout", 2)[1]
+    image = tmp_path / "in.png"
+    task.image.save(image)
+    args = ["edit", "--model", str(tiny_model_dir), "--device", "cpu", "--image", str(image), "--source-prompt",
+            task.source_prompt, "--target-prompt", task.target_prompt, "--blend-words", " ".join(task.blend_words),
+            "--out", str(tmp_path / "out.png"), "--quiet"]
+    assert main([*args, "--preset", "change_color:auto"]) == 0
+    out = capsys.readouterr().out
+    assert "(auto," in out and ("auto predicted" in out or "auto fell back" in out)
+    preset = Preset.load(path)
+    written = out.strip().splitlines()[-1]  # "wrote out.png (method, w_src=..., w_tgt=..., ...)"
+    assert any(f"w_src={c.w_src}, w_tgt={c.w_tgt}" in written for c in preset.predictor.candidates)
+    # a category whose preset is not in the directory: the lookup error, not a silent default
+    assert main([*args, "--preset", "change_pose:auto"]) == 2
+    assert "change_pose" in capsys.readouterr().err
+
+
+def test_editor_style_auto_with_a_presets_directory(tuned_with_predictor, tiny_model_dir, one_torch_thread):
+    from conftest import tiny_editor
+
+    _, path = tuned_with_predictor
+    editor = tiny_editor(tiny_model_dir, presets=str(path.parent))
+    task = shapes_tasks("change_color", "heldout", 3)[2]
+    result = editor.edit(task.image, task.source_prompt, task.target_prompt, blend_words=task.blend_words,
+                         category="change_color", style="auto")
+    assert result.choice is not None and result.choice.params == result.params
+    assert result.params in Preset.load(path).predictor.candidates
+    with pytest.raises(InputError, match="category"):  # not a silent fall to the model's defaults
+        editor.edit(task.image, task.source_prompt, task.target_prompt, style="auto")
 
 
 def test_style_auto_without_a_predictor_says_what_to_do(tiny_model_dir, tmp_path, capsys):

@@ -218,6 +218,9 @@ class Editor:
         `overrides` (e.g. `w_tgt=9`, or `method="flow_siminversion"` for that method's defaults) change single
         fields."""
         choice = None
+        if params is None and category is None and style == AUTO_STYLE:
+            raise InputError("style='auto' needs category= (the preset whose predictor picks this image's setting), "
+                             "e.g. edit(..., category='change_color', style='auto')")
         if params is None and category is not None and style == AUTO_STYLE:
             choice = self.predict_params(image, source_prompt, target_prompt, blend_words=blend_words,
                                          category=category)
