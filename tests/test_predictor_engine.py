@@ -186,6 +186,38 @@ def test_editor_style_auto_with_a_presets_directory(tuned_with_predictor, tiny_m
         editor.edit(task.image, task.source_prompt, task.target_prompt, style="auto")
 
 
+def test_style_auto_records_the_fallback_when_the_image_is_outside_the_training_data(tuned_with_predictor,
+                                                                                     tiny_model_dir,
+                                                                                     one_torch_thread):
+    """Both outcomes through the engine, forced by the support threshold: 0 puts every new image outside the
+    training data (the balanced pick, and the result says so), a huge one puts every image inside (a prediction)."""
+    from conftest import tiny_editor
+
+    from autotune.presets.predictor import Predictor
+
+    _, path = tuned_with_predictor
+    preset = Preset.load(path)
+    task = shapes_tasks("change_color", "heldout", 1)[0]
+
+    def with_threshold(value: float) -> Preset:
+        data = preset.predictor.to_dict()
+        data["support"]["threshold"] = value
+        return Preset.loads(preset.with_predictor(Predictor.from_dict(data)).dumps(), strict=True)
+
+    editor = tiny_editor(tiny_model_dir, presets=with_threshold(0.0))
+    result = editor.edit(task.image, task.source_prompt, task.target_prompt, blend_words=task.blend_words,
+                         category="change_color", style="auto")
+    assert result.choice.fallback and result.params == preset.params("balanced")
+    assert "outside the training data" in result.choice.reason and result.choice.distance > 0
+    assert "auto fell back to the balanced pick" in result.choice.describe()
+    editor.presets = with_threshold(1e9)
+    result = editor.edit(task.image, task.source_prompt, task.target_prompt, blend_words=task.blend_words,
+                         category="change_color", style="auto")
+    assert not result.choice.fallback and result.choice.candidate is not None
+    assert result.params == preset.predictor.candidates[result.choice.candidate]
+    assert result.choice.describe().startswith("auto predicted")
+
+
 def test_style_auto_without_a_predictor_says_what_to_do(tiny_model_dir, tmp_path, capsys):
     preset = Preset.paper_default("change_color", {"id": str(tiny_model_dir)}, EditParams(steps=2), "test")
     path = preset.save(tmp_path / "p.json")
