@@ -4,15 +4,13 @@ rewritten in place. (Not timed tests: the benchmarks themselves run with `autotu
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import numpy as np
 import optuna
 import pytest
 import torch
 
-from autotune.bench import _common, efficiency, markdown, memory, overhead, quality, throughput
+from autotune.bench import _common, efficiency, markdown, memory, overhead
 from autotune.errors import InputError
 from autotune.params import EditParams
 from autotune.tuning.search_space import SearchSpace
@@ -69,122 +67,6 @@ def test_section_names_command_machine_and_a_busy_machine():
     assert "busy" not in markdown.section("T", "c", machine, "x")
     machine.update(torch_threads=1, load_average_1min=2.0)  # another job beside a 1-thread run
     assert "about 1.0 beyond this benchmark's own" in markdown.section("T", "c", machine, "x")
-
-
-def test_naive_loop_inverts_every_call(editor, tasks, scorer):
-    params = [EditParams(steps=2, w_src=0.5), EditParams(steps=2, w_src=1.3)]
-    calls = overhead.record_unet_calls(editor.components.unet,
-                                       lambda: throughput.naive_loop(editor, tasks, scorer, params))
-    # each (trial, task): 2 inversion steps (w=0.5: one batched call; w=1.3: one call) + 2 sampling steps
-    assert len(calls) == len(params) * len(tasks) * (2 + 2)
-
-
-def test_throughput_compares_the_same_trials(editor, tasks, scorer, monkeypatch):
-    from autotune.engine.editor import Editor
-
-    events, edits = [], []
-    real_edit, real_edit_tasks = Editor.edit, Editor.edit_tasks
-
-    def counting(self, *a, **k):
-        edits.append(k.get("params") or a[3])
-        events.append("naive")
-        return real_edit(self, *a, **k)
-
-    def tuning(self, *a, **k):
-        events.append("tune")
-        return real_edit_tasks(self, *a, **k)
-
-    monkeypatch.setattr(Editor, "edit", counting)
-    monkeypatch.setattr(Editor, "edit_tasks", tuning)
-    import autotune.tuning.tuner
-
-    trial_params = []
-    real_tune = autotune.tuning.tuner.tune
-
-    def keeping_the_trials(*a, **k):
-        result = real_tune(*a, **k)
-        trials = sorted(result.study.trials, key=lambda t: t.number)
-        trial_params.extend(EditParams.from_dict(t.user_attrs["params"]) for t in trials)
-        return result
-
-    monkeypatch.setattr(autotune.tuning.tuner, "tune", keeping_the_trials)
-    began = time.perf_counter()
-    r = throughput.bench_throughput(editor, tasks, scorer, trials=4, batch=2, steps=2, naive_trials=3, sampler="random")
-    wall = time.perf_counter() - began
-    assert r.trials == 4 and r.naive_trials == 3 and r.tasks == 2
-    assert len(edits) == 3 * 2  # the naive loop: one edit per (trial, task)
-    assert edits[::2] == [trial_params[i] for i in (0, 1, 3)]  # spread over the study, not its first three
-    # Taking turns: each batch's engine call, then the naive trials picked from that batch.
-    assert events == ["tune", "naive", "naive", "naive", "naive", "tune", "naive", "naive"]
-    assert len(editor.cache) > 0  # the naive loop cleared its own cache, not the tuner's
-    assert r.autotune_seconds + r.naive_seconds < wall  # the tuner's clock stopped while the naive loop ran
-    assert r.autotune_seconds > 0 and r.naive_seconds > 0
-    assert math.isclose(r.naive_trials_per_min, 60 * 3 / r.naive_seconds)
-    assert math.isclose(r.autotune_trials_per_min, 60 * 4 / r.autotune_seconds)
-    assert math.isclose(r.ratio, r.autotune_trials_per_min / r.naive_trials_per_min)
-    assert r.engine_calls == 2 and r.candidate_edits <= 4 * 2  # one call per batch of trials: both tasks in it
-    # UNet calls: naive, per (trial, task) 2 inversion + 2 sampling steps; autotune, per batch of 2 the same
-    assert r.naive_unet_calls == 3 * 2 * (2 + 2)
-    assert 0 < r.autotune_unet_calls <= 2 * (2 + 2)
-    assert r.autotune_unet_rows >= r.autotune_unet_calls and r.naive_unet_rows >= r.naive_unet_calls
-    assert "Speed-up" in r.markdown() and "fewer sequential UNet calls" in r.markdown()
-    # The ceiling: naive samples per trial over the target branches' 2 rows per step and task.
-    assert math.isclose(r.ceiling_without_pruning, r.naive_unet_rows / 3 / (2 * 2 * 2))
-    assert 1.0 < r.ceiling_without_pruning and "Samples ceiling without pruning" in r.markdown()
-    per_sample = 1000 * r.autotune_seconds / r.autotune_unet_rows
-    assert f"{per_sample:.2f} vs" in r.markdown() and "as many tasks as 16 target branches hold" in r.markdown()
-    assert r.threads == 1 and r.naive_one_thread_seconds is None and "naive again at 1 thread" not in r.markdown()
-    # the source work the study drew: its distinct w_src values (steps and method are fixed here)
-    assert r.source_groups == len({p.w_src.start for p in trial_params}) >= 1
-    assert f"the study drew {r.source_groups} distinct w_src values" in r.markdown()
-
-
-def test_throughput_times_the_naive_loop_again_at_one_thread(editor, tasks, scorer, monkeypatch):
-    seen = []
-    real_naive = throughput.naive_loop
-
-    def watching(editor, tasks, scorer, params, progress=False, desc="naive loop"):
-        seen.append((torch.get_num_threads(), list(params), desc))
-        return real_naive(editor, tasks, scorer, params, progress, desc)
-
-    monkeypatch.setattr(throughput, "naive_loop", watching)
-    torch.set_num_threads(2)
-    try:
-        r = throughput.bench_throughput(editor, tasks, scorer, trials=2, batch=2, steps=2, sampler="random", runs=2)
-        assert torch.get_num_threads() == 2  # restored after the 1-thread run
-    finally:
-        torch.set_num_threads(1)
-    # Each trial (2 per run) is timed at 2 threads, then at 1, right after its batch.
-    each_run = [(2, "naive loop, trial 0"), (1, "naive loop, trial 0, 1 thread"),
-                (2, "naive loop, trial 1"), (1, "naive loop, trial 1, 1 thread")]
-    assert [(threads, desc) for threads, _, desc in seen] == each_run * 2
-    assert all(len(params) == 1 for _, params, _ in seen)
-    assert seen[0][1] == seen[1][1] == seen[4][1] != seen[2][1]  # the same trial parameters, in every run
-    assert r.threads == 2 and r.naive_one_thread_seconds > 0
-    assert math.isclose(r.ratio_one_thread, r.autotune_trials_per_min / (60 * 2 / r.naive_one_thread_seconds))
-    # Two runs: the one reported is the lower of the two (the cautious middle), and both ratios are listed.
-    assert len(r.ratios) == 2 and r.ratio == min(r.ratios) and r.ratio_one_thread in r.ratios_one_thread
-    text = r.markdown()
-    assert "| naive again at 1 thread | 2 |" in text and "Both loops at 2 CPU thread(s)" in text
-    assert f"The median of 2 runs of the whole comparison ({r.ratios[0]:.2f}x, {r.ratios[1]:.2f}x)" in text
-    assert f"**{statistics.median(r.ratios_one_thread):.2f}x**, the median of" in text
-    with pytest.raises(InputError, match="runs=0 must be a whole number >= 1"):
-        throughput.bench_throughput(editor, tasks, scorer, trials=2, runs=0)
-
-
-def test_throughput_leaves_failed_trials_out_of_the_naive_loop(editor, tasks, scorer, monkeypatch):
-    class FailingScorer:
-        def __init__(self) -> None:
-            self.metrics, self.describe = scorer.metrics, scorer.describe
-
-        def score(self, task, pixels):
-            raise ValueError("this scorer fails every edit")
-
-    timed = []
-    monkeypatch.setattr(throughput, "naive_loop", lambda *a, **k: timed.append(a) or 1.0)
-    with pytest.raises(InputError, match="the 2 trial.s. picked for the naive loop all failed in the tuner"):
-        throughput.bench_throughput(editor, tasks, FailingScorer(), trials=2, batch=2, steps=2, sampler="random")
-    assert timed == []  # never timed: the naive loop would have failed the same way
 
 
 def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
@@ -318,24 +200,6 @@ def test_grid_scores_batches_per_w_src_and_agrees_with_single_edits(editor, task
     assert "random trials to 98%" in res.markdown()
 
 
-def test_quality_rows_and_tuned_pick_from_a_grid(editor, tasks, scorer, tmp_path, capsys):
-    table = _table([[30, 20], [25, 10]], [[0, 0.5], [0.2, 1.0]])
-    table.steps = 2
-    params, source = quality.tuned_params(editor, "change_color", table, presets=tmp_path)
-    assert "grid" in source and params.steps == 2
-    assert (params.w_src.start, params.w_tgt.start) in {(0.0, 1.0), (0.0, 12.0), (2.0, 12.0)}  # front points
-    r = quality.bench_quality(editor, scorer, {"change_color": tasks[:1]}, {"change_color": (params, source)},
-                            progress=True)
-    assert "quality change_color" in capsys.readouterr().err
-    assert [row.setting for row in r.rows] == ["tuned", "SimInversion default", "DDIM-style"]
-    assert [(row.w_src, row.w_tgt) for row in r.rows][1:] == [(0.5, 7.5), (1.0, 7.5)]
-    direct = editor.edit(tasks[0].image, tasks[0].source_prompt, tasks[0].target_prompt,
-                         params.with_(w_src=1.0, w_tgt=7.5), blend_words=tasks[0].blend_words)
-    expect = scorer.score(tasks[0], direct.pixels[None])[0]
-    assert r.rows[2].background_psnr == pytest.approx(expect["background_psnr"], abs=0.05)
-    assert all(0 <= row.edit_success <= 1 for row in r.rows)
-
-
 def test_cli_bench_overhead_writes_its_section(tiny_model_dir, tmp_path, capsys):
     from autotune.cli import main
 
@@ -366,21 +230,3 @@ def test_memory_measures_child_processes(tiny_model_dir):
 def test_machine_info_is_the_running_machine():
     info = _common.machine_info("cpu")
     assert info["torch"] == torch.__version__ and info["cpu_count"] >= 1
-
-
-def test_tuned_params_name_a_preset_by_its_path_under_the_working_directory(editor, tmp_path, monkeypatch):
-    from autotune.presets.preset import FrontPoint, Preset
-    from autotune.presets.store import preset_filename
-
-    objectives = [{"name": "fidelity", "direction": "maximize", "metrics": {}},
-                  {"name": "edit_strength", "direction": "maximize", "metrics": {}}]
-    points = [FrontPoint(EditParams(w_src=s, w_tgt=t, steps=2), {"fidelity": f, "edit_strength": e})
-              for s, t, f, e in ((0.1, 2.0, 30.0, 0.2), (0.4, 5.0, 25.0, 0.6), (0.9, 9.0, 20.0, 0.9))]
-    info = editor.model_info()
-    preset = Preset.from_front(points, category="change_color", model=info, objectives=objectives)
-    (tmp_path / "presets").mkdir()
-    preset.save(tmp_path / "presets" / preset_filename(info.get("id", "model"), "change_color"))
-    monkeypatch.chdir(tmp_path)
-    params, source = quality.tuned_params(editor, "change_color", None, presets=tmp_path / "presets")
-    assert (params.w_src.start, params.w_tgt.start) == (0.4, 5.0)  # the balanced pick
-    assert source == f"preset presets/{preset_filename(info.get('id', 'model'), 'change_color')} (balanced)"

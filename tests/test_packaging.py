@@ -17,4 +17,6 @@ def test_every_subpackage_is_listed_and_the_data_is_included():
     assert found - set(config["packages"]) == set(), "add these to [tool.setuptools] packages"
     assert config["package-dir"]["autotune._presets"] == "presets"
     assert "weights/**/*" in config["package-data"]["autotune.shapes"]
+    assert "configs/**/*.json" in config["package-data"]["autotune.bench"]  # `autotune bench gpu` reads them
+    assert list((ROOT / "autotune" / "bench" / "configs").glob("*/bench.json")), "the GPU benchmark's configs"
     assert list((ROOT / "presets").glob("*.json")), "the shipped presets"

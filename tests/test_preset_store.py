@@ -90,6 +90,9 @@ def test_lookup_order_local_then_user_then_shipped(dirs):
     assert entry.origin == "local" and entry.preset.params().w_tgt.start == 9.0
     # Another category still falls through to the shipped one.
     assert store.find("change_style", SD15).origin == "shipped"
+    # ... also for an editor loaded by a short name (`Editor.from_pretrained("sd15", presets=True)`: its id is "sd15").
+    for short in ("sd15", "sd14"):
+        assert store.params_for("change_pose", None, {"id": short, "scheduler": {}}).w_tgt.start == 7.5
 
 
 def test_resolve_specs(dirs):

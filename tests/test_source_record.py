@@ -95,6 +95,22 @@ def test_a_record_without_the_windows_a_run_needs_is_not_used(tiny_model_dir, ph
     assert rows_seen[-1] == 2
 
 
+def test_records_of_different_windows_serve_one_run_together(tiny_model_dir, photo, rows_seen):
+    # Two records that cover more steps than the run reads, by different amounts (fixed: stacking them failed).
+    recording = tiny_editor(tiny_model_dir)
+    live = tiny_editor(tiny_model_dir, record_sources=False)
+    target, words = TARGETS[0]
+    recording.edit_batch(photo, SRC, target, [EditParams(w_src=0.4, steps=6, cross_replace=1.0, self_replace=1.0)],
+                         blend_words=words)
+    recording.edit_batch(photo, SRC, target, [EditParams(w_src=0.6, steps=6)], blend_words=words)
+    both = [EditParams(w_src=0.4, steps=6, cross_replace=0.2, self_replace=0.2),
+            EditParams(w_src=0.6, steps=6, cross_replace=0.2, self_replace=0.2)]
+    got = recording.edit_batch(photo, SRC, target, both, blend_words=words)
+    assert rows_seen[-1] == 2  # both source branches read back
+    for a, b in zip(got, live.edit_batch(photo, SRC, target, both, blend_words=words), strict=True):
+        torch.testing.assert_close(a.latent, b.latent, rtol=1e-4, atol=1e-4)
+
+
 def test_records_too_big_for_the_cache_turn_recording_off(tiny_model_dir, photo, rows_seen):
     small = tiny_editor(tiny_model_dir)
     small.cache = TensorCache(max_bytes=64 << 10)  # 64 KiB: a record of this model takes more than a quarter

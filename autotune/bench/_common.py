@@ -2,17 +2,50 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from autotune.errors import InputError
 from autotune.params import EditParams
+from autotune.task import EditTask
 from autotune.tuning.search_space import SearchSpace, family_defaults
 
-BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "predictor")
+BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "predictor", "gpu")
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
+
+
+SEEN_COUNT = 200  # of a seed's tasks, as many as any benchmark or tuning run can have read
+
+
+def scene_key(task: EditTask) -> str:
+    """The scene a task shows and the edit it asks, whatever its seed and id."""
+    h = hashlib.sha256()
+    for text in (task.source_prompt, task.target_prompt, repr(task.blend_words)):
+        h.update(text.encode("utf-8") + b"\0")
+    h.update(task.image.convert("RGB").tobytes())
+    return h.hexdigest()
+
+
+def fresh_shapes_tasks(category: str, split: str, count: int, seed: int, seen_seeds: Sequence[int] = (0,),
+                       seen_count: int = SEEN_COUNT) -> tuple[list[EditTask], int]:
+    """`count` shapes tasks of `split` drawn with `seed`, leaving out any whose scene and edit appear among the first
+    `seen_count` tasks of the same split drawn with `seen_seeds` (two seeds may draw the same scene); returns the
+    tasks and how many were left out."""
+    from autotune.shapes.tasks import shapes_tasks
+
+    seen = {scene_key(t) for s in seen_seeds if s != seed for t in shapes_tasks(category, split, seen_count, s)}
+    asked = count
+    while True:
+        drawn = shapes_tasks(category, split, asked, seed)  # the same seed gives the same first tasks
+        kept = [t for t in drawn if scene_key(t) not in seen]
+        if len(kept) >= count:
+            return kept[:count], len(drawn) - len(kept)
+        asked += count - len(kept)
 
 
 def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
@@ -40,6 +73,17 @@ def other_load(machine: dict[str, Any]) -> float | None:
         return None
     own = (machine.get("torch_threads") or 1) if str(machine.get("device", "cpu")).startswith("cpu") else 1
     return max(0.0, load - own)
+
+
+def denoiser(editor: Any) -> torch.nn.Module:
+    """The module an engine calls once per step (a UNet, or a transformer for the flow families): what the benchmarks
+    count and time their work in."""
+    components = editor.components
+    for name in ("unet", "transformer"):
+        module = getattr(components, name, None)
+        if module is not None:
+            return module
+    raise InputError(f"no denoiser (unet or transformer) among the components of {editor.model_info().get('id')}")
 
 
 def sync(device: torch.device) -> None:

@@ -25,6 +25,8 @@ from autotune.task import EditTask
 from autotune.tuning.search_space import PAPER_POINTS, SearchSpace
 
 THRESHOLD = 0.98
+CHOSEN_ON_SEED = 0  # the task seed of the grid tables the sampler's settings (cost, start-up trials) were chosen on
+FRESH_TASK_SEED = 20261206  # issue 22: a task set no sampler setting was chosen on, graded beside it
 TARGET_TRIALS = 30  # the trials the efficiency benchmark is read against (98% of the grid's best within them)
 EFFICIENCY_SAMPLERS = ("tpe", "tpe-plain", "gp", "random")
 # A trial whose w_src is new to the study runs an inversion and a source branch besides its target branch, each
@@ -174,6 +176,7 @@ class EfficiencyRow:
     needed: dict[str, list[int | None]]  # sampler -> trials needed per seed (None: not within the budget)
     drawn: dict[str, list[int]] = field(default_factory=dict)  # sampler -> distinct w_src in the budget, per seed
     work: dict[str, list[int | None]] = field(default_factory=dict)  # sampler -> work to the threshold, per seed
+    task_set: str = ""  # which task set the grid was graded on, e.g. "seed 0 (chosen on)"
 
 
 @dataclass
@@ -196,11 +199,14 @@ class EfficiencyResult:
             within = sum(v <= TARGET_TRIALS for v in got) / len(got)
             return f"{self._show(med)} ({within:.0%} within {TARGET_TRIALS}, worst {self._show(max(got))})"
 
-        header = ["category", "tasks", "grid best (w_src, w_tgt)", "(0.5, 7.5) reaches"] + \
+        sets = any(r.task_set for r in self.rows)
+        header = ["category", *(["task set"] if sets else []), "tasks", "grid best (w_src, w_tgt)",
+                  "(0.5, 7.5) reaches"] + \
             [f"{s} trials to 98%" for s in EFFICIENCY_SAMPLERS if any(s in r.needed for r in self.rows)]
         rows = []
         for r in self.rows:
-            rows.append([r.category, r.tasks, f"({r.best_w_src:.3g}, {r.best_w_tgt:.3g})", f"{r.paper_fraction:.1%}"]
+            rows.append([r.category, *([r.task_set] if sets else []), r.tasks,
+                         f"({r.best_w_src:.3g}, {r.best_w_tgt:.3g})", f"{r.paper_fraction:.1%}"]
                         + [cell(r.needed[s]) for s in EFFICIENCY_SAMPLERS if s in r.needed])
 
         def work_cell(values: list[int | None]) -> str:
@@ -208,9 +214,11 @@ class EfficiencyResult:
             return "not reached" if statistics.median(got) == math.inf else f"{statistics.median(got):g}"
 
         shown = [s for s in EFFICIENCY_SAMPLERS if any(s in r.drawn for r in self.rows)]
-        drawn = markdown.table(["category"] + [f"{s}: w_src drawn / work to 98%" for s in shown],
-                               [[r.category] + [f"{statistics.median(r.drawn[s]):g} / {work_cell(r.work[s])}"
-                                                for s in shown] for r in self.rows])
+        drawn = markdown.table(["category", *(["task set"] if sets else [])]
+                               + [f"{s}: w_src drawn / work to 98%" for s in shown],
+                               [[r.category, *([r.task_set] if sets else [])]
+                                + [f"{statistics.median(r.drawn[s]):g} / {work_cell(r.work[s])}" for s in shown]
+                                for r in self.rows])
         return (markdown.table(header, rows) + f"\n\nTarget: <= {TARGET_TRIALS} trials. Grid {self.points} x "
                 f"{self.points} "
                 f"over w_src in [0, 2] x w_tgt in [1, 12], {self.steps} DDIM steps, edited and scored once per "
@@ -219,7 +227,10 @@ class EfficiencyResult:
                 f"{PAPER_NOTE[self.paper_points]}) then queries "
                 "the table at the nearest grid point. Scalarised score: fidelity and edit strength each scaled to "
                 f"[0, 1] over the grid, averaged. Median over {self.seeds} seeds (the share of seeds within the "
-                f"target, the worst seed), budget {self.budget} trials."
+                f"target, the worst seed), budget {self.budget} trials." + (
+                    " Task sets: the grid tables the sampler's settings (its cost for a new w_src, its start-up "
+                    "trials) were chosen on, and tables graded on tasks of a fresh seed that no choice has seen "
+                    "(scenes of the first set left out)." if sets else "") +
                 "\n\nHow many of w_src's 21 values each sampler drew in those trials, and its work until 98% in "
                 "target branches per task (a trial with a w_src new to the study costs "
                 f"{NEW_SOURCE_WORK}: its inversion and source branch too), medians over the seeds.\n\n" + drawn)
@@ -231,9 +242,10 @@ def _one_thread() -> None:
 
 def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = EFFICIENCY_SAMPLERS, seeds: int = 5,
                      budget: int = 60, batch: int = 4, paper_points: bool = False, jobs: int = 1,
-                     progress: bool = False) -> EfficiencyResult:
+                     labels: Sequence[str] | None = None, progress: bool = False) -> EfficiencyResult:
     """Every (table, sampler, seed) run of `trials_to_reach`; with `jobs` > 1, in that many worker processes (the
-    runs are independent and seeded, so the figures are the same; GP's runs take most of the time)."""
+    runs are independent and seeded, so the figures are the same; GP's runs take most of the time). `labels` name
+    each table's task set (e.g. the one the sampler settings were chosen on, and a fresh one)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -241,6 +253,8 @@ def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = E
 
     if jobs < 1:
         raise InputError(f"jobs={jobs} must be >= 1")
+    if labels is not None and len(labels) != len(tables):
+        raise InputError(f"{len(labels)} labels for {len(tables)} tables")
     work = [(t, s, seed) for t in range(len(tables)) for s in samplers for seed in range(seeds)]
     bar = tqdm(total=len(work), desc="sampler runs", unit="run", disable=not progress)
     if jobs == 1:
@@ -268,7 +282,8 @@ def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = E
                                   float(scal[pi, pj] / scal.max()),
                                   {s: [run[0] for run in got] for s, got in runs.items()},
                                   {s: [run[2] for run in got] for s, got in runs.items()},
-                                  {s: [run[3] for run in got] for s, got in runs.items()}))
+                                  {s: [run[3] for run in got] for s, got in runs.items()},
+                                  labels[t] if labels is not None else ""))
     steps = tables[0].steps if tables else 0
     points = len(tables[0].w_src) if tables else 0
     return EfficiencyResult(points, steps, budget, seeds, batch, rows, paper_points)
@@ -276,14 +291,19 @@ def bench_efficiency(tables: Sequence[GridTable], *, samplers: Sequence[str] = E
 
 def cached_grid(editor: Any, tasks: Sequence[EditTask], scorer: Any, cache_dir: str | Path | None, *,
                 points: int = 15, steps: int = 50, progress: bool = False) -> GridTable:
-    """`grid_scores`, kept as JSON under `cache_dir` keyed by the model's weights, the tasks, steps and points."""
+    """`grid_scores`, kept as JSON under `cache_dir` keyed by the model's weights, the tasks, steps, points, the scorer
+    and the objectives (a change of the default objectives must not read a table made under the old ones)."""
     from autotune.task import task_fingerprint
 
     if cache_dir is None:
         return grid_scores(editor, tasks, scorer, points=points, steps=steps, progress=progress)
+    from autotune.scoring.objectives import default_objectives
+
     info = editor.model_info()
+    objectives = default_objectives(scorer.metrics()).to_list()  # a table's two objectives come from these
     key = hashlib.sha256(json.dumps([info.get("weights"), info.get("scheduler"), task_fingerprint(tasks), points,
-                                     steps, scorer.describe()], sort_keys=True, default=str).encode()).hexdigest()[:16]
+                                     steps, scorer.describe(), objectives], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"grid-{tasks[0].category}-{key}.json"
     if path.is_file():
         return GridTable.from_json(path.read_text(encoding="utf-8"))

@@ -1,71 +1,115 @@
-"""4. Quality: on each category's held-out split, the tuned preset against SimInversion's (0.5, 7.5) and DDIM-style
-(1, 7.5): edit success and fidelity."""
+"""4. Quality on a fresh held-out set: every named pick of the tuned presets against SimInversion's (0.5, 7.5) and
+against DDIM (`--method ddim`), with paired bootstrap 95% intervals on the differences, per category.
+
+The held-out tasks come from a split seed that no tuning run, benchmark or design decision has read (`HELDOUT_SEED`);
+any scene that the held-out tasks of earlier seeds show is left out, so "held out" holds even where two seeds
+happen to draw the same scene. Every setting edits the same tasks, so the differences are paired: the bootstrap
+resamples tasks, each with all of its settings' scores.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from autotune.bench import markdown
 from autotune.bench.efficiency import GridTable
 from autotune.params import EditParams
 from autotune.task import EditTask
-from autotune.tuning.search_space import PAPER_POINTS
+
+HELDOUT_SEED = 20261205  # issue 22's fresh held-out seed: no tuning or design decision has seen its tasks
+SEEN_SEEDS = (0,)  # held-out seeds read before (benchmarks, tuning checks): their scenes are left out
+PICKS = ("conservative", "balanced", "aggressive")
+BASELINES = {
+    "(0.5, 7.5)": {"method": "siminversion", "w_src": 0.5, "w_tgt": 7.5},  # SimInversion's prescription
+    "ddim": {"method": "ddim", "w_src": 1.0, "w_tgt": 7.5},  # DDIM inversion at 1, both branches at 7.5
+}
+METRICS = {"edit_success": "edit success", "full_success": "full success", "background_psnr": "background PSNR"}
+RESAMPLES = 10_000
+CONFIDENCE = 0.95
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Intervals
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def verdict(self) -> str:
+        """'better' or 'worse' when the interval excludes 0, else 'no clear difference'."""
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "no clear difference"
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float] | None = None, *, resamples: int = RESAMPLES,
+                     confidence: float = CONFIDENCE, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of mean(a - b) (of mean(a) without `b`): tasks are resampled with replacement,
+    each keeping its pair of scores, so what the two settings share (an easy or a hard task) cancels. Pairs with a
+    non-finite score are left out."""
+    a = np.asarray(a, dtype=float)
+    b = np.zeros_like(a) if b is None else np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores must be two sequences of one length, got shapes {a.shape} and {b.shape}")
+    diff = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    if diff.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return Interval(float(diff.mean()), float(low), float(high), int(diff.size))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tasks and presets
 
 
 @dataclass
-class QualityRow:
+class PresetUsed:
+    """Which preset a category's picks came from: where, and its content hash (what the figures stand for)."""
+
     category: str
-    setting: str
-    w_src: float
-    w_tgt: float
-    edit_success: float
-    background_psnr: float
-    preservation: float
-    full_success: float
-    tasks: int
+    source: str
+    content_hash: str
+    kind: str
+    picks: dict[str, dict[str, Any]]  # style -> EditParams.to_dict()
 
 
-@dataclass
-class QualityResult:
-    rows: list[QualityRow]
-    sources: dict[str, str]  # category -> where the tuned parameters came from
-
-    def markdown(self) -> str:
-        table = markdown.table(["category", "parameters", "(w_src, w_tgt)", "edit success", "background PSNR (dB)",
-                        "preservation", "full success", "held-out tasks"],
-                       [[r.category, r.setting, f"({r.w_src:.3g}, {r.w_tgt:.3g})", f"{r.edit_success:.0%}",
-                         r.background_psnr, f"{r.preservation:.0%}", f"{r.full_success:.0%}", r.tasks]
-                        for r in self.rows])
-        notes = "; ".join(f"{c}: {s}" for c, s in self.sources.items())
-        return (table + "\n\nEdit success: the shapes reader finds the asked edit; background PSNR: fidelity outside "
-                "the edited region; preservation: share of untouched objects/background read back unchanged; full "
-                "success: all three. Only the guidance pair differs between the rows of a category. Tuned "
-                f"parameters: {notes}.")
-
-
-def tuned_params(editor: Any, category: str, grid: GridTable | None = None, style: str = "balanced",
-                 presets: Any = None) -> tuple[EditParams | None, str]:
-    """The tuned pick for `category`: a tuned preset for this model from the preset store (or `presets`, a
-    directory), else the same pick rule applied to the dense grid measured on the tune split; None if neither."""
+def tuned_preset(editor: Any, category: str, presets: Any = None) -> tuple[Any, str] | None:
+    """The tuned preset for `category` and this model in the preset lookup order (or in `presets`, a directory), with
+    where it was found; None if there is none."""
     from autotune.errors import PresetError
-    from autotune.presets.preset import FrontPoint, Preset
     from autotune.presets.store import PresetStore
 
     try:
         store = PresetStore([Path(presets)]) if presets is not None else PresetStore()
         entry = store.find(category, editor.model_info())
-        if entry.preset is not None and entry.preset.kind == "tuned":
-            return entry.preset.params(style), f"preset {_shown_path(entry.path)} ({style})"
     except PresetError:
-        pass
-    if grid is None:
-        return None, "no tuned preset for this model and no grid"
+        return None
+    if entry.preset is None or entry.preset.kind != "tuned":
+        return None
+    return entry.preset, f"preset {_shown_path(entry.path)}"
+
+
+def grid_preset(editor: Any, category: str, grid: GridTable) -> tuple[Any, str]:
+    """For a model without tuned presets: the picks of the dense grid's Pareto front (`Preset.from_front`, the rule
+    the tuner's presets follow), the grid measured on tune-split tasks."""
+    from autotune.presets.preset import FrontPoint, Preset
+
     points = []
     for i, s in enumerate(grid.w_src):
         for j, t in enumerate(grid.w_tgt):
@@ -76,8 +120,8 @@ def tuned_params(editor: Any, category: str, grid: GridTable | None = None, styl
     objectives = [{"name": "fidelity", "direction": grid.directions[0], "metrics": {}},
                   {"name": "edit_strength", "direction": grid.directions[1], "metrics": {}}]
     preset = Preset.from_front(points, category=category, model=editor.model_info(), objectives=objectives)
-    return preset.params(style), (f"the {style} pick of the {len(grid.w_src)}x{len(grid.w_tgt)} grid's Pareto front "
-                                  f"on {grid.tasks} tune-split tasks (no tuned preset for this model)")
+    return preset, (f"the picks of the {len(grid.w_src)}x{len(grid.w_tgt)} grid's Pareto front on {grid.tasks} "
+                    "tune-split tasks (no tuned preset for this model)")
 
 
 def _shown_path(path: Any) -> str:
@@ -88,31 +132,137 @@ def _shown_path(path: Any) -> str:
         return str(path)
 
 
-def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask]],
-                  tuned: dict[str, tuple[EditParams | None, str]], progress: bool = False) -> QualityResult:
-    """Edit each held-out task under the tuned pick and the two paper settings in one batch, score, average."""
+# ---------------------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass
+class SettingScores:
+    """One setting's scores on every held-out task of a category, in task order."""
+
+    category: str
+    setting: str  # a pick's name or a baseline's
+    params: dict[str, Any]
+    scores: dict[str, list[float]]  # metric -> per task
+
+
+@dataclass
+class QualityResult:
+    seed: int
+    tasks: dict[str, int]  # category -> held-out tasks
+    left_out: dict[str, int]  # category -> tasks left out as seen before
+    presets: list[PresetUsed]
+    settings: list[SettingScores]
+    resamples: int = RESAMPLES
+    seen_seeds: list[int] = field(default_factory=lambda: list(SEEN_SEEDS))
+
+    def of(self, category: str, setting: str) -> SettingScores:
+        return next(s for s in self.settings if s.category == category and s.setting == setting)
+
+    def difference(self, category: str, setting: str, baseline: str, metric: str) -> Interval:
+        seed = int(hashlib.sha256(f"{category}/{setting}/{baseline}/{metric}".encode()).hexdigest()[:8], 16)
+        return paired_bootstrap(self.of(category, setting).scores[metric], self.of(category, baseline).scores[metric],
+                                resamples=self.resamples, seed=seed)
+
+    def losses(self) -> list[str]:
+        """Every pick whose interval lies below zero against a baseline, with the metrics it loses on."""
+        out = []
+        for s in self.settings:
+            if s.setting not in PICKS:
+                continue
+            for baseline in BASELINES:
+                lost = [f"{label} {_delta(d, metric)}" for metric, label in METRICS.items()
+                        if (d := self.difference(s.category, s.setting, baseline, metric)).verdict() == "worse"]
+                if lost:
+                    out.append(f"{s.category} {s.setting} against {baseline}: {', '.join(lost)}")
+        return out
+
+    def markdown(self) -> str:
+        absolute = []
+        for s in self.settings:
+            cells = [_value(paired_bootstrap(s.scores[m], resamples=self.resamples), m) for m in METRICS]
+            absolute.append([s.category, s.setting, _params(s.params), *cells, len(s.scores["edit_success"])])
+        table = markdown.table(["category", "setting", "(w_src, w_tgt)", *[f"{v} [95% CI]" for v in METRICS.values()],
+                                "tasks"], absolute)
+        deltas = []
+        for s in self.settings:
+            if s.setting not in PICKS:
+                continue
+            for baseline in BASELINES:
+                ds = {m: self.difference(s.category, s.setting, baseline, m) for m in METRICS}
+                reading = "; ".join(f"{'loses' if d.verdict() == 'worse' else 'gains'} {METRICS[m]}"
+                                    for m, d in ds.items() if d.verdict() != "no clear difference")
+                if s.params == self.of(s.category, baseline).params:
+                    reading = "the same setting"
+                deltas.append([s.category, s.setting, baseline, *[_delta(d, m) for m, d in ds.items()],
+                               reading or "no clear difference"])
+        delta_table = markdown.table(["category", "pick", "against", *[f"Δ {v} [95% CI]" for v in METRICS.values()],
+                                      "reading"], deltas)
+        losses = self.losses()
+        loss_text = ("**Where a preset loses** (the interval below zero): " + "; ".join(losses) + "."
+                     if losses else "**No pick loses** on any metric against either baseline (no interval below 0).")
+        used = "; ".join(f"{p.category}: {p.source}, {p.content_hash[:19]}…" for p in self.presets)
+        left = sum(self.left_out.values())
+        low, high = min(self.tasks.values()), max(self.tasks.values())
+        return (f"Held-out split seed **{self.seed}**, {low if low == high else f'{low}-{high}'} tasks "
+                f"per category, read by no tuning run or design decision before this benchmark ({left} task(s) "
+                f"whose scene the held-out tasks of seed(s) {', '.join(map(str, self.seen_seeds))} show were left "
+                "out). Every setting edits the same tasks; only the guidance (and, for `ddim`, the method) differs.\n\n"
+                + table + "\n\nPaired differences, pick minus baseline, task by task: percentile bootstrap over the "
+                f"tasks ({self.resamples:,} resamples), 95% intervals. Edit success and full success in percentage "
+                "points, background PSNR in dB.\n\n" + delta_table + "\n\n" + loss_text
+                + f"\n\nPresets read (content hash): {used}.")
+
+
+def _params(p: dict[str, Any]) -> str:
+    if p.get("method") == "ddim":
+        return f"ddim, {p['w_tgt']:.3g}"
+    return f"({p['w_src']:.3g}, {p['w_tgt']:.3g})"
+
+
+def _value(i: Interval, metric: str) -> str:
+    if metric == "background_psnr":
+        return f"{i.mean:.1f} [{i.low:.1f}, {i.high:.1f}]"
+    return f"{i.mean:.0%} [{i.low:.0%}, {i.high:.0%}]"
+
+
+def _delta(i: Interval, metric: str) -> str:
+    if metric == "background_psnr":
+        return f"{i.mean:+.1f} [{i.low:+.1f}, {i.high:+.1f}]"
+    return f"{100 * i.mean:+.0f} [{100 * i.low:+.0f}, {100 * i.high:+.0f}]"
+
+
+def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask]], presets: dict[str, tuple[Any, str]],
+                  *, seed: int = HELDOUT_SEED, left_out: dict[str, int] | None = None, progress: bool = False
+                  ) -> QualityResult:
+    """Edit each category's held-out tasks under every named pick of its preset and the two baselines (the baselines
+    take the balanced pick's other settings: steps, Prompt-to-Prompt), score each task, keep every score."""
+    import torch
     from tqdm.auto import tqdm
 
-    rows: list[QualityRow] = []
-    sources = {}
+    settings_out: list[SettingScores] = []
+    used: list[PresetUsed] = []
     for category, tasks in heldout.items():
-        params, source = tuned.get(category, (None, "none"))
-        sources[category] = source
-        base = params or EditParams()
-        settings = [("SimInversion default", base.with_(method="siminversion", **PAPER_POINTS["siminversion"])),
-                    ("DDIM-style", base.with_(method="siminversion", **PAPER_POINTS["ddim"]))]
-        if params is not None:
-            settings.insert(0, ("tuned", params))
-        sums = [dict.fromkeys(("edit_success", "background_psnr", "preservation", "full_success"), 0.0)
-                for _ in settings]
-        for task in tqdm(tasks, desc=f"quality {category}", unit="task", disable=not progress):
-            results = editor.edit_task(task, [p for _, p in settings])
-            scores = scorer.score(task, torch.stack([r.pixels for r in results]))
-            for acc, s in zip(sums, scores, strict=True):
-                for k in acc:
-                    acc[k] += float(s.get(k, math.nan)) / len(tasks)
-            editor.cache.clear()
-        for (name, p), acc in zip(settings, sums, strict=True):
-            rows.append(QualityRow(category, name, p.w_src.start, p.w_tgt.start, acc["edit_success"],
-                                   acc["background_psnr"], acc["preservation"], acc["full_success"], len(tasks)))
-    return QualityResult(rows, sources)
+        preset, source = presets[category]
+        picks = {style: preset.params(style) for style in PICKS if style in preset.picks}
+        base = preset.params("balanced")
+        named = {**picks, **{name: base.with_(**values) for name, values in BASELINES.items()}}
+        used.append(PresetUsed(category, source, preset.content_hash, preset.kind,
+                               {k: v.to_dict() for k, v in picks.items()}))
+        unique = list(dict.fromkeys(named.values()))  # a pick equal to a baseline is edited once
+        scores: dict[EditParams, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in unique}
+        per_call = max(1, int(getattr(editor, "max_batch", 1)) // len(unique))
+        with tqdm(total=len(tasks), desc=f"quality {category}", unit="task", disable=not progress) as bar:
+            for at in range(0, len(tasks), per_call):
+                chunk = list(tasks[at:at + per_call])
+                rows = editor.edit_tasks(chunk, unique)
+                for task, row in zip(chunk, rows, strict=True):
+                    got = scorer.score(task, torch.stack([r.pixels for r in row]))
+                    for p, s in zip(unique, got, strict=True):
+                        for m in METRICS:
+                            scores[p][m].append(float(s.get(m, math.nan)))
+                editor.cache.clear()
+                bar.update(len(chunk))
+        for name, p in named.items():
+            settings_out.append(SettingScores(category, name, p.to_dict(), {m: list(v) for m, v in scores[p].items()}))
+    return QualityResult(seed, {c: len(t) for c, t in heldout.items()}, dict(left_out or {}), used, settings_out)

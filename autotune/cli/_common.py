@@ -19,8 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         help="hub id, local diffusers folder, single .safetensors file, or a short name "
-        "(shapes = the small model shipped with autotune; sd15, sd14, sd21; sd3, sd35, sd35-large, flux-dev, "
-        "flux-schnell). Default: %(default)s",
+        "(shapes = the small model shipped with autotune; sd15, sd14, sd21, sd21-base, sdxl; sd3, sd35, sd35-large, "
+        "flux-dev, flux-schnell). Default: %(default)s",
     )
     group.add_argument("--revision", help="hub revision (branch, tag or commit) of --model")
     group.add_argument("--config", help="for a single-file checkpoint: a diffusers folder or hub id with its configs")

@@ -31,6 +31,7 @@ SHORT_NAMES = {
     "sd14": "CompVis/stable-diffusion-v1-4",
     "sd21": "stabilityai/stable-diffusion-2-1",
     "sd21-base": "stabilityai/stable-diffusion-2-1-base",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     # rectified-flow transformers (the flow family)
     "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
     "sd35": "stabilityai/stable-diffusion-3.5-medium",

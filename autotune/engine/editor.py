@@ -79,10 +79,11 @@ class Editor:
         `cache_dir` keeps inversions on disk so that other processes reuse them. `max_batch` caps the target
         branches per UNet call (lower it if a large batch runs out of GPU memory). `record_sources` keeps each
         source branch in the cache (in memory) so that later edits with the same image, source prompt and
-        source guidance run only their target branches; it turns itself off when one record would take over a
-        quarter of the cache (Stable Diffusion at 512 px), where it would crowd out the inversions. `offload`
-        ("model" or "sequential", on CUDA) uses the diffusers pipeline's CPU offloading, for models larger than the
-        GPU's memory (the flow family: FLUX.1-dev on a 24 GB card needs "sequential")."""
+        source guidance run only their target branches; it turns itself off, before recording anything, when one
+        record would take over a quarter of the cache (Stable Diffusion at 512 px: 1 GiB; SDXL at 1024 px: 12.7 GiB
+        in half precision), where it would crowd out the inversions. `offload` ("model" or "sequential", on CUDA)
+        uses the diffusers pipeline's CPU offloading, for models larger than the GPU's memory (the flow family:
+        FLUX.1-dev on a 24 GB card needs "sequential")."""
         if max_batch < 1:
             raise InputError(f"max_batch={max_batch} must be >= 1")
         device = resolve_device(device)

@@ -3,8 +3,9 @@
 Everything here comes from what an edit computes anyway or from the editing model itself (no other weights):
 
 - `text.*`: the model's own text encoder on the source and target prompts, pooled (CLIP's end-of-text vector on Stable
-  Diffusion, the pipelines' pooled projection on SD3 and FLUX.1): the cosine between them, the length of their
-  difference, and the difference itself (`text.diff.0`, ...), which a predictor reduces to a few components;
+  Diffusion 1.x/2.x, the second encoder's pooled projection on SDXL, the pipelines' pooled projection on SD3 and
+  FLUX.1): the cosine between them, the length of their difference, and the difference itself (`text.diff.0`, ...),
+  which a predictor reduces to a few components;
 - `words.*`: the edit's word alignment (difflib on the normalised words of the two prompts): words replaced,
   inserted and deleted, the prompts' lengths, and whether Prompt-to-Prompt could swap words one for one
   (`words.swappable`: same word count, its `replace` mode) or must refine;

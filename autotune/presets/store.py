@@ -336,7 +336,7 @@ SD1_MODEL = {
     "id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "revision": None,
     "file_hash": None,
-    # The same weights' other hub ids, and autotune's short names (a model loaded by short name is named by it).
+    # `sd15` and `sd14` are autotune's short names for them (what `editor.model_info()["id"]` then says).
     "applies_to": ["CompVis/stable-diffusion-v1-4", "runwayml/stable-diffusion-v1-5", "sd15", "sd14"],
     # PIE-Bench's DDIM scheduler (autotune's scheduler="piebench").
     "scheduler": {
@@ -362,12 +362,53 @@ SD1_CITATION = (
 )
 
 
-def paper_default_presets() -> list[Preset]:
-    """One untuned preset per PIE-Bench category for SD 1.x: SimInversion's 0.5 / 7.5 with PIE-Bench's P2P settings.
+# The shipped SDXL presets: published defaults, not tuned
 
-    These are the files shipped in `presets/`, with `flow_paper_default_presets` (regenerate with
-    `python -c "from autotune.presets.store import write_paper_defaults; write_paper_defaults('presets')"`).
+SDXL_MODEL = {
+    "id": "stabilityai/stable-diffusion-xl-base-1.0",
+    "revision": None,
+    "file_hash": None,
+    # `sdxl` is autotune's short name for it (what `editor.model_info()["id"]` then says); the fine-tune shares its
+    # architecture, text encoders and noise schedule, and these defaults are not tuned on any weights.
+    "applies_to": ["sdxl", "SG161222/RealVisXL_V4.0"],
+    # SDXL base's own noise schedule, read into DDIM as autotune's default scheduler="checkpoint" does.
+    "scheduler": {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon",
+        "clip_sample": False,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+    },
+    "scheduler_mode": "checkpoint",
+    "notes": "SDXL base 1.0 (1024 px) and fine-tunes of it that keep its noise schedule.",
+}
+SDXL_CITATION = (
+    SD1_CITATION + " Model: Podell et al., 'SDXL: Improving Latent Diffusion Models for High-Resolution Image "
+    "Synthesis', 2023, arXiv:2307.01952."
+)
+SDXL_NOTES = (
+    "SimInversion's published pair (reported on Stable Diffusion 1.x) and PIE-Bench's Prompt-to-Prompt settings, "
+    "carried over unchanged: no setting has been published for SDXL with a DDIM inversion and a guided target branch. "
+    "LEDITS++'s SDXL defaults (source guidance 3.5, edit guidance 5) are not used: they belong to its DDPM "
+    "edit-friendly inversion and per-concept semantic guidance, another scheme. SDXL's own text-to-image default "
+    "guidance is 5, so a tuned preset may land below 7.5 (the default search range, 1 to 12, covers it)."
+)
+PAPER_DEFAULT_MODELS = {SD1_MODEL["id"]: (SD1_MODEL, SD1_CITATION, ""), SDXL_MODEL["id"]: (SDXL_MODEL, SDXL_CITATION,
+                                                                                        SDXL_NOTES)}
+
+
+def paper_default_presets(model: str | None = None) -> list[Preset]:
+    """One untuned preset per PIE-Bench category for each model of `PAPER_DEFAULT_MODELS` (or only `model`, one of its
+    ids): SimInversion's 0.5 / 7.5 with PIE-Bench's P2P settings.
+
+    These are the files shipped in `presets/`, with `flow_paper_default_presets` (regenerate one model's with
+    `python -c "from autotune.presets.store import write_paper_defaults; write_paper_defaults('presets', MODEL_ID)"`).
     """
+    if model is not None and model not in PAPER_DEFAULT_MODELS:
+        raise InputError(f"no paper defaults for {model!r}; known: {', '.join(PAPER_DEFAULT_MODELS)}")
     params = EditParams(
         method="siminversion",
         w_src=0.5,
@@ -378,11 +419,16 @@ def paper_default_presets() -> list[Preset]:
         reweight=2.0,
         blend_threshold=0.3,
     )
-    notes = (
+    untuned = (
         "Untuned: the published defaults, the same for every category and every pick. Tune on your own tasks "
         "(`autotune tune`) to get a measured front and real conservative/balanced/aggressive picks."
     )
-    return [Preset.paper_default(category, SD1_MODEL, params, SD1_CITATION, notes) for category in CATEGORIES.values()]
+    return [
+        Preset.paper_default(category, record, params, citation, f"{untuned} {why}".strip())
+        for model_id, (record, citation, why) in PAPER_DEFAULT_MODELS.items()
+        if model in (None, model_id)
+        for category in CATEGORIES.values()
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -405,7 +451,10 @@ def flow_paper_default_presets() -> list[Preset]:
             for model, setting in models for category in CATEGORIES.values()]
 
 
-def write_paper_defaults(directory: str | Path, presets: list[Preset] | None = None) -> list[Path]:
-    """Write the shipped paper-default presets (all of them, or `presets`) into `directory`."""
-    chosen = presets if presets is not None else paper_default_presets() + flow_paper_default_presets()
+def write_paper_defaults(directory: str | Path, model: str | None = None) -> list[Path]:
+    """Write the shipped paper-default presets (every model's, or only `model`'s, by its id) into `directory`."""
+    chosen = [p for p in paper_default_presets() + flow_paper_default_presets() if model in (None, p.model["id"])]
+    if not chosen:
+        known = sorted({p.model["id"] for p in paper_default_presets() + flow_paper_default_presets()})
+        raise InputError(f"no paper defaults for {model!r}; known: {', '.join(known)}")
     return [p.save(Path(directory) / preset_filename(p.model["id"], p.category)) for p in chosen]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from autotune.engine.unet.source_record import SourceRecord, SourceRecorder
+from autotune.engine.unet.source_record import AttentionLayer, SourceRecord, SourceRecorder
 
 
 @dataclass
@@ -142,8 +142,10 @@ class EditController:
     def _recorded_maps(self, attn: Attention, name: str, is_cross: bool, heads: int) -> torch.Tensor:
         """The recorded source branches' maps at this layer and step: (recorded, heads, q, k)."""
         if name not in self._recorded_qk:  # stacked once per run, then read by step
-            self._recorded_qk[name] = (torch.stack([r.queries[name] for r in self.recorded]),
-                                       torch.stack([r.keys[name] for r in self.recorded]))
+            steps = min(len(r.queries[name]) for r in self.recorded)  # records may cover more steps than this run reads
+            self._recorded_qk[name] = (torch.stack([r.queries[name][:steps] for r in self.recorded]),
+                                       torch.stack([r.keys[name] if is_cross else r.keys[name][:steps]
+                                                    for r in self.recorded]))
         queries, keys = self._recorded_qk[name]
         query, key = queries[:, self.step], keys if is_cross else keys[:, self.step]
         probs = attn.get_attention_scores(attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), None)
@@ -284,6 +286,23 @@ def _sdpa(attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.
         mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
     return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+
+
+def attention_layers(unet, latent_size: tuple[int, int]) -> list[AttentionLayer]:
+    """Every attention layer of a `UNet2DConditionModel` with its image tokens at this latent size: a layer of down
+    block i works at 1/2^i of the latent side, the middle block at the lowest level, up block j at level n-1-j."""
+    levels = len(unet.config.block_out_channels)
+    h, w = latent_size
+    layers = []
+    for name in unet.attn_processors:
+        parts = name.split(".")
+        level = int(parts[1]) if parts[0] == "down_blocks" else levels - 1 - int(parts[1]) if parts[0] == "up_blocks" \
+            else levels - 1
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        side = 2**level  # the UNet's strided convolutions round up
+        layers.append(AttentionLayer(name, name.endswith("attn2.processor"), -(-h // side) * -(-w // side),
+                                     attn.to_q.out_features, attn.to_k.out_features))
+    return layers
 
 
 @contextlib.contextmanager

@@ -1,9 +1,18 @@
 """The UNet family's engine: DDIM inversion at any guidance, two-branch editing under Prompt-to-Prompt control,
-batched over candidates and tasks, with cached inversions and recorded source branches (Stable Diffusion 1.x/2.x).
+batched over candidates and tasks, with cached inversions and recorded source branches (Stable Diffusion 1.x/2.x
+and SDXL).
 
 The `Editor` (autotune.engine.editor) is its public face; this module is the machinery behind it, one object per
 loaded checkpoint. The denoising loop itself is `sampling.sample_branches`; the attention control,
-`attention.EditController`; inversion, `inversion.ddim_invert`.
+`attention.EditController`; inversion, `inversion.ddim_invert`; the prompts (and SDXL's added conditions),
+`conditioning.PromptEncoder`.
+
+Which layers Prompt-to-Prompt controls is set relative to the UNet's levels, so that SD and SDXL get the same
+treatment: cross-attention everywhere; self-attention at every attention level below the highest-resolution one
+(SD 1.x/2.x: 32x32 and lower of a 64x64 latent, as P2P; SDXL, whose attention starts one level down: its 32x32 level
+of a 128x128 latent, where 60 of its 70 transformer blocks are, and not its 64x64 level, whose 4096-token maps
+P2P skips on SD too); LocalBlend reads the level nearest a quarter of the latent side (SD: 16x16 of 64x64, as P2P;
+SDXL: 32x32 of 128x128).
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from autotune.engine import features
 from autotune.engine.cache import cache_key
 from autotune.engine.family import EditResult, EngineSettings
 from autotune.engine.unet import sampling
-from autotune.engine.unet.attention import BlendSpec, EditController
+from autotune.engine.unet.attention import BlendSpec, EditController, attention_layers
+from autotune.engine.unet.conditioning import PromptEncoder
 from autotune.engine.unet.ddim import DDIMGrid, ddim_grid
 from autotune.engine.unet.inversion import Inversion, ddim_invert, null_text_optimise
 from autotune.engine.unet.loading import Components
@@ -31,7 +41,7 @@ from autotune.engine.unet.prompts import (
     tokenize_prompt,
     word_token_indices,
 )
-from autotune.engine.unet.source_record import SourceRecord, SourceRecorder
+from autotune.engine.unet.source_record import SourceRecord, SourceRecorder, record_nbytes
 from autotune.errors import InputError
 from autotune.guidance import Guidance, GuidanceSchedule, as_schedule
 from autotune.images import ImageInput, fit_to_model, image_digest, load_image
@@ -72,16 +82,17 @@ class _SourcePlan:
     trajectories: list[torch.Tensor]  # the live branches' inversions
     noise: list[torch.Tensor]  # per source branch: the inverted noise it (and its target rows) start from
     uncond: list[torch.Tensor]  # per source branch: the unconditional embedding of its rows
+    uncond_pooled: list[torch.Tensor | None]  # per source branch: its unconditional pooled embedding (SDXL)
     windows: dict  # what a source record of this run covers
 
 
 class UNetEngine:
-    """Inversion and editing on one loaded Stable Diffusion checkpoint (see the module docstring)."""
+    """Inversion and editing on one loaded Stable Diffusion or SDXL checkpoint (see the module docstring)."""
 
     def __init__(self, components: Components, settings: EngineSettings) -> None:
         self.components = components
         self.settings = settings
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.prompts = PromptEncoder(components)
         self._pooled_cache: dict[str, torch.Tensor] = {}
         self._grids: dict[int, DDIMGrid] = {}
 
@@ -138,19 +149,21 @@ class UNetEngine:
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
-    @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
-        """CLIP text embedding (1, 77, D), cached per prompt."""
-        if text not in self._prompt_cache:
-            tok = self.components.tokenizer
-            ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-            emb = self.components.text_encoder(ids.input_ids.to(self.device))[0]
-            self._prompt_cache[text] = emb.to(self.dtype)
-        return self._prompt_cache[text]
+        """The text embedding the UNet cross-attends to, (1, 77, D), cached per prompt (SDXL: both encoders')."""
+        return self.prompts.embed(text).tokens
+
+    def _pixel_size(self, latent_shape: torch.Size) -> tuple[int, int]:
+        """(height, width) in pixels of a latent (C, h, w) or its spatial size (h, w): SDXL's size ids."""
+        factor = self.components.vae_scale_factor
+        return int(latent_shape[-2]) * factor, int(latent_shape[-1]) * factor
 
     @torch.no_grad()
     def pooled_prompt(self, text: str) -> torch.Tensor:
-        """CLIP's pooled text vector (its end-of-text token after the final norm), (D,), cached per prompt."""
+        """The prompt's pooled text vector, (D,), cached per prompt: on SD 1.x/2.x CLIP's (its end-of-text token after
+        the final norm), on SDXL the second encoder's projected one, which the UNet reads as `text_embeds`."""
+        if self.prompts.sdxl:
+            return self.prompts.embed(text).pooled[0].float()  # type: ignore[index]
         if text not in self._pooled_cache:
             tok = self.components.tokenizer
             ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
@@ -168,7 +181,18 @@ class UNetEngine:
 
     def check_prompt(self, text: str, role: str) -> None:
         """Refuse a prompt CLIP cannot read (past 77 tokens) before any work."""
-        tokenize_prompt(self.components.tokenizer, text, role)
+        self._tokenize(text, role)
+
+    def _tokenize(self, text: str, role: str) -> TokenizedPrompt:
+        """The prompt's tokens, on which Prompt-to-Prompt aligns words. SDXL's second tokenizer must split it into
+        the same tokens, or word positions would point at other words in half of the embedding."""
+        prompt = tokenize_prompt(self.components.tokenizer, text, role)
+        second = self.components.tokenizer_2
+        if second is not None and second is not self.components.tokenizer:
+            if tokenize_prompt(second, text, role).ids[1:-1] != prompt.ids[1:-1]:
+                raise InputError(f"{role}: this checkpoint's two tokenizers split {text[:80]!r} differently, so "
+                                 "Prompt-to-Prompt cannot align its words; rephrase it (plain words, no rare symbols)")
+        return prompt
 
     def check_inputs(
         self, image: ImageInput, source_prompt: str, target_prompt: str, blend_words: Any
@@ -180,9 +204,8 @@ class UNetEngine:
             raise InputError("source prompt must be a string (it may be empty)")
         if not source_prompt.strip():
             log.warning("source prompt is empty: inverting unconditionally; Prompt-to-Prompt has no words to align")
-        tok = self.components.tokenizer
-        source = tokenize_prompt(tok, source_prompt, "source prompt")
-        target = tokenize_prompt(tok, target_prompt, "target prompt")
+        source = self._tokenize(source_prompt, "source prompt")
+        target = self._tokenize(target_prompt, "target prompt")
         words = _blend_pair(blend_words)
         if words is not None:
             word_token_indices(source, words[0], "source prompt")
@@ -213,11 +236,15 @@ class UNetEngine:
             for at in range(0, len(same_size), 2 * self.settings.max_batch):
                 rows = same_size[at : at + 2 * self.settings.max_batch]
                 noise = torch.stack([trajectories[t][0] for t in rows])
-                cond = torch.cat([self.encode_prompt(items[t].source.text) for t in rows])
-                uncond = self.encode_prompt("").expand(len(rows), -1, -1)
-                rebuilt = sampling.sample_branches(self.components.unet, grid, noise, cond, uncond,
+                sources = [self.prompts.embed(items[t].source.text) for t in rows]
+                null = self.prompts.null()
+                added = self.prompts.added([null.pooled] * len(rows), [source.pooled for source in sources],
+                                           self._pixel_size(noise.shape))  # SDXL's added conditions; None otherwise
+                rebuilt = sampling.sample_branches(self.components.unet, grid, noise,
+                                                   torch.cat([source.tokens for source in sources]),
+                                                   null.tokens.expand(len(rows), -1, -1),
                                                    scales[:, None].expand(steps, len(rows)).to(self.dtype),
-                                                   progress=self.settings.progress)
+                                                   progress=self.settings.progress, added=added)
                 for t, latent in zip(rows, rebuilt):
                     out[t].update(features.inversion_features(items[t].prepared.latent, trajectories[t][0], latent))
         return out
@@ -229,7 +256,7 @@ class UNetEngine:
             raise InputError(f"steps={steps!r} must be a whole number >= 1")
         schedule = as_schedule(w_inv, "w_inv")
         prepared = self._prepare(image)
-        source = tokenize_prompt(self.components.tokenizer, source_prompt, "source prompt")
+        source = self._tokenize(source_prompt, "source prompt")
         latents = self._trajectory(prepared, source, schedule, steps)
         return Inversion(latents, self._grid(steps).timesteps, str(schedule), source_prompt)
 
@@ -276,16 +303,20 @@ class UNetEngine:
         for key, value in found.items():
             if value is None:
                 missing.setdefault(tuple(wanted[keys.index(key)][0].latent.shape), []).append(key)
-        for same_size in missing.values():
+        null = self.prompts.null()
+        for shape, same_size in missing.items():
             todo = [wanted[keys.index(key)] for key in same_size]
+            sources = [self.prompts.embed(source.text) for _, source, _ in todo]
             computed = ddim_invert(
                 self.components.unet,
                 self._grid(steps),
                 torch.stack([prepared.latent for prepared, _, _ in todo]),
-                torch.cat([self.encode_prompt(source.text) for _, source, _ in todo]),
-                self.encode_prompt(""),
+                torch.cat([source.tokens for source in sources]),
+                null.tokens,
                 [schedule.scales(steps) for _, _, schedule in todo],
                 progress=self.settings.progress,
+                added=self.prompts.added([null.pooled] * len(todo), [source.pooled for source in sources],
+                                         self._pixel_size(torch.Size(shape))),
             )
             for key, trajectory in zip(same_size, computed):
                 trajectory = trajectory.contiguous()
@@ -308,15 +339,17 @@ class UNetEngine:
         )
         fitted = self.settings.cache.get(key, self.device)
         if fitted is None:
+            cond, null = self.prompts.embed(source.text), self.prompts.null()
             fitted = null_text_optimise(
                 self.components.unet,
                 self._grid(params.steps),
                 trajectory,
-                self.encode_prompt(source.text),
-                self.encode_prompt(""),
+                cond.tokens,
+                null.tokens,
                 params.source_scale.scales(params.steps),
                 iterations=params.null_text_iterations,
                 progress=self.settings.progress,
+                added=self.prompts.added([null.pooled], [cond.pooled], self._pixel_size(prepared.latent.shape)),
             )
             self.settings.cache.put(key, fitted)
         return fitted.to(self.device, self.dtype)
@@ -364,6 +397,12 @@ class UNetEngine:
         cond = torch.cat([self.encode_prompt(items[t].source.text) for t, _ in plan.live]
                          + [self.encode_prompt(item.target.text).expand(k_count, -1, -1) for item in items])
         row_uncond = plan.uncond[:g_count] + [plan.uncond[g] for g in src_of]
+        added = self.prompts.added(  # SDXL: every row's pooled embeddings and size ids, in both halves
+            plan.uncond_pooled[:g_count] + [plan.uncond_pooled[g] for g in src_of],
+            [self.prompts.embed(items[t].source.text).pooled for t, _ in plan.live]
+            + [self.prompts.embed(item.target.text).pooled for item in items for _ in range(k_count)],
+            self._pixel_size(shape),
+        )
         if any(u.dim() == 3 for u in row_uncond):
             uncond = torch.stack([u if u.dim() == 3 else u.expand(steps, -1, -1) for u in row_uncond], dim=1)
         else:
@@ -381,8 +420,9 @@ class UNetEngine:
         pinned_rows = torch.tensor(pinned, device=device) if pinned else None
         pinned_traj = torch.stack([plan.trajectories[g] for g in pinned], dim=1) if pinned else None
 
-        # 2. Prompt-to-Prompt control
-        recorder = SourceRecorder(g_count) if self.settings.record_sources and g_count else None
+        # 2. Prompt-to-Prompt control (the live source branches recorded when a record fits the cache's budget)
+        recording = self.settings.record_sources and g_count and self._record_fits(plan, steps, shape)
+        recorder = SourceRecorder(g_count) if recording else None
         controller = self._controller(items, candidates, src_of, plan.group_tasks, g_count, steps, mode, shape,
                                       plan.windows, plan.recorded, recorder)
 
@@ -398,9 +438,11 @@ class UNetEngine:
             pinned_rows,
             pinned_traj,
             progress=self.settings.progress,
+            added=added,
         )
         if controller.recorder is not None:
-            made = controller.recorder.records(plan.noise[:g_count], plan.uncond[:g_count], **plan.windows)
+            made = controller.recorder.records(plan.noise[:g_count], plan.uncond[:g_count],
+                                               plan.uncond_pooled[:g_count], **plan.windows)
             for g, record in zip(plan.order, made):
                 self._keep_source_record(plan.record_keys[g], record)
         source_latents = torch.cat([latents[:g_count]] + [r.latents[-1:] for r in plan.recorded])
@@ -442,15 +484,20 @@ class UNetEngine:
         trajectories = self._trajectories(
             [(items[t].prepared, items[t].source, p.inversion_scale) for (t, _), p in zip(live, live_params)], steps
         )
-        null = self.encode_prompt("")
+        null = self.prompts.null()
         uncond: list[torch.Tensor] = []
+        uncond_pooled: list[torch.Tensor | None] = []
         for (t, _), p, traj in zip(live, live_params, trajectories):
             if p.method == "null_text":
                 uncond.append(self._null_text(items[t].prepared, items[t].source, p, traj))  # (steps, 77, D)
+                uncond_pooled.append(null.pooled)
             elif p.method == "negative_prompt":
-                uncond.append(self.encode_prompt(items[t].source.text)[0])
+                negative = self.prompts.embed(items[t].source.text)
+                uncond.append(negative.tokens[0])
+                uncond_pooled.append(negative.pooled)
             else:
-                uncond.append(null[0])
+                uncond.append(null.tokens[0])
+                uncond_pooled.append(null.pooled)
         group_tasks = [t for t, _ in live] + [groups[g][0] for g in order[len(live):]]
         return _SourcePlan(
             live=live,
@@ -463,6 +510,7 @@ class UNetEngine:
             trajectories=trajectories,
             noise=[traj[0] for traj in trajectories] + [r.noise for r in recorded],
             uncond=uncond + [r.uncond for r in recorded],
+            uncond_pooled=uncond_pooled + [r.uncond_pooled for r in recorded],
             windows=windows,
         )
 
@@ -471,10 +519,11 @@ class UNetEngine:
         """What a source record must cover for this run (the same rounding as the controller's windows)."""
         h, w = int(start_shape[0]), int(start_shape[1])
         factor = self._blend_factor() if blend else 0
+        self_factor = self._self_attention_factor()
         return {
             "cross_steps": max(int(c.cross_replace * steps) for c in candidates),
             "self_steps": max(int(c.self_replace * steps) for c in candidates),
-            "self_max_tokens": h * w // 4,  # P2P: self-attention replaced at <= 32x32 of a 64x64 latent
+            "self_max_tokens": h * w // self_factor**2,  # SD: <= 32x32 of a 64x64 latent, as P2P; SDXL: 32x32 of 128
             "blend_tokens": (h // factor) * (w // factor) if blend else -1,
         }
 
@@ -489,14 +538,32 @@ class UNetEngine:
             return record
         return None
 
+    def _record_bytes(self, plan: _SourcePlan, steps: int, latent_size: torch.Size) -> int:
+        """The bytes of the largest record this run's live source branches would leave (known before the run)."""
+        layers = attention_layers(self.components.unet, (int(latent_size[0]), int(latent_size[1])))
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        sizes = []
+        for g in range(len(plan.live)):
+            fixed = [t for t in (plan.noise[g], plan.uncond[g], plan.uncond_pooled[g]) if t is not None]
+            sizes.append(record_nbytes(layers, steps=steps, fixed=fixed, itemsize=itemsize, **plan.windows))
+        return max(sizes)
+
+    def _record_fits(self, plan: _SourcePlan, steps: int, latent_size: torch.Size) -> bool:
+        """The budget rule: a record is kept when it takes at most a quarter of the cache, so that records never crowd
+        out the inversions. One that does not fit turns recording off on this editor (logged once), decided before the
+        run so that a record too large (SDXL at 1024 px: 12.7 GiB in half precision) costs no memory at all."""
+        nbytes = self._record_bytes(plan, steps, latent_size)
+        budget = self.settings.cache.max_bytes // 4
+        if nbytes <= budget:
+            return True
+        log.info("source branches are not recorded on this editor: a record of this model at %dx%d latents takes "
+                 "%.0f MB, over a quarter of the cache's %.0f MB; each edit runs its source branch live (give "
+                 "cache_bytes >= %.0f MB to record them)", int(latent_size[0]), int(latent_size[1]), nbytes / 2**20,
+                 self.settings.cache.max_bytes / 2**20, 4 * nbytes / 2**20)
+        self.settings.record_sources = False
+        return False
+
     def _keep_source_record(self, key: str, record: SourceRecord) -> None:
-        if record.nbytes > self.settings.cache.max_bytes // 4:  # would crowd out the inversions: keep recomputing it
-            if self.settings.record_sources:
-                log.info("a source branch record takes %.0f MB, over a quarter of the cache's %.0f MB; "
-                         "source branches are not recorded on this editor", record.nbytes / 2**20,
-                         self.settings.cache.max_bytes / 2**20)
-            self.settings.record_sources = False
-            return
         self.settings.cache.put(key, record, persist=False)
 
     def _controller(
@@ -575,14 +642,24 @@ class UNetEngine:
             recorder=recorder,
         )
 
-    def _blend_factor(self) -> int:
-        """Downsampling of the cross-attention maps LocalBlend reads: 4 (16x16 of SD's 64x64 latent), or the
-        nearest level that has cross-attention on a model without one there."""
+    def _attention_levels(self) -> list[int]:
+        """The downsampling factor of every UNet level with attention (SD: 1, 2, 4; SDXL: 2, 4)."""
         types = self.components.unet.config.down_block_types
         levels = [2**i for i, name in enumerate(types) if "CrossAttn" in name]
         if not levels:
             raise InputError("this UNet has no cross-attention layers; Prompt-to-Prompt editing needs them")
-        return min(levels, key=lambda f: (abs(f - 4), -f))
+        return levels
+
+    def _blend_factor(self) -> int:
+        """Downsampling of the cross-attention maps LocalBlend reads: 4 (16x16 of SD's 64x64 latent, 32x32 of SDXL's
+        128x128), or the nearest level that has cross-attention on a model without one there."""
+        return min(self._attention_levels(), key=lambda f: (abs(f - 4), -f))
+
+    def _self_attention_factor(self) -> int:
+        """Self-attention is replaced from this downsampling factor on: every attention level below the
+        highest-resolution one (SD: 2, P2P's 32x32 of a 64x64 latent; SDXL: 4, 32x32 of 128x128; see the module
+        docstring)."""
+        return 2 * min(self._attention_levels())
 
 
 def _blend_pair(blend_words: Any) -> tuple[str, str] | None:

@@ -1,8 +1,9 @@
 """The UNet family's entry in the registry: which checkpoints it reads, which methods it runs, what a study searches.
 
 Stable Diffusion 1.x (epsilon prediction) and 2.x (v-prediction) checkpoints, loaded through diffusers'
-`StableDiffusionPipeline` and edited by `UNetEngine`: SimInversion and the four classic baselines (DDIM,
-negative-prompt, null-text and direct inversion) under Prompt-to-Prompt control.
+`StableDiffusionPipeline`, and SDXL base and its fine-tunes (`StableDiffusionXLPipeline`), edited by `UNetEngine`:
+SimInversion and the four classic baselines (DDIM, negative-prompt, null-text and direct inversion) under
+Prompt-to-Prompt control.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # the registry reads this module for its constants: keep torc
 
 class UNetFamily:
     name = "unet"
-    pipelines = ("StableDiffusionPipeline",)
+    pipelines = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
     methods = UNET_METHODS
     offload_modes: tuple[str, ...] = ()
     # The default search space: w_src on a 0.1 grid in [0, 2] (inversions and source branches are reused across

@@ -2,7 +2,8 @@
 
 SimInversion's point is that the inversion should use the guidance the source branch later uses
 (w_src); so the scale is a parameter here, and a schedule is read at the denoising step that shares
-each inversion step's timestep.
+each inversion step's timestep. SDXL's added conditions (`added`: the UNet's `added_cond_kwargs` for the batch
+[unconditional rows; conditional rows]) go with every call, halved when only one half runs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class Inversion:
         return self.latents.shape[0] - 1
 
 
+def half(added: dict[str, torch.Tensor] | None, part: int) -> dict[str, torch.Tensor] | None:
+    """The unconditional (`part=0`) or conditional (1) rows of added conditions laid out [uncond; cond]."""
+    return None if added is None else {key: value.chunk(2)[part] for key, value in added.items()}
+
+
 def guided_eps(
     unet,
     x: torch.Tensor,
@@ -51,15 +57,18 @@ def guided_eps(
     alpha: float,
     prediction_type: str,
     both: torch.Tensor | None = None,
+    added: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """eps_uncond + scale * (eps_cond - eps_uncond), skipping the branch a scale of 0 or 1 does not need.
     `both` is `torch.cat([uncond, cond])` made once by a caller that loops, so that text K/V are projected once."""
     if scale == 1.0:
-        return to_epsilon(unet(x, t, encoder_hidden_states=cond).sample, x, alpha, prediction_type)
+        out = unet(x, t, encoder_hidden_states=cond, added_cond_kwargs=half(added, 1)).sample
+        return to_epsilon(out, x, alpha, prediction_type)
     if scale == 0.0:
-        return to_epsilon(unet(x, t, encoder_hidden_states=uncond).sample, x, alpha, prediction_type)
+        out = unet(x, t, encoder_hidden_states=uncond, added_cond_kwargs=half(added, 0)).sample
+        return to_epsilon(out, x, alpha, prediction_type)
     both = torch.cat([uncond, cond]) if both is None else both
-    out = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample
+    out = unet(torch.cat([x, x]), t, encoder_hidden_states=both, added_cond_kwargs=added).sample
     eps_u, eps_c = to_epsilon(out, torch.cat([x, x]), alpha, prediction_type).chunk(2)
     return eps_u + scale * (eps_c - eps_u)
 
@@ -73,10 +82,12 @@ def ddim_invert(
     uncond: torch.Tensor,
     scales: list[float] | list[list[float]],
     progress: bool = True,
+    added: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run DDIM backwards from the image latent to noise, for one guidance schedule (`scales`, one value per
     denoising step) or several at once (a list of them, inverted together in one batch). `image_latent` is
-    (C, h, w), or (G, C, h, w) with `cond` (G, 77, D) to invert G images under their own prompts at once.
+    (C, h, w), or (G, C, h, w) with `cond` (G, 77, D) to invert G images under their own prompts at once; `added`
+    holds SDXL's added conditions of the 2 x rows [unconditional; conditional].
 
     Returns (steps+1, C, h, w), or (G, steps+1, C, h, w) for G schedules, in denoising order.
     """
@@ -96,10 +107,10 @@ def ddim_invert(
             if len(at_step) == 1:  # one scale for every row: guided_eps may skip a branch
                 scale = at_step.pop()
                 eps = guided_eps(unet, x, grid.timesteps[i], cond_rows, uncond_rows, scale, grid.alphas[i],
-                                 grid.prediction_type, both)
+                                 grid.prediction_type, both, added)
             else:
                 x_in = torch.cat([x, x])
-                out = unet(x_in, grid.timesteps[i], encoder_hidden_states=both).sample
+                out = unet(x_in, grid.timesteps[i], encoder_hidden_states=both, added_cond_kwargs=added).sample
                 eps_u, eps_c = to_epsilon(out, x_in, grid.alphas[i], grid.prediction_type).chunk(2)
                 eps = eps_u + table[i][:, None, None, None] * (eps_c - eps_u)
             x = ddim_move(eps, x, grid.alphas_prev[i], grid.alphas[i])
@@ -117,9 +128,11 @@ def null_text_optimise(
     scales: list[float],
     iterations: int = 10,
     progress: bool = True,
+    added: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Null-text inversion (Mokady et al., 2023): per step, fit the null embedding so that the guided
-    source branch lands on the inversion trajectory. Returns (steps, 77, D)."""
+    source branch lands on the inversion trajectory. Returns (steps, 77, D). On SDXL (`added`, for the rows
+    [unconditional; conditional]) the token embeddings are fitted and the unconditional pooled embedding stays."""
     n = grid.steps
     x = trajectory[0][None]
     current = uncond.detach().clone()
@@ -128,13 +141,13 @@ def null_text_optimise(
         t, a, a_prev = grid.timesteps[i], grid.alphas[i], grid.alphas_prev[i]
         goal = trajectory[i + 1][None]
         with torch.no_grad():
-            eps_c = to_epsilon(unet(x, t, encoder_hidden_states=cond).sample, x, a, grid.prediction_type)
+            out = unet(x, t, encoder_hidden_states=cond, added_cond_kwargs=half(added, 1)).sample
+            eps_c = to_epsilon(out, x, a, grid.prediction_type)
         current = current.detach().float().requires_grad_(True)
         optimiser = torch.optim.Adam([current], lr=1e-2 * (1.0 - i / 100.0))
         for _ in range(iterations):
-            eps_u = to_epsilon(
-                unet(x, t, encoder_hidden_states=current.to(cond.dtype)).sample, x, a, grid.prediction_type
-            )
+            out = unet(x, t, encoder_hidden_states=current.to(cond.dtype), added_cond_kwargs=half(added, 0)).sample
+            eps_u = to_epsilon(out, x, a, grid.prediction_type)
             eps = eps_u + scales[i] * (eps_c - eps_u)
             loss = F.mse_loss(ddim_move(eps, x, a, a_prev).float(), goal.float())
             optimiser.zero_grad()
@@ -145,6 +158,6 @@ def null_text_optimise(
         current = current.detach().to(cond.dtype)
         fitted.append(current[0])
         with torch.no_grad():
-            eps = guided_eps(unet, x, t, cond, current, scales[i], a, grid.prediction_type)
+            eps = guided_eps(unet, x, t, cond, current, scales[i], a, grid.prediction_type, added=added)
             x = ddim_move(eps, x, a, a_prev)
     return torch.stack(fitted)

@@ -1,9 +1,17 @@
-"""Loading a Stable Diffusion (UNet) checkpoint into the parts the UNet family uses, with its DDIM scheduler."""
+"""Loading a Stable Diffusion (UNet) checkpoint into the parts the UNet family uses, with its DDIM scheduler.
+
+Two pipeline classes: `StableDiffusionPipeline` (SD 1.x/2.x: one text encoder) and `StableDiffusionXLPipeline` (SDXL
+and its fine-tunes: two text encoders, a pooled embedding and size ids as added conditions, a VAE that overflows in
+float16 and is kept in float32 where its config says so). A folder says which it is in `model_index.json`; a single
+file is recognised by its keys (SDXL's second text encoder), or by the pipeline class of the `config` folder.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +45,11 @@ _SCHEDULER_KEYS = (
     "set_alpha_to_one",
     "clip_sample",
 )
-
+SD_PIPELINE = "StableDiffusionPipeline"
+SDXL_PIPELINE = "StableDiffusionXLPipeline"
+PIPELINES = (SD_PIPELINE, SDXL_PIPELINE)
+# A key only SDXL base-style single files have: the second text encoder (OpenCLIP ViT-bigG), as diffusers tells them.
+SDXL_FILE_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
 
 
 @dataclass
@@ -52,6 +64,11 @@ class Components:
     device: torch.device
     dtype: torch.dtype
     info: dict[str, Any] = field(default_factory=dict)
+    # SDXL only: the second text encoder (with the projection that gives the pooled embedding) and its tokenizer,
+    # and whether its unconditional prompt is zeros rather than the encoded empty prompt.
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    force_zeros_for_empty_prompt: bool = False
 
     @property
     def denoiser(self) -> UNet2DConditionModel:
@@ -64,7 +81,7 @@ class Components:
 
     @property
     def resolution(self) -> int:
-        """The pixel size the checkpoint was trained at (512 for SD 1.x, 768 for SD 2.x-768)."""
+        """The pixel size the checkpoint was trained at (512 for SD 1.x, 768 for SD 2.x-768, 1024 for SDXL)."""
         size = self.unet.config.sample_size
         size = size[0] if isinstance(size, (list, tuple)) else size
         return int(size) * self.vae_scale_factor
@@ -73,6 +90,10 @@ class Components:
     def size_multiple(self) -> int:
         """Image sides must be multiples of this so every UNet level has whole latents."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def pipeline(self) -> str:
+        return SDXL_PIPELINE if self.text_encoder_2 is not None else SD_PIPELINE
 
 
 
@@ -102,30 +123,16 @@ def load_components(
     config: str | None = None,
     allow_pickle: bool = False,
 ) -> Components:
-    """Load a located Stable Diffusion checkpoint for inversion and editing.
+    """Load a located Stable Diffusion or SDXL checkpoint for inversion and editing.
 
     `config` is, for a single-file checkpoint, the diffusers folder or hub id whose configs describe it.
     """
-    from diffusers import StableDiffusionPipeline
-
     model, kind, path = checkpoint.model, checkpoint.kind, checkpoint.path
-    common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
-    try:
-        if kind == "file":
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(path), config=config, local_files_only=hub_offline(), **common
-            )
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(path), use_safetensors=not allow_pickle, local_files_only=True, **common
-            )
-    except (OSError, ValueError, EnvironmentError) as exc:
-        hint = (
-            " For a single file offline, pass --config with a local diffusers folder of the same architecture."
-            if kind == "file"
-            else ""
-        )
-        raise ModelNotFoundError(f"could not load {model!r} from {path}: {first_line(exc)}.{hint}") from None
+    pipeline_class = single_file_pipeline(path, config) if kind == "file" else checkpoint.pipeline_class or SD_PIPELINE
+    pipe = _load_pipeline(pipeline_class, checkpoint, dtype, config, allow_pickle)
+    xl = pipeline_class == SDXL_PIPELINE
+    if xl:
+        _check_sdxl(pipe, model)
     ddim = make_scheduler(dict(pipe.scheduler.config), scheduler)
     info = {
         "id": model,
@@ -137,9 +144,92 @@ def load_components(
         "scheduler_mode": scheduler,
         "dtype": str(dtype).replace("torch.", ""),
     }
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    encoders = [pipe.text_encoder, pipe.text_encoder_2] if xl else [pipe.text_encoder]
+    for module in (pipe.unet, pipe.vae, *[e for e in encoders if e is not None]):
         module.to(device)
         module.eval()
         module.requires_grad_(False)
-    log.info("loaded %s (%s) on %s as %s", model, kind, device, dtype)
-    return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, ddim, device, dtype, info)
+    if xl and dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
+        pipe.vae.float()  # SDXL's VAE overflows in float16 (diffusers upcasts it too, to decode)
+    log.info("loaded %s (%s, %s) on %s as %s", model, kind, pipeline_class, device, dtype)
+    if not xl:
+        return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, ddim, device, dtype, info)
+    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2  # P2P aligns words on it
+    return Components(pipe.vae, pipe.unet, pipe.text_encoder, tokenizer, ddim, device, dtype, info,
+                      text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
+                      force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)))
+
+
+def single_file_pipeline(path: Path, config: str | None) -> str:
+    """The pipeline class of a single-file checkpoint: the `config` folder's, when it is a local diffusers folder;
+    else SDXL when the file holds SDXL's second text encoder, else Stable Diffusion 1.x/2.x."""
+    if config and (Path(config) / "model_index.json").is_file():
+        try:
+            named = json.loads((Path(config) / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError):
+            named = None
+        if named not in PIPELINES:
+            raise ModelNotFoundError(
+                f"--config {config} describes a {named} checkpoint; a single file here must be Stable Diffusion "
+                f"1.x/2.x or SDXL: give a config folder of one of {', '.join(PIPELINES)}"
+            )
+        return named
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:  # the header only: no tensor is read
+                if SDXL_FILE_KEY in handle.keys():
+                    return SDXL_PIPELINE
+        except Exception as exc:  # safetensors raises its own error classes for a torn or foreign file
+            raise ModelNotFoundError(f"could not read {path} as a safetensors checkpoint: {first_line(exc)}") \
+                from None
+    return SD_PIPELINE
+
+
+def _load_pipeline(pipeline_class: str, checkpoint: Checkpoint, dtype: torch.dtype, config: str | None,
+                   allow_pickle: bool) -> Any:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    model, kind, path = checkpoint.model, checkpoint.kind, checkpoint.path
+    if pipeline_class == SDXL_PIPELINE:
+        cls: Any = StableDiffusionXLPipeline
+        common: dict[str, Any] = {"dtype": dtype, "add_watermarker": False}
+    else:
+        cls = StableDiffusionPipeline
+        common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    try:
+        if kind == "file":
+            return cls.from_single_file(str(path), config=config, local_files_only=hub_offline(), **common)
+        return cls.from_pretrained(str(path), use_safetensors=not allow_pickle, local_files_only=True, **common)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        hint = (
+            " For a single file offline, pass --config with a local diffusers folder of the same architecture."
+            if kind == "file"
+            else ""
+        )
+        reason = first_line(exc).rstrip(".")
+        raise ModelNotFoundError(f"could not load {model!r} from {path}: {reason}.{hint}") from None
+
+
+def _check_sdxl(pipe: Any, model: str) -> None:
+    """Refuse, at load, the SDXL-class checkpoints the DDIM engine would edit wrongly without a word."""
+    scheduler = type(pipe.scheduler).__name__
+    if scheduler.startswith(("EDM", "FlowMatch")) or pipe.vae.config.get("latents_mean") is not None:
+        raise ModelNotFoundError(
+            f"{model!r} is an SDXL-architecture checkpoint with its own noise schedule ({scheduler}) or latent "
+            "normalisation (e.g. Playground v2.5); autotune inverts with DDIM on the SDXL base schedule only"
+        )
+    if pipe.text_encoder_2 is None or not hasattr(pipe.text_encoder_2, "text_projection"):
+        raise ModelNotFoundError(
+            f"{model!r} has no second text encoder with a projection (CLIPTextModelWithProjection); SDXL reads its "
+            "pooled embedding. Is it a complete StableDiffusionXLPipeline folder?"
+        )
+    unet = pipe.unet
+    wanted = unet.add_embedding.linear_1.in_features if getattr(unet, "add_embedding", None) is not None else None
+    given = 6 * (unet.config.get("addition_time_embed_dim") or 0) + pipe.text_encoder_2.config.projection_dim
+    if unet.config.get("addition_embed_type") != "text_time" or wanted != given:
+        raise ModelNotFoundError(
+            f"{model!r}: its UNet does not take SDXL base's added conditions (pooled text embedding and six size "
+            f"ids: {given} values; the UNet expects {wanted}). SDXL refiner and other variants are not supported"
+        )

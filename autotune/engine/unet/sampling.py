@@ -3,7 +3,8 @@
 Rows of one batch are G source branches then K target branches. Each UNet call evaluates all
 rows with their unconditional and conditional embeddings at once; guidance is a per-row, per-step
 scale; direct inversion pins its source rows to the inversion trajectory; LocalBlend runs after
-each step. Nothing here leaves the device or waits on it inside the loop.
+each step; SDXL's added conditions (pooled embedding, size ids) go with every row of both halves. Nothing here
+leaves the device or waits on it inside the loop.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ def sample_branches(
     pinned_rows: torch.Tensor | None = None,
     pinned_trajectory: torch.Tensor | None = None,
     progress: bool = True,
+    added: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Denoise all rows from `start` (R, C, h, w).
 
     `cond` is (R, 77, D); `uncond` is (R, 77, D), or (steps, R, 77, D) when it changes per step
     (null-text); `scales` is (steps, R). Rows in `pinned_rows` are set to `pinned_trajectory[i + 1]`
-    after step i (direct inversion's correction, equal to adding its recorded offsets).
+    after step i (direct inversion's correction, equal to adding its recorded offsets). `added` is the UNet's
+    `added_cond_kwargs` for the 2R rows [unconditional; conditional] (SDXL), None for SD 1.x/2.x.
     """
     x = start
     per_step_uncond = uncond.dim() == 4
@@ -43,7 +46,7 @@ def sample_branches(
                 controller.step = i
             x_in = torch.cat([x, x])
             step_context = torch.cat([uncond[i], cond]) if per_step_uncond else context
-            out = unet(x_in, grid.timesteps[i], encoder_hidden_states=step_context).sample
+            out = unet(x_in, grid.timesteps[i], encoder_hidden_states=step_context, added_cond_kwargs=added).sample
             eps_u, eps_c = to_epsilon(out, x_in, grid.alphas[i], grid.prediction_type).chunk(2)
             eps = eps_u + scales[i][:, None, None, None] * (eps_c - eps_u)
             x = ddim_move(eps, x, grid.alphas[i], grid.alphas_prev[i])

@@ -6,6 +6,10 @@ source branch is the same UNet work again. A record keeps what the target branch
 attention queries and keys of the layers Prompt-to-Prompt controls (maps are recomputed from them, which is
 several times smaller than keeping the maps), the source latents after each step and LocalBlend's
 accumulated cross-attention. A record is valid for runs whose replacement windows it covers.
+
+Its size is known before the run (`record_nbytes`): the queries and keys dominate, and grow with the square of the
+latent side and with the windows. The engine records a run's source branches only when one record fits in a quarter
+of its cache, decided before any step, so that a record too large (SDXL at 1024 px) never costs memory.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ class SourceRecord:
     queries: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (steps recorded, q, inner)
     keys: dict[str, torch.Tensor] = field(default_factory=dict)  # cross: (77, inner); self: (steps, q, inner)
     store: torch.Tensor | None = None  # (steps, pixels, 77): LocalBlend's accumulated maps after each step
+    uncond_pooled: torch.Tensor | None = None  # (1, P): SDXL's pooled embedding of the unconditional prompt
 
     @property
     def nbytes(self) -> int:
         tensors = [self.noise, self.uncond, self.latents, *self.queries.values(), *self.keys.values()]
-        if self.store is not None:
-            tensors.append(self.store)
+        tensors += [t for t in (self.store, self.uncond_pooled) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def covers(self, cross_steps: int, self_steps: int, self_max_tokens: int, blend_tokens: int) -> bool:
@@ -75,6 +79,7 @@ class SourceRecorder:
         self,
         noise: list[torch.Tensor],
         uncond: list[torch.Tensor],
+        uncond_pooled: list[torch.Tensor | None],
         *,
         cross_steps: int,
         self_steps: int,
@@ -100,6 +105,48 @@ class SourceRecorder:
                 queries={name: q[g].clone() for name, q in queries.items()},
                 keys={name: k[g].clone() for name, k in keys.items()},
                 store=store[g].clone() if store is not None else None,
+                uncond_pooled=uncond_pooled[g],
             )
             for g in range(self.groups)
         ]
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention layer of the UNet as a record sees it, at one latent size."""
+
+    name: str
+    is_cross: bool
+    queries: int  # image tokens at this layer
+    query_dim: int  # width of its query (and, for self-attention, key) projection
+    key_dim: int
+
+
+def record_nbytes(
+    layers: list[AttentionLayer],
+    *,
+    steps: int,
+    cross_steps: int,
+    self_steps: int,
+    self_max_tokens: int,
+    blend_tokens: int,
+    fixed: list[torch.Tensor],
+    itemsize: int,
+    text_tokens: int = 77,
+) -> int:
+    """The bytes a `SourceRecord` of a run with these windows will take, before the run: what `SourceRecorder`
+    keeps of each layer (cross-attention: every layer's queries for `cross_steps` steps and its text keys once;
+    self-attention: queries and keys for `self_steps` steps at layers of at most `self_max_tokens` tokens), the latent
+    after each step (the size of `fixed[0]`, the inverted noise), LocalBlend's maps (float32) and the `fixed` tensors
+    (noise and unconditional embeddings). `itemsize` is the bytes per value of the model's dtype."""
+    values = 0
+    for layer in layers:
+        if layer.is_cross and cross_steps:
+            values += cross_steps * layer.queries * layer.query_dim + text_tokens * layer.key_dim
+        elif not layer.is_cross and self_steps and layer.queries <= self_max_tokens:
+            values += self_steps * layer.queries * (layer.query_dim + layer.key_dim)
+    values += steps * fixed[0].numel()  # the latents after each step
+    total = values * itemsize + sum(t.numel() * t.element_size() for t in fixed)
+    if blend_tokens > 0:
+        total += steps * blend_tokens * text_tokens * 4
+    return total
