@@ -219,8 +219,9 @@ def test_which_benchmark_applies_to_which_family(request, fixture, pipeline):
     refused = {name: _common.not_applicable(name, pipeline) for name in _common.BENCHMARKS}
     flow = fixture in ("tiny_sd3_dir", "tiny_flux_dir")
     assert {n for n, why in refused.items() if why} == (
-        {"efficiency", "quality", "inversion"} if flow else set() if fixture == "tiny_model_dir" else {"inversion"})
-    runs = "throughput|overhead|memory" if flow else "throughput|overhead|efficiency|quality|memory"  # gpu: no --model
+        {"efficiency", "quality", "inversion", "predictor"} if flow else set() if fixture == "tiny_model_dir"
+        else {"inversion"})
+    runs = "throughput|overhead|memory" if flow else "throughput|overhead|efficiency|quality|memory|predictor"
     for name, why in refused.items():
         if why:  # names the benchmark and the family, says why and what runs on this model instead
             assert why.startswith(f"`autotune bench {name}` does not apply to {_common.MODEL_KINDS[pipeline]}: ")

@@ -481,3 +481,22 @@ def test_a_prompt_the_two_tokenizers_split_differently_is_refused(tiny_sdxl_dir,
     with pytest.raises(InputError, match="source prompt: this checkpoint's two tokenizers split 'a woman in a space "
                                          "suit' differently"):
         editor.engine.check_prompt(SRC, "source prompt")
+
+
+def test_task_features_read_sdxl_pooled_prompt_and_reconstruct_with_its_added_conditions(editor, photo, reference):
+    """Per-image features on SDXL (style 'auto'): the text group is the pooled embedding the UNet reads as
+    `text_embeds` (diffusers' own, here), and the probe's reconstruction carries the added conditions: it is the
+    source branch an edit at the probe's setting computes."""
+    prompts, _ = reference
+    probe = EditParams(w_src=0.5, w_tgt=7.5, steps=4)
+    item = editor.engine.check_inputs(photo, SRC, TGT, WORDS)
+    (row,) = editor.engine.task_features([item], probe)
+    src, tgt = prompts[SRC][1].detach().float(), prompts[TGT][1].detach().float()
+    assert row["text.cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(src, tgt, dim=0)), abs=1e-5)
+    assert row["text.diff_norm"] == pytest.approx(float((tgt - src).norm() / src.norm()), rel=1e-4)
+    assert sum(name.startswith("text.diff.") for name in row) == src.numel()
+    assert row["words.replaced"] == 1 and row["words.swappable"] == 1
+    z0 = editor.engine._prepare(photo).latent.float()
+    rebuilt = editor.edit(photo, SRC, TGT, probe, blend_words=WORDS).source_latent.float()
+    expected = float(((rebuilt - z0) ** 2).mean() / z0.var(unbiased=False))
+    assert expected > 0 and row["inversion.error"] == pytest.approx(expected, rel=1e-3)

@@ -14,7 +14,7 @@ from autotune.params import EditParams
 from autotune.task import EditTask, task_digest
 from autotune.tuning.search_space import SearchSpace, family_defaults
 
-BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "gpu")
+BENCHMARKS = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "predictor", "gpu")
 SHAPES_CATEGORIES = ("change_color", "change_object", "change_background", "add_object", "delete_object")
 
 
@@ -104,6 +104,9 @@ APPLIES_TO: dict[str, tuple[tuple[str, ...], str]] = {
     "inversion": (("StableDiffusionPipeline",), "it replicates SimInversion's DDIM-inversion table on the shapes "
                   "model (an SD 1.x UNet at 64 px): it reads the VAE through diffusers' StableDiffusionPipeline and "
                   "compares reconstructions with the 64 px rendered scenes pixel for pixel"),
+    "predictor": (_UNET, "it compares style auto with the preset's pick and with SimInversion's (0.5, 7.5), a "
+                         "UNet-family method a rectified-flow model does not run; a flow model's version comes with "
+                         "the flow shapes model (issue 24)"),
 }
 
 

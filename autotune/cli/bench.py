@@ -24,7 +24,7 @@ from autotune.cli._common import HelpFormatter
 from autotune.errors import InputError
 
 # As autotune.bench._common.BENCHMARKS, spelled out so that building the parser does not import torch.
-_ORDER = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "gpu")
+_ORDER = ("throughput", "overhead", "efficiency", "quality", "inversion", "memory", "predictor", "gpu")
 _TITLES = {
     "throughput": "1. Tuning throughput, like for like: autotune's loop vs. the naive and strong naive loops",
     "overhead": "2. Engine overhead: one candidate edit vs. its denoiser passes alone",
@@ -32,10 +32,11 @@ _TITLES = {
     "quality": "4. Quality on a fresh held-out set: every preset pick vs. (0.5, 7.5) and DDIM, with intervals",
     "inversion": "5. Inversion error vs. w_inv (SimInversion replication)",
     "memory": "6. Peak memory of a tuning run",
-    "gpu": "7. Full-size architectures on a GPU (random weights)",
+    "predictor": "7. Per-image guidance (style auto) on a fresh held-out set: predictor vs. the pick and the oracle",
+    "gpu": "8. Full-size architectures on a GPU (random weights)",
 }
 # --tasks when not given: per category, what each benchmark's figures need
-_TASKS = {"throughput": 8, "overhead": 1, "efficiency": 16, "quality": 60, "memory": 8}
+_TASKS = {"throughput": 8, "overhead": 1, "efficiency": 16, "quality": 60, "memory": 8, "predictor": 60}
 
 
 def register(subparsers) -> None:
@@ -75,8 +76,8 @@ def register(subparsers) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (overhead)")
     parser.add_argument("--runs", type=int, help="runs of the whole throughput comparison; medians with their "
                         "range, every run kept (default 5; gpu: the model's bench.json)")
-    parser.add_argument("--heldout-seed", type=int, help="quality: the held-out split seed (default: issue 22's "
-                        "fresh seed, which no tuning or design decision has read)")
+    parser.add_argument("--heldout-seed", type=int, help="quality, predictor: the held-out split seed (default: "
+                        "issue 22's fresh seed, which no tuning or design decision has read)")
     parser.add_argument("--fresh-seed", type=int, help="efficiency: grade the grid tables also on tasks of this "
                         "seed, beside the set the sampler settings were chosen on (default: issue 22's fresh seed; "
                         "-1: none)")
@@ -86,7 +87,11 @@ def register(subparsers) -> None:
                         "or its tiny version for a CPU check")
     parser.add_argument("--json", help="also write the figures as JSON here (gpu: default bench-gpu.json)")
     parser.add_argument("--inversion-samples", type=int, default=20, help="rendered scenes (inversion)")
-    parser.add_argument("--presets", help="directory of tuned presets (quality); default: the preset lookup order")
+    parser.add_argument("--presets", help="directory of tuned presets (quality, predictor); default: the preset lookup "
+                        "order")
+    parser.add_argument("--oracle-grid", type=int, default=0, metavar="N",
+                        help="predictor: also edit an N x N grid over the search space for the oracle (0: the "
+                        "predictor's candidates only)")
     parser.add_argument("--cache-dir", default=".autotune/bench", help="where grid tables are kept between runs")
     parser.add_argument("--seed", type=int, default=0, help="task seed (throughput, overhead, memory, the grid tables "
                         "the sampler was chosen on) and the tuner's seed")
@@ -157,6 +162,9 @@ def command_line(args: argparse.Namespace, which: str) -> str:
         "inversion": [("--inversion-samples", args.inversion_samples), ("--seed", args.seed)],
         "memory": [("--category", args.category), ("--tasks", get("tasks")), ("--trials", get("trials")),
                    ("--batch", get("batch"))],
+        "predictor": [("--categories", args.categories), ("--tasks", get("tasks")),
+                      ("--heldout-seed", get("heldout_seed")), ("--presets", args.presets),
+                      ("--oracle-grid", args.oracle_grid or None), ("--seed", args.seed)],
     }[which]
     for flag, value in opts:
         if value is True:  # a switch
@@ -323,6 +331,14 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     if name == "inversion":
         model = _model_folder(args.model)
         return inversion.bench_inversion(model, args.inversion_samples, get("steps"), args.seed), ""
+    if name == "predictor":
+        from autotune.bench import predictor
+
+        editor = _editor(args, state)
+        presets = predictor.shipped_presets(editor, categories, args.presets)
+        heldout = {c: _heldout(c, get("tasks"), get("heldout_seed"))[0] for c in categories}
+        return predictor.bench_predictor(editor, scorer, presets, heldout, grid=args.oracle_grid,
+                                         cache_dir=args.cache_dir, seed=args.seed, progress=True), ""
     if name == "memory":
         return memory.bench_memory(args.model, args.device, category=args.category, trials=get("trials"),
                                    batch=get("batch"), tasks=get("tasks"), steps=get("steps")), ""

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--preset",
-        help="a preset: a category (change_color), category:style (change_color:aggressive) or a JSON file",
+        help="a preset: a category (change_color), category:style (change_color:aggressive; change_color:auto "
+        "predicts this image's setting with the preset's predictor) or a JSON file[:style]",
     )
     parser.add_argument(
         "--ignore-preset-mismatch",
@@ -128,9 +129,15 @@ def _warn_about_the_model(args: argparse.Namespace, editor, image) -> None:
 
 
 def _preset_params(args: argparse.Namespace, editor):
+    from autotune.presets.predictor import AUTO_STYLE
     from autotune.presets.store import PresetStore
 
     preset, style = PresetStore().resolve(args.preset, editor.model_info())
     preset.check_compatible(editor.model_info(), override=args.ignore_preset_mismatch)
     print(f"preset {preset.label} ({style}, {preset.kind})")
-    return preset.params(style)
+    if style != AUTO_STYLE:
+        return preset.params(style)
+    choice = editor.predict_params(args.image, args.source_prompt, args.target_prompt, blend_words=args.blend_words,
+                                   preset=preset)
+    print(choice.describe())
+    return choice.params

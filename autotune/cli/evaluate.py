@@ -72,8 +72,8 @@ class _Overridden:
     def params_for(self, category, style, model_info) -> EditParams:
         return self.base.params_for(category, style, model_info).with_(**self.overrides)
 
-    def preset_for(self, category, model_info):
-        return self.base.preset_for(category, model_info)
+    def find_preset(self, category, model_info):
+        return self.base.find_preset(category, model_info)
 
 
 def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:

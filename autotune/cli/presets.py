@@ -81,6 +81,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace existing presets even when not better")
     p.set_defaults(handler=cmd_from_study)
 
+    p = sub.add_parser("fit-predictor", help="fit the per-image predictor of a study's preset (style 'auto')",
+                       description="Rebuild a study's preset and fit its per-image predictor on the study's "
+                       "per-task scores (scikit-learn, cross-validated by image), then write the preset with its "
+                       "predictor into --out. Loads the study's model to compute the tasks' features.")
+    p.add_argument("--study", action="append", help="study name (repeatable; default: every autotune study)")
+    p.add_argument("--storage", required=True, help="storage URL or journal file, e.g. postgresql://user@host/db")
+    p.add_argument("--out", required=True, type=Path, help="presets directory to write into")
+    p.add_argument("--tasks", help="the study's tasks, as given to `autotune tune --tasks` (default: the source "
+                   "the study recorded; checked against its task fingerprint)")
+    p.add_argument("--split", default="tune", help="split of a generated task world (shapes), with --tasks")
+    p.add_argument("--model", help="the study's model (default: the one the study recorded)")
+    p.add_argument("--device", help="cuda, cpu... (default: cuda when available)")
+    p.add_argument("--trade-off", default="balanced", choices=("conservative", "balanced", "aggressive"),
+                   help="the pick each image's own best is judged by, and its fallback")
+    p.add_argument("--no-inversion-features", dest="inversion_features", action="store_false",
+                   help="leave out the inversion's reconstruction error (cheaper 'auto' edits: no probe inversion)")
+    p.add_argument("--max-candidates", type=int, default=8, metavar="N",
+                   help="settings the predictor chooses among: the pick, then the study's settings that most help "
+                   "choosing per image")
+    p.add_argument("--seed", type=int, default=0, help="cross-validation folds and permutation seed")
+    p.add_argument("--force", action="store_true", help="replace a preset in --out that another study made")
+    p.set_defaults(handler=cmd_fit_predictor)
+
 
 @contextlib.contextmanager
 def _show_warnings() -> Iterator[None]:
@@ -129,6 +152,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         seen.add(key)
         rows += 1
         kind = preset.kind + _trials_note(preset.provenance)
+        kind += ", auto" if preset.predictor is not None else ""
         print(f"  {entry.origin:7s} {preset.category:17s} {preset.model['id']}  [{kind}]{shadowed}")
         print(f"          balanced: {_params_brief(preset.params())}  ({entry.path})")
     if not rows:
@@ -204,8 +228,29 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  reference {point.paper_point}: fidelity={values.get('fidelity'):.4g} "
             f"edit_strength={values.get('edit_strength'):.4g}"
         )
+    _show_predictor(preset)
     print(f"content     {preset.content_hash}")
     return 0
+
+
+def _show_predictor(preset: Preset) -> None:
+    """What style 'auto' would use: the model, its candidates, its cross-validated gain and fallback."""
+    if preset.predictor is None:
+        if preset.predictor_error:
+            print(f"predictor   refused: {preset.predictor_error}")
+        return
+    pred, fit = preset.predictor, preset.predictor.fit
+    study = (fit.get("study") or {}).get("name")
+    print(f"predictor   {fit.get('selected', pred.kind)}  (style auto; trade-off {pred.trade_off})")
+    print(f"            fitted on study {study} ({fit.get('tasks')} tasks of {fit.get('images')} images); "
+          f"fallback beyond distance {pred.threshold:.3g}")
+    gain = fit.get("cv_gain") or {}
+    if gain:
+        print(f"            cross-validated gain over the {pred.trade_off} pick: fidelity {gain.get('fidelity'):+.4g}, "
+              f"edit strength {gain.get('edit_strength'):+.4g}")
+    for i, params in enumerate(pred.candidates):
+        mark = "  <- fallback" if i == pred.pick_index else ""
+        print(f"  candidate [{i}] {_params_brief(params)}{mark}")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -381,3 +426,80 @@ def cmd_from_study(args: argparse.Namespace) -> int:
             result = store.add(preset, args.out, force=args.force)
             print(f"{result}  [study {preset.provenance.get('study', {}).get('name')}]")
     return 0
+
+
+def cmd_fit_predictor(args: argparse.Namespace) -> int:
+    import optuna
+
+    from autotune.tuning import contract
+    from autotune.tuning.to_preset import presets_from_storage  # noqa: F401 - fails early if optuna is missing
+
+    storage, label = _open_storage(args.storage)
+    names = args.study or [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+                           if contract.written_by_autotune(s.user_attrs)]
+    if not names:
+        raise PresetError(f"no study written by `autotune tune` in {label}")
+    for name in names:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise PresetError(f"no study named {name!r} in {label}") from None
+        with _show_warnings():
+            preset, report = fit_study_predictor(study, args, label)
+            path = write_with_predictor(preset, args.out, force=args.force)
+        print(f"study {name!r}:")
+        for line in report.lines():
+            print(f"  {line}")
+        print(f"  wrote {path}")
+    return 0
+
+
+def fit_study_predictor(study: Any, args: argparse.Namespace, label: str | None) -> tuple[Preset, Any]:
+    """The study's preset with its predictor: the tasks from --tasks or the study's record, the model likewise."""
+    from autotune.errors import InputError
+    from autotune.report.read import study_editor, study_tasks
+    from autotune.tuning import contract
+    from autotune.tuning.fit_predictor import preset_with_predictor
+
+    category = study.user_attrs.get(contract.CATEGORY)
+    if args.tasks:
+        from autotune.tasks.sources import load_tasks
+
+        tasks = sorted((t for t in load_tasks(args.tasks, category, args.split) if t.category == category),
+                       key=lambda t: t.id)
+    else:
+        found, why = study_tasks(study)
+        if found is None:
+            raise InputError(f"study {study.study_name!r}: its tasks cannot be found ({why}); give --tasks")
+        tasks = found
+    if args.model:
+        from autotune.engine.editor import Editor
+
+        editor = Editor.from_pretrained(args.model, device=args.device, progress=False)
+    else:
+        editor = study_editor(study, args.device)
+    if args.max_candidates < 2:
+        raise InputError(f"--max-candidates {args.max_candidates}: a predictor chooses among at least 2 settings")
+    return preset_with_predictor(study, editor, tasks, trade_off=args.trade_off,
+                                 inversion_features=args.inversion_features, seed=args.seed, storage_label=label,
+                                 max_candidates=args.max_candidates)
+
+
+def write_with_predictor(preset: Preset, directory: Path, force: bool = False) -> Path:
+    """Write `preset` (carrying a predictor) into `directory`, replacing the file there when it holds the same preset
+    (with or without an older predictor); another preset is kept unless `force`."""
+    from autotune.presets.store import preset_filename
+
+    path = Path(directory) / preset_filename(preset.model["id"], preset.category)
+    if path.exists() and not force:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PresetWarning)
+                existing = Preset.load(path)
+        except PresetError as exc:
+            raise PresetError(f"{path} does not load ({exc}); use --force to replace it") from None
+        if existing.with_predictor(None).content_hash != preset.with_predictor(None).content_hash:
+            raise PresetError(f"{path} holds a different preset (another study, or edited); use --force to replace "
+                              "it, or write into another --out")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return preset.save(path)

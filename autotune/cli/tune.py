@@ -68,6 +68,9 @@ def register(subparsers) -> None:
     parser.add_argument("--cache-mb", type=int, default=2048, metavar="MB",
                         help="memory for cached inversions and recorded source branches; a source branch record "
                         "over a quarter of it is not kept (docs/tuning.md)")
+    parser.add_argument("--predictor", action="store_true",
+                        help="at the end, fit the preset's per-image predictor on the study's per-task scores (style "
+                        "'auto'; `autotune presets fit-predictor` does the same later)")
     parser.add_argument("--report", action="store_true",
                         help="at the end, compare the front with the paper points and write the visual report "
                         "(front, slices, edit grid, index.html) to <project-dir>/reports/<study>; print its path")
@@ -167,6 +170,22 @@ def run(args: argparse.Namespace) -> int:
         annotate(result.study, result.preset, result.preset_path)  # the preset's provenance, in `autotune dashboard`
     if result.preset_path is None:
         print("no trial completed: no preset written")
+    elif args.predictor:
+        from autotune.errors import PresetError
+        from autotune.tuning.fit_predictor import preset_with_predictor
+
+        try:
+            preset, fit = preset_with_predictor(result.study, editor, tasks, storage_label=result.storage)
+        except (InputError, PresetError) as exc:  # the study and preset are saved; say how to fit it later
+            name = result.study.study_name
+            storage = f"--storage {args.storage}" if args.storage else \
+                f"--storage {Path(args.project_dir) / 'studies.journal'}"
+            print(f"error: no predictor fitted: {exc}. The study and the preset are saved; fit it later with: autotune "
+                  f"presets fit-predictor {storage} --study {name} --out {args.presets_dir}", file=sys.stderr)
+            return 1
+        preset.save(result.preset_path)
+        print("predictor:\n" + "\n".join(f"  {line}" for line in fit.lines()))
+        print(f"preset with its predictor written to {result.preset_path}")
     elif args.report:
         from autotune.report import write_report
 

@@ -38,6 +38,7 @@ from autotune.errors import InputError, ModelNotFoundError
 from autotune.guidance import Guidance
 from autotune.images import ImageInput
 from autotune.params import EditParams
+from autotune.presets.predictor import AUTO_STYLE, AutoChoice
 from autotune.task import EditTask
 
 __all__ = ["EditResult", "Editor"]
@@ -187,6 +188,17 @@ class Editor:
         source branches), which also holds attention maps."""
         return self.engine.invert_tasks(self._task_inputs(tasks, candidates), list(candidates))
 
+    # ------------------------------------------------------------------ features
+    def task_features(self, tasks: Sequence[EditTask], probe: EditParams | None = None) -> list[dict[str, float]]:
+        """Cheap named features of each task, for predicting its setting (`autotune.engine.features`): the prompts
+        through this model's text encoder, their word alignment, the image latent's statistics and, with `probe` on a
+        family that inverts, the inversion's reconstruction error at the probe's guidance (one inversion and one
+        source pass per task, cached for an edit at the same w_src). No weights beyond the model's own."""
+        if probe is not None:
+            self._check_methods([probe])
+        inputs = [self.engine.check_inputs(t.image, t.source_prompt, t.target_prompt, t.blend_words) for t in tasks]
+        return self.engine.task_features(inputs, probe)
+
     # ------------------------------------------------------------------ editing
     def edit(
         self,
@@ -201,25 +213,66 @@ class Editor:
         **overrides: Any,
     ) -> EditResult:
         """Edit one image. Parameters come from `params`, else from this editor's preset for `category`
-        (at `style`: conservative, balanced or aggressive), else the model's published defaults
+        (at `style`: conservative, balanced or aggressive; or "auto", this image's setting from the preset's
+        predictor, recorded on the result as `result.choice`), else the model's published defaults
         (`default_params`: SimInversion's on Stable Diffusion 1.x/2.x, FlowEdit's on SD3 and FLUX.1); keyword
         `overrides` (e.g. `w_tgt=9`, or `method="flow_siminversion"` for that method's defaults) change single
         fields."""
+        choice = None
+        if params is None and category is None and style == AUTO_STYLE:
+            raise InputError("style='auto' needs category= (the preset whose predictor picks this image's setting), "
+                             "e.g. edit(..., category='change_color', style='auto')")
+        if params is None and category is not None and style == AUTO_STYLE:
+            choice = self.predict_params(image, source_prompt, target_prompt, blend_words=blend_words,
+                                         category=category)
+            params = choice.params
         if params is not None or category is not None:
             base = params if params is not None else self._preset_params(category, style)
             if overrides:
                 base = base.with_(**overrides)
         else:
             base = self.default_params(overrides.get("method")).with_(**overrides)
-        return self.edit_batch(image, source_prompt, target_prompt, [base], blend_words=blend_words)[0]
+        result = self.edit_batch(image, source_prompt, target_prompt, [base], blend_words=blend_words)[0]
+        result.choice = choice
+        return result
+
+    def predict_params(
+        self,
+        image: ImageInput,
+        source_prompt: str,
+        target_prompt: str,
+        *,
+        blend_words: tuple[str, str] | Sequence[str] | str | None = None,
+        category: str | None = None,
+        preset: Any = None,
+    ) -> AutoChoice:
+        """Style "auto": this image's setting from the predictor of `preset` (default: this editor's preset for
+        `category`), computed from the image's and prompts' features (`task_features`), or the preset's pick when the
+        image lies outside what the predictor was fitted on. The returned `AutoChoice` says which, and why."""
+        if preset is None:
+            if category is None:
+                raise InputError("style 'auto' needs a category (or a preset) to find its predictor")
+            preset = self._preset(category)
+        predictor = preset.check_auto()
+        if predictor.probe is not None:
+            self._check_methods([predictor.probe])
+        item = self.engine.check_inputs(image, source_prompt, target_prompt, blend_words)
+        return preset.choose(self.engine.task_features([item], predictor.probe)[0])
+
+    def _preset(self, category: str) -> Any:
+        self._check_presets(category)
+        return self.presets.preset_for(category, self.model_info())
 
     def _preset_params(self, category: str, style: str) -> EditParams:
+        self._check_presets(category)
+        return self.presets.params_for(category, style, self.model_info())
+
+    def _check_presets(self, category: str) -> None:
         if self.presets is None:
             raise InputError(
                 f"category={category!r} was given but this editor has no presets; "
                 "use Editor.from_pretrained(model, presets=...) or pass params=EditParams(...)"
             )
-        return self.presets.params_for(category, style, self.model_info())
 
     def edit_task(self, task: EditTask, candidates: Sequence[EditParams]) -> list[EditResult]:
         """Edit one task under K candidates (see `edit_batch`)."""

@@ -31,7 +31,11 @@ The engine (one object per loaded checkpoint) provides:
   and the inversions a set of candidates needs computed ahead in large batches (a family that does not invert
   refuses the first and returns 0 from the second);
 - `edit(inputs, candidates)`: every input under every candidate, `results[t][k]`, batched as the family can, each
-  an `EditResult`.
+  an `EditResult`;
+- `task_features(inputs, probe=None)`: cheap named features of each input, for predicting its setting
+  (`autotune.engine.features`: the prompts through the model's own text encoder, the word alignment, the latent's
+  statistics, and, for a family that inverts and a `probe` setting, the inversion's reconstruction error). A model's
+  feature names are the same for every input, in the same order.
 
 It reads the mutable run settings (`EngineSettings`: cache, batch bound, source recording, progress bars) that the
 `Editor` shares with it, so a caller may swap the cache or silence the bars between calls.
@@ -67,6 +71,7 @@ class EditResult:
     source_pixels: torch.Tensor  # the source branch's reconstruction, (3, H, W)
     latent: torch.Tensor
     source_latent: torch.Tensor
+    choice: Any = None  # for a style="auto" edit: how its setting was chosen (`autotune.presets.predictor.AutoChoice`)
 
     @property
     def image(self) -> Image.Image:
@@ -116,6 +121,7 @@ class FamilyEngine(Protocol):
     def invert(self, image: Any, source_prompt: str, w_inv: Any, steps: int) -> Any: ...
     def invert_tasks(self, inputs: list[Any], candidates: list[EditParams]) -> int: ...
     def edit(self, inputs: list[Any], candidates: list[EditParams]) -> list[list[EditResult]]: ...
+    def task_features(self, inputs: list[Any], probe: EditParams | None = None) -> list[dict[str, float]]: ...
 
 
 class ModelFamily(Protocol):

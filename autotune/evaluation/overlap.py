@@ -70,13 +70,13 @@ class TuningOverlap:
 def tuning_overlap(source: Any, tasks: Sequence[EditTask], model_info: Mapping[str, Any]) -> TuningOverlap | None:
     """The overlap between `tasks` and the tuning tasks of the preset(s) `source` edits them with; None when
     `source` is not a preset (fixed parameters, a function)."""
-    preset_for = getattr(source, "preset_for", None)
-    if preset_for is None:
+    find_preset = getattr(source, "find_preset", None)
+    if find_preset is None:
         return None
     overlap = TuningOverlap()
     for category in sorted({t.category for t in tasks}):
         group = [t for t in tasks if t.category == category]
-        preset = preset_for(category, model_info)
+        preset = find_preset(category, model_info)
         tuned = preset.tuning_tasks if preset is not None else None
         task_source = (preset.provenance.get("task_source") or {}) if preset is not None else {}
         overlap.by_category[category] = {

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import warnings
@@ -26,6 +27,7 @@ from typing import Any
 from autotune import pareto
 from autotune.errors import PresetError
 from autotune.params import EditParams
+from autotune.presets.predictor import AUTO_STYLE, AutoChoice, Predictor, choose_index
 from autotune.presets.provenance import make_provenance, redacted
 from autotune.presets.schema import (
     MAX_PRESET_BYTES,
@@ -94,22 +96,66 @@ class Preset:
     scorer: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=lambda: {"kind": "hand_made"})
     default_style: str = "balanced"
+    predictor: Predictor | None = field(default=None, compare=False)  # per-image choice (style "auto"), optional
     source: str | None = field(default=None, compare=False)  # where it was loaded from, for messages
+    predictor_error: str | None = field(default=None, compare=False)  # why a stored predictor was refused
 
     # -- using it ------------------------------------------------------------------------------------------------
 
     def params(self, style: str | None = None) -> EditParams:
         """The parameters of a named pick (`conservative`, `balanced`, `aggressive`; default: `default_style`)."""
         style = style or self.default_style
+        if style == AUTO_STYLE:
+            raise PresetError(f"{self.label}: style 'auto' chooses per image; use Editor.edit(..., style='auto') or "
+                              "Preset.choose(features)")
         if style not in self.picks:
             raise PresetError(f"{self.label}: no pick named {style!r}; choose one of {', '.join(self.picks)}")
         return self.picks[style]["params"]
+
+    def check_auto(self) -> Predictor:
+        """The predictor style "auto" uses, or a PresetError saying why there is none and what to do."""
+        if self.predictor is not None:
+            return self.predictor
+        if self.predictor_error:
+            raise PresetError(f"{self.predictor_error}; use a named style ({', '.join(self.picks)}) meanwhile")
+        raise PresetError(f"{self.label} has no predictor, so style 'auto' cannot choose per image; fit one from the "
+                          "preset's study (`autotune presets fit-predictor --storage ... --study ...`) or use a named "
+                          f"style ({', '.join(self.picks)})")
+
+    def choose(self, features: Mapping[str, float]) -> AutoChoice:
+        """Style "auto": this image's setting from its features (`Editor.task_features`), or the preset's pick for
+        the predictor's trade-off when the image lies outside the training data or no model beat the pick."""
+        predictor = self.check_auto()
+        pick = self.params(predictor.trade_off)
+        prediction = predictor.predict(features)
+        common = {"trade_off": predictor.trade_off, "distance": prediction.distance, "threshold": predictor.threshold}
+        if predictor.kind == "pick":
+            return AutoChoice(pick, fallback=True, reason="no model beat the preset's pick in cross-validation on its "
+                              "study", candidate=predictor.pick_index, **common)
+        if prediction.distance > predictor.threshold:
+            return AutoChoice(pick, fallback=True, reason=f"the image lies outside the training data (distance "
+                              f"{prediction.distance:.3g} > {predictor.threshold:.3g})", candidate=predictor.pick_index,
+                              **common)
+        index = choose_index(prediction, predictor)
+        return AutoChoice(predictor.candidates[index], fallback=False, reason=f"{predictor.kind}, distance "
+                          f"{prediction.distance:.3g} <= {predictor.threshold:.3g}", candidate=index, **common)
+
+    def with_predictor(self, predictor: Predictor | None) -> Preset:
+        """This preset carrying `predictor` (None: without one)."""
+        if predictor is not None and predictor.candidates[predictor.pick_index] != self.params(predictor.trade_off):
+            raise PresetError(f"{self.label}: the predictor's fallback is not this preset's {predictor.trade_off} "
+                              "pick; fit it on the study this preset was built from")
+        return dataclasses.replace(self, predictor=predictor, predictor_error=None)
 
     def params_for(
         self, category: str | int, style: str | None, model_info: Mapping[str, Any] | str, override: bool = False
     ) -> EditParams:
         """What `Editor.edit(category=..., style=...)` asks: this preset's pick, after the category and
         compatibility checks (so one explicit Preset can stand in for a whole store)."""
+        return self.preset_for(category, model_info, override).params(style)
+
+    def preset_for(self, category: str | int, model_info: Mapping[str, Any] | str, override: bool = False) -> Preset:
+        """This preset, after the category and compatibility checks (as `PresetStore.preset_for`)."""
         try:
             wanted = category_name(category)
         except ValueError as exc:
@@ -117,10 +163,11 @@ class Preset:
         if wanted != self.category:
             raise PresetError(f"{self.label} is a {self.category} preset, not {wanted}; load the {wanted} preset")
         self.check_compatible(model_info, override=override)
-        return self.params(style)
+        return self
 
-    def preset_for(self, category: str | int, model_info: Mapping[str, Any] | str) -> Preset | None:
-        """This preset when it is the one `params_for` uses for `category`, else None."""
+    def find_preset(self, category: str | int, model_info: Mapping[str, Any] | str) -> Preset | None:
+        """This preset when it is the one `params_for` uses for `category`, else None; unchecked (as
+        `PresetStore.find_preset`), for reading what a finished run used."""
         return self if category_name(category) == self.category else None
 
     @property
@@ -302,6 +349,8 @@ class Preset:
             "scorer": copy.deepcopy(self.scorer),
             "provenance": copy.deepcopy(self.provenance),
         }
+        if self.predictor is not None:  # absent otherwise, so presets without one keep their content hash
+            data["predictor"] = self.predictor.to_dict()
         if with_hash:
             data["content_hash"] = content_hash_of(data)
         return data
@@ -337,6 +386,17 @@ class Preset:
         fields_ = check_preset(data, source, strict)
         fields_["front"] = tuple(FrontPoint(**point) for point in fields_["front"])
         fields_["references"] = tuple(FrontPoint(**point) for point in fields_["references"])
+        if fields_["predictor"] is not None:
+            predictor = Predictor(fields_["predictor"])
+            pick = fields_["picks"].get(predictor.trade_off, {}).get("params")
+            if predictor.candidates[predictor.pick_index] == pick:
+                fields_["predictor"] = predictor
+            else:
+                fields_["predictor"] = None
+                fields_["predictor_error"] = (f"{source}: predictor: refused: its fallback is not the preset's "
+                                              f"{predictor.trade_off} pick (picks edited after it was fitted?); "
+                                              "re-fit it")
+                warnings.warn(fields_["predictor_error"], PresetWarning, stacklevel=2)
         return cls(**fields_, source=source)
 
 

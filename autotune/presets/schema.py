@@ -64,6 +64,7 @@ _TOP_KEYS = {
     "objectives",
     "scorer",
     "provenance",
+    "predictor",
     "content_hash",
 }
 _MODEL_KEYS = {"id", "revision", "file_hash", "applies_to", "scheduler", "scheduler_mode", "notes"}
@@ -441,7 +442,8 @@ def check_preset(data: Any, source: str = "<preset>", strict: bool = False) -> d
     if original_version != SCHEMA_VERSION:
         provenance.setdefault("migrated_from", original_version)
     scorer = _dict(data.get("scorer") or {}, source, "scorer")
-    _check_content_hash(data, source, strict, stored_is_current=original_version == SCHEMA_VERSION)
+    stale = _check_content_hash(data, source, strict, stored_is_current=original_version == SCHEMA_VERSION)
+    predictor, predictor_error = _check_predictor_section(data, source, strict, stale)
     return {
         "category": category,
         "model": model,
@@ -452,7 +454,35 @@ def check_preset(data: Any, source: str = "<preset>", strict: bool = False) -> d
         "scorer": scorer,
         "provenance": provenance,
         "default_style": default_style,
+        "predictor": predictor,
+        "predictor_error": predictor_error,
     }
+
+
+def _check_predictor_section(data: Mapping[str, Any], source: str, strict: bool, stale: bool
+                             ) -> tuple[dict[str, Any] | None, str | None]:
+    """The optional `predictor` section: (validated section, None), or (None, why it was refused). A predictor is
+    refused, unlike the rest of the file, when the content hash does not match (a model's numbers edited by hand are
+    not to be trusted), and when it fails validation or names a model kind this version does not read; the preset's
+    picks still load (with a warning). In strict mode any of these refuses the file."""
+    raw = data.get("predictor")
+    if raw is None:
+        return None, None
+    from autotune.presets.predictor import check_predictor
+
+    try:
+        if data.get("content_hash") is None:
+            raise PresetError(f"{source}: predictor: refused: the file has no content_hash to cover it; re-save the "
+                              "preset with autotune (`autotune presets fit-predictor`)")
+        if stale:
+            raise PresetError(f"{source}: predictor: refused: the content_hash does not match the content, so the "
+                              "predictor's numbers may have been altered; re-fit it (`autotune presets fit-predictor`)")
+        return check_predictor(raw, source), None
+    except PresetError as exc:
+        if strict:
+            raise
+        warnings.warn(f"{exc} (the picks are used; style 'auto' is unavailable)", PresetWarning, stacklevel=4)
+        return None, str(exc)
 
 
 def _check_picks(value: Any, front_params: Sequence[EditParams], source: str) -> dict[str, dict[str, Any]]:
@@ -491,11 +521,12 @@ def _check_picks(value: Any, front_params: Sequence[EditParams], source: str) ->
     return picks
 
 
-def _check_content_hash(data: Mapping[str, Any], source: str, strict: bool, stored_is_current: bool) -> None:
-    """A hash written by this schema version must match the content; a migrated file's old hash is not checked."""
+def _check_content_hash(data: Mapping[str, Any], source: str, strict: bool, stored_is_current: bool) -> bool:
+    """A hash written by this schema version must match the content; a migrated file's old hash is not checked.
+    Returns whether the stored hash is stale (a file without a hash is not)."""
     stored = data.get("content_hash")
     if stored is None or not stored_is_current:
-        return
+        return False
     if not isinstance(stored, str):
         raise _fail(source, "content_hash", "must be a string like 'sha256:...'")
     if stored != content_hash_of(data):
@@ -503,3 +534,5 @@ def _check_content_hash(data: Mapping[str, Any], source: str, strict: bool, stor
         if strict:
             raise PresetError(message)
         warnings.warn(message, PresetWarning, stacklevel=4)
+        return True
+    return False

@@ -29,6 +29,7 @@ from typing import Any
 from autotune import atomic, flow_defaults
 from autotune.errors import InputError, PresetError
 from autotune.params import EditParams
+from autotune.presets.predictor import AUTO_STYLE
 from autotune.presets.preset import STYLES, Preset, PresetWarning
 from autotune.task import CATEGORIES, category_name
 
@@ -123,11 +124,12 @@ class InstallResult:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, bool]:
-    """`change_color`, `change_color:aggressive`, `dir/file.json[:style]` -> (name or path, style, is_path)."""
+    """`change_color`, `change_color:aggressive`, `change_color:auto`, `dir/file.json[:style]` -> (name or path, style,
+    is_path)."""
     text = spec.strip()
     style = None
     head, sep, tail = text.rpartition(":")
-    if sep and tail in STYLES:
+    if sep and (tail in STYLES or tail == AUTO_STYLE):
         text, style = head, tail
     looks_like_path = text.endswith(".json") or "/" in text or "\\" in text or Path(text).is_file()
     return text, style, looks_like_path
@@ -195,7 +197,10 @@ class PresetStore:
                 ) from None
             preset = self.find(category, model).preset  # type: ignore[assignment]
         style = style or preset.default_style
-        preset.params(style)  # raises a clear error for a style the file does not have
+        if style == AUTO_STYLE:
+            preset.check_auto()  # a clear error when the file carries no usable predictor
+        else:
+            preset.params(style)  # raises a clear error for a style the file does not have
         return preset, style
 
     def params_for(
@@ -203,6 +208,10 @@ class PresetStore:
     ) -> EditParams:
         """The parameters `Editor.edit(category=..., style=...)` uses: the first matching preset in lookup
         order, checked against the editor's model and scheduler (`Preset.check_compatible`)."""
+        return self.preset_for(category, model_info, override).params(style)
+
+    def preset_for(self, category: str | int, model_info: Mapping[str, Any] | str, override: bool = False) -> Preset:
+        """The first matching preset in lookup order, checked against the editor's model and scheduler."""
         try:
             category = category_name(category)
         except ValueError as exc:
@@ -210,10 +219,11 @@ class PresetStore:
         preset = self.find(category, model_info).preset
         assert preset is not None
         preset.check_compatible(model_info, override=override)
-        return preset.params(style)
+        return preset
 
-    def preset_for(self, category: str | int, model_info: Mapping[str, Any] | str) -> Preset | None:
-        """The preset `params_for` uses for `category` on this model."""
+    def find_preset(self, category: str | int, model_info: Mapping[str, Any] | str) -> Preset | None:
+        """The preset `params_for` uses for `category` on this model, or None; unchecked (`preset_for` checks
+        it against the model), for reading what a finished run used."""
         return self.find(category, model_info).preset
 
     def add(self, preset: Preset, directory: str | Path | None = None, force: bool = False) -> InstallResult:

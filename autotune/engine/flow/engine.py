@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from autotune.engine import features
 from autotune.engine.cache import cache_key
 from autotune.engine.family import EditResult, EngineSettings
 from autotune.engine.flow import sampling
@@ -194,6 +195,21 @@ class FlowEngine:
             log.info("blend words are not used by the flow methods (no Prompt-to-Prompt or LocalBlend)")
             self._blend_noted = True
         return _EditInputs(self._prepare(image), source_prompt, target_prompt)
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def task_features(self, items: Sequence[_EditInputs], probe: EditParams | None = None) -> list[dict[str, float]]:
+        """Cheap features of each input (`autotune.engine.features`): the pipelines' pooled prompt vectors, the word
+        alignment and the latent's statistics. `probe` is accepted and not used: FlowEdit does not invert, and no
+        inversion features are computed for this family."""
+        out = []
+        for item in items:
+            row = features.text_features(self.velocity.encode(item.source).pooled[0],
+                                         self.velocity.encode(item.target).pooled[0])
+            row.update(features.word_features(item.source, item.target))
+            row.update(features.latent_features(item.prepared.latent))
+            out.append(row)
+        return out
 
     # ------------------------------------------------------------------ inversion
     def invert(self, image: ImageInput, source_prompt: str, w_inv: Guidance = 0.5, steps: int = 50

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from autotune.engine import features
 from autotune.engine.cache import cache_key
 from autotune.engine.family import EditResult, EngineSettings
 from autotune.engine.unet import sampling
@@ -92,6 +93,7 @@ class UNetEngine:
         self.components = components
         self.settings = settings
         self.prompts = PromptEncoder(components)
+        self._pooled_cache: dict[str, torch.Tensor] = {}
         self._grids: dict[int, DDIMGrid] = {}
 
     # ------------------------------------------------------------------ identity
@@ -156,6 +158,18 @@ class UNetEngine:
         factor = self.components.vae_scale_factor
         return int(latent_shape[-2]) * factor, int(latent_shape[-1]) * factor
 
+    @torch.no_grad()
+    def pooled_prompt(self, text: str) -> torch.Tensor:
+        """The prompt's pooled text vector, (D,), cached per prompt: on SD 1.x/2.x CLIP's (its end-of-text token after
+        the final norm), on SDXL the second encoder's projected one, which the UNet reads as `text_embeds`."""
+        if self.prompts.sdxl:
+            return self.prompts.embed(text).pooled[0].float()  # type: ignore[index]
+        if text not in self._pooled_cache:
+            tok = self.components.tokenizer
+            ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+            self._pooled_cache[text] = self.components.text_encoder(ids.input_ids.to(self.device))[1][0].float()
+        return self._pooled_cache[text]
+
     def _grid(self, steps: int) -> DDIMGrid:
         if steps not in self._grids:
             self._grids[steps] = ddim_grid(self.components.scheduler, steps)
@@ -197,6 +211,43 @@ class UNetEngine:
             word_token_indices(source, words[0], "source prompt")
             word_token_indices(target, words[1], "target prompt")
         return _EditInputs(self._prepare(image), source, target, words)
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def task_features(self, items: Sequence[_EditInputs], probe: EditParams | None = None) -> list[dict[str, float]]:
+        """Cheap features of each input (`autotune.engine.features`): text, word alignment and latent statistics;
+        with `probe`, also the inversion at its guidance (cached, so an edit at the probe's w_src reuses it) and the
+        reconstruction from it at its source guidance, the inputs of one latent size in one batch."""
+        out = []
+        for item in items:
+            row = features.text_features(self.pooled_prompt(item.source.text), self.pooled_prompt(item.target.text))
+            row.update(features.word_features(item.source.text, item.target.text))
+            row.update(features.latent_features(item.prepared.latent))
+            out.append(row)
+        if probe is None:
+            return out
+        steps, grid = probe.steps, self._grid(probe.steps)
+        trajectories = self._trajectories([(i.prepared, i.source, probe.inversion_scale) for i in items], steps)
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for t, item in enumerate(items):
+            shapes.setdefault(tuple(item.prepared.latent.shape), []).append(t)
+        scales = torch.tensor(probe.source_scale.scales(steps), device=self.device, dtype=torch.float32)
+        for same_size in shapes.values():
+            for at in range(0, len(same_size), 2 * self.settings.max_batch):
+                rows = same_size[at : at + 2 * self.settings.max_batch]
+                noise = torch.stack([trajectories[t][0] for t in rows])
+                sources = [self.prompts.embed(items[t].source.text) for t in rows]
+                null = self.prompts.null()
+                added = self.prompts.added([null.pooled] * len(rows), [source.pooled for source in sources],
+                                           self._pixel_size(noise.shape))  # SDXL's added conditions; None otherwise
+                rebuilt = sampling.sample_branches(self.components.unet, grid, noise,
+                                                   torch.cat([source.tokens for source in sources]),
+                                                   null.tokens.expand(len(rows), -1, -1),
+                                                   scales[:, None].expand(steps, len(rows)).to(self.dtype),
+                                                   progress=self.settings.progress, added=added)
+                for t, latent in zip(rows, rebuilt):
+                    out[t].update(features.inversion_features(items[t].prepared.latent, trajectories[t][0], latent))
+        return out
 
     # ------------------------------------------------------------------ inversion
     def invert(self, image: ImageInput, source_prompt: str, w_inv: Guidance = 0.5, steps: int = 50) -> Inversion:
