@@ -91,6 +91,19 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.clamp(snr, max=gamma) / snr
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor],
+                   ema: list[torch.Tensor], step: int, ema_max: float) -> None:
+    """One clipped step, then the EMA copy follows (its decay warms up, so early weights do not dominate it)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    decay = min(ema_max, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
 def train_vae(images: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> AutoencoderKL:
     vae = build_vae(args.vae_channels, args.latent_channels)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
@@ -272,14 +285,7 @@ def train(args: argparse.Namespace) -> Path:
         pred = unet(noisy, t, states).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weight[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        optimizer_step(opt, loss, params, ema, step, args.ema)
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         if step % 50 == 0 or step == args.steps - 1:
             rate = (step + 1) / (time.time() - t0)

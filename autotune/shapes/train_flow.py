@@ -62,7 +62,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E4
 
 from autotune.shapes.reader import read_scene  # noqa: E402
 from autotune.shapes.tokenizer import clip_tokenizer  # noqa: E402
-from autotune.shapes.train import encode_all, log, lr_at, store_half  # noqa: E402
+from autotune.shapes.train import encode_all, log, lr_at, optimizer_step, store_half  # noqa: E402
 from autotune.shapes.world import caption, random_scene, render_array, world  # noqa: E402
 
 WORLD_VERSION = 2
@@ -468,14 +468,7 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
             noise = torch.randn(latents.shape, generator=gen)
             sigma = sample_sigmas(args.batch, args, gen)
             loss = flow_loss(transformer, text_encoder, text_encoder_2, latents, tokens, noise, sigma)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            decay = min(args.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in zip(ema, params):
-                    e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+            optimizer_step(opt, loss, params, ema, step, args.ema)
             loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
             step += 1
             bar.update(1)
