@@ -256,3 +256,30 @@ def test_a_predictor_for_other_features_is_refused_at_use(fitted):
     fewer = dict(list(features[0].items())[:-1])
     with pytest.raises(PresetError, match="re-fit"):
         preset.choose(fewer)
+
+
+def test_saving_keeps_a_fitted_predictor_and_history(fitted, tmp_path):
+    """Re-running a finished study writes its preset without a predictor: the fitted one must stay. A new fit
+    replaces the file and keeps the old one in history/; fitting never replaces another study's preset silently."""
+    from autotune.presets.store import save_preset
+
+    land, features, predictor, with_predictor = fitted
+    bare = with_predictor.with_predictor(None)
+    first = save_preset(bare, tmp_path)
+    assert first.action == "added"
+    fitted_once = save_preset(with_predictor, tmp_path, same_result_only=True)
+    assert fitted_once.action == "replaced" and fitted_once.previous is None  # nothing of the bare file is lost
+    rerun = save_preset(bare, tmp_path)
+    assert rerun.action == "unchanged" and "predictor kept" in rerun.reason
+    assert Preset.load(first.path).content_hash == with_predictor.content_hash
+    refit, _ = fit_predictor(land, features, [f"img{i}" for i in range(60)],
+                             pick=land.candidates.index(bare.params("balanced")), repeats=5, seed=1)
+    assert refit.to_dict() != predictor.to_dict()
+    again = save_preset(bare.with_predictor(refit), tmp_path, same_result_only=True)
+    assert again.action == "replaced" and again.previous is not None
+    assert Preset.load(again.previous).content_hash == with_predictor.content_hash
+    other = Preset.from_front([FrontPoint(GENTLE, {"fidelity": 30.0, "edit_strength": 0.5}, trial=0)],
+                              category="change_color", model={"id": "shapes"}, objectives=OBJECTIVES)
+    with pytest.raises(PresetError, match="holds a different preset.*--force"):
+        save_preset(other.with_predictor(None), tmp_path, same_result_only=True)
+    assert Preset.load(first.path).content_hash == bare.with_predictor(refit).content_hash

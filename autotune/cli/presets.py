@@ -22,11 +22,13 @@ from typing import Any
 from autotune.errors import PresetError, StorageError
 from autotune.presets.preset import Preset, PresetWarning
 from autotune.presets.schema import PROVENANCE_KEYS
-from autotune.presets.store import PresetStore, load_entry, user_presets_dir
+from autotune.presets.store import InstallResult, PresetStore, load_entry, user_presets_dir
 from autotune.redact import redact_url
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from autotune.cli._common import add_split_arguments
+
     parser = subparsers.add_parser(
         "presets",
         help="list, inspect, share and rebuild presets",
@@ -87,10 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "predictor into --out. Loads the study's model to compute the tasks' features.")
     p.add_argument("--study", action="append", help="study name (repeatable; default: every autotune study)")
     p.add_argument("--storage", required=True, help="storage URL or journal file, e.g. postgresql://user@host/db")
-    p.add_argument("--out", required=True, type=Path, help="presets directory to write into")
+    p.add_argument("--out", type=Path, help="presets directory to write into (default: your presets directory, "
+                   "searched before the shipped presets; a file replaced there is kept in history/)")
     p.add_argument("--tasks", help="the study's tasks, as given to `autotune tune --tasks` (default: the source "
                    "the study recorded; checked against its task fingerprint)")
-    p.add_argument("--split", default="tune", help="split of a generated task world (shapes), with --tasks")
+    add_split_arguments(p, "tune")
     p.add_argument("--model", help="the study's model (default: the one the study recorded)")
     p.add_argument("--device", help="cuda, cpu... (default: cuda when available)")
     p.add_argument("--trade-off", default="balanced", choices=("conservative", "balanced", "aggressive"),
@@ -446,11 +449,11 @@ def cmd_fit_predictor(args: argparse.Namespace) -> int:
             raise PresetError(f"no study named {name!r} in {label}") from None
         with _show_warnings():
             preset, report = fit_study_predictor(study, args, label)
-            path = write_with_predictor(preset, args.out, force=args.force)
+            saved = write_with_predictor(preset, args.out, force=args.force)
         print(f"study {name!r}:")
         for line in report.lines():
             print(f"  {line}")
-        print(f"  wrote {path}")
+        print(f"  wrote {saved.path}" + (f" (the previous file kept as {saved.previous})" if saved.previous else ""))
     return 0
 
 
@@ -465,7 +468,8 @@ def fit_study_predictor(study: Any, args: argparse.Namespace, label: str | None)
     if args.tasks:
         from autotune.tasks.sources import load_tasks
 
-        tasks = sorted((t for t in load_tasks(args.tasks, category, args.split) if t.category == category),
+        tasks = sorted((t for t in load_tasks(args.tasks, category, args.split, args.heldout_fraction)
+                        if t.category == category),
                        key=lambda t: t.id)
     else:
         found, why = study_tasks(study)
@@ -485,21 +489,10 @@ def fit_study_predictor(study: Any, args: argparse.Namespace, label: str | None)
                                  max_candidates=args.max_candidates)
 
 
-def write_with_predictor(preset: Preset, directory: Path, force: bool = False) -> Path:
-    """Write `preset` (carrying a predictor) into `directory`, replacing the file there when it holds the same preset
-    (with or without an older predictor); another preset is kept unless `force`."""
-    from autotune.presets.store import preset_filename
+def write_with_predictor(preset: Preset, directory: Path | None, force: bool = False) -> InstallResult:
+    """Write `preset` (carrying a predictor) into `directory` (default: the user's presets directory) over the same
+    preset (with or without an older predictor), keeping the file it replaces in history/; another preset is
+    replaced only with `force`. The shipped presets are refused."""
+    from autotune.presets.store import save_preset
 
-    path = Path(directory) / preset_filename(preset.model["id"], preset.category)
-    if path.exists() and not force:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", PresetWarning)
-                existing = Preset.load(path)
-        except PresetError as exc:
-            raise PresetError(f"{path} does not load ({exc}); use --force to replace it") from None
-        if existing.with_predictor(None).content_hash != preset.with_predictor(None).content_hash:
-            raise PresetError(f"{path} holds a different preset (another study, or edited); use --force to replace "
-                              "it, or write into another --out")
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return preset.save(path)
+    return save_preset(preset, directory, same_result_only=not force)

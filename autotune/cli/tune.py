@@ -164,13 +164,10 @@ def run(args: argparse.Namespace) -> int:
                   task_source=task_source(args), task_batch=args.task_batch,
                   invert_ahead=args.invert_ahead)
     print(report(result) if args.report else result.summary())
-    if result.preset is not None:
-        from autotune.report.dashboard import annotate
-
-        annotate(result.study, result.preset, result.preset_path)  # the preset's provenance, in `autotune dashboard`
     if result.preset_path is None:
         print("no trial completed: no preset written")
-    elif args.predictor:
+    preset = result.preset
+    if result.preset_path is not None and args.predictor:
         from autotune.errors import PresetError
         from autotune.tuning.fit_predictor import preset_with_predictor
 
@@ -181,12 +178,20 @@ def run(args: argparse.Namespace) -> int:
             storage = f"--storage {args.storage}" if args.storage else \
                 f"--storage {Path(args.project_dir) / 'studies.journal'}"
             print(f"error: no predictor fitted: {exc}. The study and the preset are saved; fit it later with: autotune "
-                  f"presets fit-predictor {storage} --study {name} --out {args.presets_dir}", file=sys.stderr)
+                  f"presets fit-predictor {storage} --study {name} --out {presets_dir}", file=sys.stderr)
             return 1
-        preset.save(result.preset_path)
+        from autotune.presets.store import save_preset
+
+        # Over the preset tune just wrote (or kept): an older predictor of the same result goes to history/.
+        saved = save_preset(preset, presets_dir, same_result_only=True)
         print("predictor:\n" + "\n".join(f"  {line}" for line in fit.lines()))
-        print(f"preset with its predictor written to {result.preset_path}")
-    elif args.report:
+        print(f"preset with its predictor written to {saved.path}"
+              + (f" (the previous file kept as {saved.previous})" if saved.previous else ""))
+    if preset is not None:
+        from autotune.report.dashboard import annotate
+
+        annotate(result.study, preset, result.preset_path)  # the preset's provenance, in `autotune dashboard`
+    if result.preset_path is not None and args.report:
         from autotune.report import write_report
 
         name = result.study.study_name

@@ -283,10 +283,14 @@ class PresetStore:
         return text + " Tune one with `autotune tune`, or give a preset file path."
 
 
-def save_preset(preset: Preset, directory: str | Path | None = None) -> InstallResult:
+def save_preset(preset: Preset, directory: str | Path | None = None, *, same_result_only: bool = False
+                ) -> InstallResult:
     """Write a freshly tuned preset as `<directory>/<model>__<category>.json` (default: the user's presets
     directory), whatever was there: the study is the newer measurement. A different file already there is first
-    kept as a dated copy (`keep_previous`); an identical one is left as it is. The shipped presets are refused."""
+    kept as a dated copy (`keep_previous`); an identical one is left as it is, and so is the same result carrying a
+    predictor when `preset` has none (re-running a finished study must not drop a fitted predictor). With
+    `same_result_only` (fitting a predictor), a file holding another result is refused instead. The shipped presets
+    are refused."""
     directory = Path(directory) if directory is not None else user_presets_dir()
     if is_shipped_dir(directory):
         raise PresetError(_SHIPPED_READ_ONLY.format(directory=directory, user=user_presets_dir()))
@@ -300,14 +304,32 @@ def save_preset(preset: Preset, directory: str | Path | None = None) -> InstallR
         if not path.exists():
             preset.save(path)
             return InstallResult("added", path, "new")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PresetWarning)
-            with contextlib.suppress(PresetError):
-                if Preset.load(path).content_hash == preset.content_hash:
-                    return InstallResult("unchanged", path, "identical content")
-        previous = keep_previous(path)
+        existing = _load_quietly(path)
+        if existing is not None and existing.content_hash == preset.content_hash:
+            return InstallResult("unchanged", path, "identical content")
+        same_result = existing is not None and \
+            existing.with_predictor(None).content_hash == preset.with_predictor(None).content_hash
+        if same_result and preset.predictor is None and existing.predictor is not None:
+            return InstallResult("unchanged", path, "the same tuning result; its fitted predictor kept")
+        if same_result_only and not same_result:
+            what = "a file that does not load as a preset" if existing is None else \
+                "a different preset (another study, or edited)"
+            raise PresetError(f"{path} holds {what}; use --force to replace it (it is kept in history/), or write "
+                              "into another directory")
+        # The same result without a predictor is all in the new file: nothing to keep.
+        previous = None if same_result and existing.predictor is None else keep_previous(path)
         preset.save(path)
-        return InstallResult("replaced", path, "a newer tuning result", previous)
+        why = "its predictor fitted" if same_result else "a newer tuning result"
+        return InstallResult("replaced", path, why, previous)
+
+
+def _load_quietly(path: Path) -> Preset | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PresetWarning)
+        try:
+            return Preset.load(path)
+        except PresetError:
+            return None
 
 
 def keep_previous(path: Path) -> Path:
