@@ -232,12 +232,25 @@ def test_style_auto_without_a_predictor_says_what_to_do(tiny_model_dir, tmp_path
 
 
 def test_tune_predictor_on_too_few_tasks_keeps_the_preset_and_says_how_to_fit_later(tiny_model_dir, tmp_path,
-                                                                                      capsys):
+                                                                                      capsys, monkeypatch):
+    monkeypatch.setenv("AUTOTUNE_PRESETS_DIR", str(tmp_path / "presets"))  # no --presets-dir: the user's folder
     code = main(["tune", "--model", str(tiny_model_dir), "--device", "cpu", "--tasks", "shapes:change_color:3",
                  "--trials", "2", "--batch", "2", "--space", "steps=2:2", "--project-dir", str(tmp_path / "proj"),
-                 "--presets-dir", str(tmp_path / "presets"), "--study", "few", "--quiet", "--predictor"])
+                 "--study", "few", "--quiet", "--predictor"])
     captured = capsys.readouterr()
     assert code == 1 and "preset written to" in captured.out
     assert "at least 10 tasks" in captured.err and "autotune presets fit-predictor" in captured.err
+    assert f"--study few --out {tmp_path / 'presets'}" in captured.err  # a command that runs as printed
     (path,) = (tmp_path / "presets").glob("*change_color.json")
     assert Preset.load(path).predictor is None
+
+
+def test_evaluate_refuses_style_auto_before_the_model_loads(tmp_path, capsys):
+    from autotune.cli import main
+
+    missing = tmp_path / "no-such-model"  # loading it would fail with another message
+    code = main(["evaluate", "--model", str(missing), "--tasks", "shapes:change_color:2", "--preset",
+                 "change_color:auto", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "style 'auto' chooses one per image" in err and "autotune bench predictor" in err
+    assert "no-such-model" not in err and not (tmp_path / "out").exists()

@@ -99,6 +99,18 @@ def _params_source(args: argparse.Namespace, editor) -> tuple[Any, str | None]:
     return source, style
 
 
+def _refuse_auto(spec: str | None) -> None:
+    """Style auto picks a setting per image, so it has no parameters to evaluate as one setting: said before the
+    model loads."""
+    from autotune.presets.predictor import AUTO_STYLE
+    from autotune.presets.store import parse_spec
+
+    if spec and (spec == AUTO_STYLE or parse_spec(spec)[1] == AUTO_STYLE):
+        raise InputError(f"--preset {spec}: evaluate scores one setting per category, and style 'auto' chooses one "
+                         "per image; evaluate a named pick (conservative, balanced, aggressive), or measure auto "
+                         "with `autotune bench predictor`")
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -117,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
     check_overrides(param_overrides(args))  # before a model loads
+    _refuse_auto(args.preset)
     tasks = load_tasks(args.tasks, args.category, args.split, args.heldout_fraction)
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
