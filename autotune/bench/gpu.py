@@ -1,4 +1,4 @@
-"""7. Full-size architectures on a GPU, ready to run the day a card is at hand: each model family's published configs
+"""8. Full-size architectures on a GPU, ready to run the day a card is at hand: each model family's published configs
 (shipped in `autotune/bench/configs/<model>/`, no weights) are built with random weights, saved as a diffusers folder
 and loaded by the Editor as a user's checkpoint would be; then, at the model's native resolution, the throughput
 comparison (like for like: `throughput.bench_throughput`), the engine's overhead against its denoiser calls

@@ -41,7 +41,8 @@ _TASKS = {"throughput": 8, "overhead": 1, "efficiency": 16, "quality": 60, "memo
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="benchmark throughput, overhead, sample efficiency, quality, inversion and memory",
+        "bench", help="benchmark throughput, overhead, sample efficiency, quality, inversion, memory, the per-image "
+        "predictor and full-size architectures on a GPU",
         description="Run a benchmark on the shapes world's tasks, print its figures and rewrite its section of "
         "BENCHMARKS.md. Every ratio is measured against a baseline run in the same process.",
         formatter_class=HelpFormatter)
@@ -51,9 +52,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file whose sections are rewritten")
     parser.add_argument("--steps", type=int, help="DDIM steps of every edit (default 50; gpu: the model's bench.json)")
     parser.add_argument("--tasks", type=int, help="shapes tasks per category (default: throughput and memory 8, "
-                        "efficiency 16, quality 60; gpu: the model's bench.json)")
+                        "overhead 1, efficiency 16, quality and predictor 60; gpu: the model's bench.json)")
     parser.add_argument("--categories", default=",".join(_shapes_categories()),
-                        help="comma-separated shapes categories (efficiency, quality)")
+                        help="comma-separated shapes categories (efficiency, quality, predictor)")
     parser.add_argument("--category", default="change_color", help="category of throughput, overhead, memory")
     parser.add_argument("--trials", type=int, help="trials of the throughput and memory tuning runs (default 16; gpu: "
                         "the model's bench.json)")
