@@ -100,7 +100,7 @@ def test_dashboard_shows_the_study_its_trials_images_and_preset_in_a_browser(tun
         assert study.study_name in listing
         study_id = study._study_id
         overview = _page_text(chrome, f"{url}studies/{study_id}", tmp_path / "chrome", "Objective X: fidelity")
-        assert "Objective X: fidelity (background_psnr)" in overview and "edit_strength (edit_success)" in overview
+        assert "Objective X: fidelity (background_psnr)" in overview and "edit_strength (full_success)" in overview
         trials = _page_text(chrome, f"{url}studies/{study_id}/trials", tmp_path / "chrome",
                             f"Trial {len(study.trials) - 1} Complete", "edits.png")
         assert f"{len(study.trials)} Trials" in trials
