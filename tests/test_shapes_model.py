@@ -92,3 +92,24 @@ def test_the_shipped_shapes_presets_fit_the_shipped_model():
         assert entry.preset.kind == "tuned" and entry.path.name == f"shapes__{category}.json"
         entry.preset.check_compatible(editor.model_info())  # same weights fingerprint, same scheduler
         assert editor.presets.params_for(category, "balanced", editor.model_info()).steps == 50
+
+
+def test_the_shipped_shapes_presets_choose_per_image_out_of_the_box():
+    """Style auto works from the shipped files: each carries a predictor that verifies, and an edit with it uses one
+    of the predictor's candidates (or the balanced pick, saying why) and records the choice."""
+    from autotune import Editor
+    from autotune.shapes.tasks import SHAPES_CATEGORIES, shapes_tasks
+
+    editor = Editor.from_pretrained("shapes", device="cpu", progress=False, presets=True)
+    for category in SHAPES_CATEGORIES:
+        preset = editor.presets.preset_for(category, editor.model_info())
+        predictor = preset.check_auto()
+        assert preset.params(predictor.trade_off) in predictor.candidates
+    task = shapes_tasks("change_color", split="heldout", count=1)[0]
+    result = editor.edit(task.image, task.source_prompt, task.target_prompt, blend_words=task.blend_words,
+                         category="change_color", style="auto")
+    preset = editor.presets.preset_for("change_color", editor.model_info())
+    assert result.choice is not None and result.params == result.choice.params
+    assert result.choice.params in preset.predictor.candidates
+    if result.choice.fallback:
+        assert result.params == preset.params("balanced") and result.choice.reason
