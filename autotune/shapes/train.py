@@ -196,6 +196,17 @@ def store_half(folder: Path, names: tuple[str, ...] = HALF_STORED) -> None:
                   metadata={"format": "pt"})
 
 
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the finished folder `new` in place of `out`: a reader sees the old model or the new one, never half of
+    either (renames, not copies)."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_pipeline(out: Path, vae, text_model, unet, tokenizer, meta: dict) -> None:
     """Write a Stable Diffusion folder atomically (temp folder, then rename)."""
     scheduler = DDIMScheduler(**NOISE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -207,12 +218,7 @@ def save_pipeline(out: Path, vae, text_model, unet, tokenizer, meta: dict) -> No
     pipe.save_pretrained(tmp, safe_serialization=True)
     store_half(tmp)
     (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)
 
 
 def train(args: argparse.Namespace) -> Path:

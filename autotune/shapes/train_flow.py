@@ -62,7 +62,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E4
 
 from autotune.shapes.reader import read_scene  # noqa: E402
 from autotune.shapes.tokenizer import clip_tokenizer  # noqa: E402
-from autotune.shapes.train import encode_all, log, lr_at, optimizer_step, store_half  # noqa: E402
+from autotune.shapes.train import encode_all, log, lr_at, optimizer_step, replace_folder, store_half  # noqa: E402
 from autotune.shapes.world import caption, random_scene, render_array, world  # noqa: E402
 
 WORLD_VERSION = 2
@@ -362,12 +362,7 @@ def save_pipeline(out: Path, pipe: StableDiffusion3Pipeline, meta: dict) -> None
     pipe.save_pretrained(tmp, safe_serialization=True)
     store_half(tmp, HALF_STORED)
     write_meta(tmp, meta)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, out)
 
 
 def write_meta(folder: Path, meta: dict) -> None:
