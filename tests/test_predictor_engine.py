@@ -254,3 +254,20 @@ def test_evaluate_refuses_style_auto_before_the_model_loads(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "style 'auto' chooses one per image" in err and "autotune bench predictor" in err
     assert "no-such-model" not in err and not (tmp_path / "out").exists()
+
+
+def test_bench_predictor_measures_auto_against_the_pick_and_writes_its_section(tuned_with_predictor, tiny_model_dir,
+                                                                              tmp_path, capsys):
+    """The benchmark end to end on the tiny model: every policy edits the same held-out tasks, the paired table and
+    the verdict are written (grid 0: the oracle is the best of the predictor's candidates)."""
+    tmp, path = tuned_with_predictor
+    out = tmp_path / "B.md"
+    code = main(["bench", "predictor", "--model", str(tiny_model_dir), "--device", "cpu", "--presets",
+                 str(path.parent), "--categories", "change_color", "--tasks", "3", "--steps", "2", "--threads", "1",
+                 "--out", str(out)])
+    assert code == 0
+    text = out.read_text()
+    assert "## 7. Per-image guidance" in text and "| change_color | 3 |" in text
+    for policy in ("predicted per image (auto)", "the preset's pick", "(0.5, 7.5)", "oracle: each task's best candidate"):
+        assert f"| change_color | {policy} |" in text
+    assert "| change_color | auto - pick |" in text and "share of the oracle's gain" in text

@@ -98,7 +98,7 @@ class PredictorResult:
                                 "background PSNR (dB)", "distance to the ideal (lower is better)"], diff_rows)
         verdicts = markdown.table(
             ["category", "held-out tasks", "candidates", "predictor (cross-validated on its study)", "verdict"],
-            [[o.category, o.tasks, o.candidates + (f" + {o.grid} grid" if o.grid else ""), o.model, o.verdict]
+            [[o.category, o.tasks, f"{o.candidates}" + (f" + {o.grid} grid" if o.grid else ""), o.model, o.verdict]
              for o in self.outcomes])
         parts = [verdicts, "", means, "", diffs]
         importance = [[o.category, g, f"{v['fidelity']:+.2f}", f"{v['edit_strength'] * 100:+.1f}"]

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shlex
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,14 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(refused)
         result, notes = _run_one(name, args, categories, state)
         machine = _common.machine_info(args.device)
-        text = markdown.section(_TITLES[name], command_line(args, name), machine, result.markdown(), notes)
+        try:
+            text = markdown.section(_TITLES[name], command_line(args, name), machine, result.markdown(), notes)
+        except Exception:  # the figures took long to measure: keep them before the error ends the run
+            kept = Path(f"bench-{name}-figures.json")
+            atomic.write_text(kept, json.dumps({"benchmark": name, "command": command_line(args, name),
+                                                "machine": machine, "figures": asdict(result)}, indent=1, default=str))
+            print(f"error: the {name} section could not be written; its figures are kept in {kept}", file=sys.stderr)
+            raise
         print(text)
         markdown.write_section(args.out, name, text)
         print(f"(section {name!r} of {args.out} rewritten)\n")
