@@ -268,6 +268,7 @@ def test_bench_predictor_measures_auto_against_the_pick_and_writes_its_section(t
     assert code == 0
     text = out.read_text()
     assert "## 7. Per-image guidance" in text and "| change_color | 3 |" in text
-    for policy in ("predicted per image (auto)", "the preset's pick", "(0.5, 7.5)", "oracle: each task's best candidate"):
+    policies = ("predicted per image (auto)", "the preset's pick", "(0.5, 7.5)", "oracle: each task's best candidate")
+    for policy in policies:
         assert f"| change_color | {policy} |" in text
     assert "| change_color | auto - pick |" in text and "share of the oracle's gain" in text
