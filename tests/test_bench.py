@@ -74,11 +74,28 @@ def test_overhead_replays_exactly_the_unet_calls(editor, tasks):
     assert r.cold_calls == 3 + 3  # inversion (w=0.5: one call per step) + two-branch sampling
     assert r.warm_calls == 3
     assert r.cold_edit_seconds > 0 and r.cold_denoiser_seconds > 0 and r.warm_denoiser_seconds > 0
-    assert math.isclose(r.cold_ratio, r.cold_edit_seconds / r.cold_denoiser_seconds)
+    assert math.isclose(r.cold_ratio, r.cold_edit_seconds / r.cold_denoiser_seconds)  # one repeat: its own ratio
     assert math.isclose(r.warm_ratio, r.warm_edit_seconds / r.warm_denoiser_seconds)
+    assert r.cold_runs == [(r.cold_edit_seconds, r.cold_denoiser_seconds)]
     assert list(r.sample_ms) == [1, 2, 4, 8, 16, 32, 64] and all(v > 0 for v in r.sample_ms.values())
     assert r.denoiser == "UNet2DConditionModel" and r.method == "siminversion"
     assert "| ms per sample |" in r.markdown()
+
+
+def test_overhead_keeps_every_repeat_and_takes_the_median_of_their_ratios(editor, tasks):
+    import statistics
+
+    r = overhead.bench_overhead(editor, tasks[0], EditParams(steps=2), repeats=3, sample_batches=(1,), sample_rows=2)
+    assert len(r.cold_runs) == len(r.warm_runs) == 3
+    for runs, ratio, (low, high) in ((r.cold_runs, r.cold_ratio, r.cold_range), (r.warm_runs, r.warm_ratio,
+                                                                               r.warm_range)):
+        ratios = [edit / alone for edit, alone in runs]
+        assert ratio == pytest.approx(statistics.median(ratios))
+        assert (low, high) == pytest.approx((min(ratios), max(ratios)))
+    assert r.cold_edit_seconds == pytest.approx(statistics.median(e for e, _ in r.cold_runs))
+    text = r.markdown()
+    assert "Every repeat" in text and f"{r.warm_range[0]:.3g}-{r.warm_range[1]:.3g}" in text
+    assert text.count("\n| 3 |") == 1  # the third repeat's row
 
 
 def test_sample_costs_replay_the_call_at_each_batch_size(editor, tasks):
@@ -233,10 +250,20 @@ def test_child_peak_rss_sees_a_known_allocation():
     assert filled - idle == pytest.approx(300, rel=0.05)  # /proc/<child>/status says VmHWM 318 MB against 11 MB
 
 
-def test_memory_measures_child_processes(tiny_model_dir):
-    r = memory.bench_memory(str(tiny_model_dir), "cpu", trials=1, batch=1, tasks=1, steps=1)
-    assert r.load_only_mb <= r.tuning_mb  # the tuning child loads the same model, then tunes
-    assert "peak RSS" in r.markdown()
+def test_memory_measures_child_processes(tiny_model_dir, monkeypatch):
+    import statistics
+
+    commands, measure = [], memory._child_peak_rss_mb
+    monkeypatch.setattr(memory, "_child_peak_rss_mb", lambda cmd, env=None: commands.append(cmd) or measure(cmd, env))
+    r = memory.bench_memory(str(tiny_model_dir), "cpu", trials=1, batch=1, tasks=1, steps=1, repeats=2)
+    projects = [cmd[cmd.index("--project-dir") + 1] for cmd in commands if "--project-dir" in cmd]
+    assert len(projects) == 2 and len(set(projects)) == 2  # each tuning run starts its own study, none resumes one
+    assert len(r.load_runs_mb) == len(r.tuning_runs_mb) == 2
+    assert r.load_only_mb == statistics.median(r.load_runs_mb) and r.tuning_mb == statistics.median(r.tuning_runs_mb)
+    assert max(r.load_runs_mb) <= min(r.tuning_runs_mb)  # the tuning child loads the same model, then tunes
+    assert "peak RSS" in r.markdown() and f"{r.tuning_runs_mb[1]:.4g}" in r.markdown()
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        memory.bench_memory(str(tiny_model_dir), "cpu", repeats=0)
 
 
 def test_machine_info_is_the_running_machine():

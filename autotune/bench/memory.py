@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,13 +25,23 @@ class MemoryResult:
     tasks: int
     steps: int
     kind: str  # "RSS (child process)" | "CUDA max_memory_allocated"
+    load_runs_mb: list[float] = field(default_factory=list)  # every run; the figures above are their medians
+    tuning_runs_mb: list[float] = field(default_factory=list)
 
     def markdown(self) -> str:
-        table = markdown.table(["process", f"peak {self.kind} (MB)"],
-                       [["load the model only", self.load_only_mb],
+        def spread(runs: list[float]) -> str:
+            return f"{min(runs):.4g}-{max(runs):.4g}" if runs else "one run"
+
+        def every(runs: list[float]) -> str:
+            return ", ".join(f"{r:.4g}" for r in runs)
+
+        table = markdown.table(["process", f"peak {self.kind} (MB), median", "range", "every run"],
+                       [["load the model only", self.load_only_mb, spread(self.load_runs_mb),
+                         every(self.load_runs_mb)],
                         [f"tuning run: {self.trials} trials, batch {self.batch}, {self.tasks} tasks, {self.steps} "
-                         "steps", self.tuning_mb]])
-        return table + "\n\nThe tuning run is `autotune tune` with the same model, in its own process."
+                         "steps", self.tuning_mb, spread(self.tuning_runs_mb), every(self.tuning_runs_mb)]])
+        return (table + f"\n\nThe tuning run is `autotune tune` with the same model, in its own process; "
+                f"{len(self.tuning_runs_mb) or 1} run(s) of each, every one a fresh process.")
 
 
 # Runs argv[1:] as its child and writes that child's ru_maxrss (KiB; bytes on macOS) to stdout. Why a launcher: a
@@ -70,21 +81,29 @@ def _child_peak_rss_mb(cmd: list[str], env: dict[str, str] | None = None) -> flo
 
 
 def bench_memory(model: str, device: str = "cpu", *, category: str = "change_color", trials: int = 8, batch: int = 4,
-                 tasks: int = 4, steps: int = 50) -> MemoryResult:
-    """Peak memory of `autotune tune` on `tasks` shapes tasks, against loading the model alone."""
+                 tasks: int = 4, steps: int = 50, repeats: int = 3) -> MemoryResult:
+    """Peak memory of `autotune tune` on `tasks` shapes tasks, against loading the model alone; on the CPU each
+    `repeats` times in fresh processes (medians, every run kept). CUDA's allocator counts exactly: one run."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     with tempfile.TemporaryDirectory() as tmp:
-        tune_args = ["tune", "--model", model, "--device", device, "--tasks", f"shapes:{category}",
-                     "--trials", str(trials), "--batch", str(batch), "--space", f"steps={steps}:{steps}",
-                     "--project-dir", f"{tmp}/proj", "--presets-dir", f"{tmp}/presets", "--quiet"]
+        def tune_args(run: int) -> list[str]:  # a fresh project per run: a second run must not resume the first's
+            return ["tune", "--model", model, "--device", device, "--tasks", f"shapes:{category}",
+                    "--trials", str(trials), "--batch", str(batch), "--space", f"steps={steps}:{steps}",
+                    "--project-dir", f"{tmp}/run{run}/proj", "--presets-dir", f"{tmp}/run{run}/presets", "--quiet"]
+
         if device.startswith("cuda"):
-            return _cuda_memory(model, device, tune_args, trials, batch, tasks, steps)
+            return _cuda_memory(model, device, tune_args(0), trials, batch, tasks, steps)
         env = dict(os.environ, HF_HUB_OFFLINE="1", AUTOTUNE_BENCH_TASKS=str(tasks),
                    OMP_NUM_THREADS=str(torch.get_num_threads()))  # the child computes as this process does
         load = [sys.executable, "-c", "import sys; from autotune.engine.editor import Editor; "
                 "Editor.from_pretrained(sys.argv[1], device=sys.argv[2], progress=False)", model, device]
-        tune_cmd = [sys.executable, "-c", _TUNE_CHILD, *tune_args]
-        return MemoryResult(device, _child_peak_rss_mb(load, env), _child_peak_rss_mb(tune_cmd, env), trials, batch,
-                            tasks, steps, "RSS")
+        loads, tunings = [], []
+        for run in range(repeats):
+            loads.append(_child_peak_rss_mb(load, env))
+            tunings.append(_child_peak_rss_mb([sys.executable, "-c", _TUNE_CHILD, *tune_args(run)], env))
+        med = statistics.median
+        return MemoryResult(device, med(loads), med(tunings), trials, batch, tasks, steps, "RSS", loads, tunings)
 
 
 # The child limits the shapes tasks to AUTOTUNE_BENCH_TASKS so the memory run is the size asked for.

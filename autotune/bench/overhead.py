@@ -41,30 +41,53 @@ class OverheadResult:
     warm_edit_seconds: float
     warm_denoiser_seconds: float
     vae_seconds: float
-    cold_ratio: float
+    cold_ratio: float  # the median of the repeats' ratios
     warm_ratio: float
     repeats: int
     sample_ms: dict[int, float] = field(default_factory=dict)  # denoiser alone: ms per sample by batch size
     denoiser: str = "UNet2DConditionModel"  # the denoiser's class
     method: str = "siminversion"
+    cold_runs: list[tuple[float, float]] = field(default_factory=list)  # every repeat: (edit s, same calls alone s)
+    warm_runs: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def cold_range(self) -> tuple[float, float]:
+        return _ratio_range(self.cold_runs, self.cold_ratio)
+
+    @property
+    def warm_range(self) -> tuple[float, float]:
+        return _ratio_range(self.warm_runs, self.warm_ratio)
 
     def markdown(self) -> str:
+        cold, warm = self.cold_range, self.warm_range
         table = markdown.table(
-            ["one candidate edit", "denoiser calls", "edit seconds", "same calls alone (s)", "ratio",
+            ["one candidate edit", "denoiser calls", "edit seconds", "same calls alone (s)", "ratio", "ratio range",
              "ratio without VAE encode/decode"],
             [["cold (empty cache: inversion and source work computed)", self.cold_calls,
-              self.cold_edit_seconds, self.cold_denoiser_seconds, self.cold_ratio,
+              self.cold_edit_seconds, self.cold_denoiser_seconds, self.cold_ratio, f"{cold[0]:.3g}-{cold[1]:.3g}",
               (self.cold_edit_seconds - self.vae_seconds) / self.cold_denoiser_seconds],
              ["warm (the same edit again: what the cache kept is reused)", self.warm_calls,
-              self.warm_edit_seconds, self.warm_denoiser_seconds, self.warm_ratio,
+              self.warm_edit_seconds, self.warm_denoiser_seconds, self.warm_ratio, f"{warm[0]:.3g}-{warm[1]:.3g}",
               (self.warm_edit_seconds - self.vae_seconds) / self.warm_denoiser_seconds]])
-        return (table + f"\n\nTarget: ratio <= 1.2. Medians of {self.repeats} runs of one `{self.method}` edit, "
+        return (table + f"\n\nTarget: ratio <= 1.2. The ratio is the median of {self.repeats} repeats' ratios (each "
+                "repeat times the edit, then the same calls alone, right after); seconds are medians. "
+                f"One `{self.method}` edit, "
                 f"{self.steps} steps; the denoiser ({self.denoiser}) calls are recorded by a forward hook during the "
                 "edit, with every argument the engine passes, and replayed alone (same shapes, dtypes, timesteps and "
                 "batch sizes, random inputs where values do not change the work, SDPA attention throughout, a tensor "
                 "passed to consecutive calls passed again as in the engine, so text keys and values are projected "
                 "once per run of them). The VAE encode + decode of one image takes "
-                f"{self.vae_seconds:.3g} s (unavoidable too, but not a denoiser pass)." + self._sample_costs())
+                f"{self.vae_seconds:.3g} s (unavoidable too, but not a denoiser pass)." + self._every_repeat()
+                + self._sample_costs())
+
+    def _every_repeat(self) -> str:
+        if not self.cold_runs:
+            return ""
+        rows = [[i + 1, c[0], c[1], c[0] / c[1], w[0], w[1], w[0] / w[1]]
+                for i, (c, w) in enumerate(zip(self.cold_runs, self.warm_runs))]
+        return "\n\nEvery repeat:\n\n" + markdown.table(
+            ["repeat", "cold edit (s)", "cold alone (s)", "cold ratio", "warm edit (s)", "warm alone (s)",
+             "warm ratio"], rows)
 
     def _sample_costs(self) -> str:
         if not self.sample_ms:
@@ -268,9 +291,16 @@ def bench_overhead(editor: Any, task: EditTask, params: EditParams | None = None
     vae = [_timed(lambda: editor.engine.decode(editor.engine.encode_image(pil)[None]), device)
            for _ in range(repeats)]
     med = statistics.median
+    cold_runs, warm_runs = list(zip(cold, cold_alone)), list(zip(warm, warm_alone))
     return OverheadResult(params.steps, len(cold_calls), len(warm_calls), med(cold), med(cold_alone), med(warm),
-                          med(warm_alone), med(vae), med(cold) / med(cold_alone), med(warm) / med(warm_alone), repeats,
-                          sample_ms, type(model).__name__, params.method)
+                          med(warm_alone), med(vae), med(e / a for e, a in cold_runs),
+                          med(e / a for e, a in warm_runs), repeats, sample_ms, type(model).__name__, params.method,
+                          cold_runs, warm_runs)
+
+
+def _ratio_range(runs: list[tuple[float, float]], median: float) -> tuple[float, float]:
+    ratios = [e / a for e, a in runs] or [median]
+    return min(ratios), max(ratios)
 
 
 def _timed(run: Callable[[], Any], device: torch.device) -> float:

@@ -75,7 +75,9 @@ def register(subparsers) -> None:
                         help="efficiency: enqueue the paper points first in every sampler run, as `autotune tune` does")
     parser.add_argument("--jobs", type=int, default=1,
                         help="efficiency: sampler runs in this many worker processes (same figures, less wall time)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (overhead)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="repeats: timed ones (overhead), fresh processes of each kind (memory); medians with "
+                        "every repeat kept")
     parser.add_argument("--runs", type=int, help="runs of the whole throughput comparison; medians with their "
                         "range, every run kept (default 5; gpu: the model's bench.json)")
     parser.add_argument("--heldout-seed", type=int, help="quality, predictor: the held-out split seed (default: "
@@ -163,7 +165,7 @@ def command_line(args: argparse.Namespace, which: str) -> str:
                     ("--heldout-seed", get("heldout_seed")), ("--presets", args.presets)],
         "inversion": [("--inversion-samples", args.inversion_samples), ("--seed", args.seed)],
         "memory": [("--category", args.category), ("--tasks", get("tasks")), ("--trials", get("trials")),
-                   ("--batch", get("batch"))],
+                   ("--batch", get("batch")), ("--repeats", args.repeats)],
         "predictor": [("--categories", args.categories), ("--tasks", get("tasks")),
                       ("--heldout-seed", get("heldout_seed")), ("--presets", args.presets),
                       ("--oracle-grid", args.oracle_grid or None), ("--seed", args.seed)],
@@ -350,7 +352,8 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
                                          cache_dir=args.cache_dir, seed=args.seed, progress=True), ""
     if name == "memory":
         return memory.bench_memory(args.model, args.device, category=args.category, trials=get("trials"),
-                                   batch=get("batch"), tasks=get("tasks"), steps=get("steps")), ""
+                                   batch=get("batch"), tasks=get("tasks"), steps=get("steps"),
+                                   repeats=args.repeats), ""
     if name == "gpu":
         models = gpu.available_models() if args.models == "all" else [m.strip() for m in args.models.split(",")]
         return gpu.bench_gpu(models, device=args.device, size=args.size, tasks=args.tasks, trials=args.trials,
