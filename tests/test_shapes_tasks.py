@@ -70,3 +70,27 @@ def test_categories_accept_piebench_ids_and_aliases_and_reject_others():
         shapes_tasks("change_style")
     with pytest.raises(ValueError, match="split"):
         shapes_tasks("change_color", split="test")
+
+
+def test_shapes_tasks_are_drawn_in_the_models_own_world(tmp_path):
+    import argparse
+    import json
+
+    from autotune.cli._common import task_source
+    from autotune.tasks.sources import load_tasks, shapes_world_of
+
+    flow = tmp_path / "flow-model"
+    flow.mkdir()
+    (flow / "training.json").write_text(json.dumps({"world_version": 2}))
+    assert shapes_world_of(flow) == 2
+    assert shapes_world_of("shapes") == 1  # the UNet model's folder records no version: the first world
+    assert shapes_world_of(tmp_path / "not-a-model") == 1 and shapes_world_of("runwayml/stable-diffusion-v1-5") == 1
+    v2 = load_tasks("shapes:change_color:4", world_version=shapes_world_of(flow))
+    assert [t.metadata["world_version"] for t in v2] == [2] * 4
+    assert [t.id for t in v2] == [t.id for t in shapes_tasks("change_color", "tune", 4, version=2)]
+    v1 = load_tasks("shapes:change_color:4")  # version 1 by default
+    assert [t.id for t in v1] == [t.id for t in shapes_tasks("change_color", "tune", 4)]
+    args = argparse.Namespace(tasks="shapes:change_color", split="tune", heldout_fraction=None, model=str(flow))
+    assert task_source(args)["world_version"] == 2  # a study records it, so its report redraws the same tasks
+    args.model = "shapes"
+    assert "world_version" not in task_source(args)

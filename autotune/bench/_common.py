@@ -29,16 +29,17 @@ def scene_key(task: EditTask) -> str:
 
 
 def fresh_shapes_tasks(category: str, split: str, count: int, seed: int, seen_seeds: Sequence[int] = (0,),
-                       seen_count: int = SEEN_COUNT) -> tuple[list[EditTask], int]:
+                       seen_count: int = SEEN_COUNT, version: int = 1) -> tuple[list[EditTask], int]:
     """`count` shapes tasks of `split` drawn with `seed`, leaving out any whose scene and edit appear among the first
     `seen_count` tasks of the same split drawn with `seen_seeds` (two seeds may draw the same scene); returns the
     tasks and how many were left out."""
     from autotune.shapes.tasks import shapes_tasks
 
-    seen = {scene_key(t) for s in seen_seeds if s != seed for t in shapes_tasks(category, split, seen_count, s)}
+    seen = {scene_key(t) for s in seen_seeds if s != seed
+            for t in shapes_tasks(category, split, seen_count, s, version=version)}
     asked = count
     while True:
-        drawn = shapes_tasks(category, split, asked, seed)  # the same seed gives the same first tasks
+        drawn = shapes_tasks(category, split, asked, seed, version=version)  # the same seed: the same first tasks
         kept = [t for t in drawn if scene_key(t) not in seen]
         if len(kept) >= count:
             return kept[:count], len(drawn) - len(kept)

@@ -111,8 +111,8 @@ _TUNE_CHILD = """
 import os, sys
 import autotune.shapes.tasks as st
 _orig = st.shapes_tasks
-def _limited(category, split="tune", count=None, seed=0):
-    return _orig(category, split, int(os.environ["AUTOTUNE_BENCH_TASKS"]), seed)
+def _limited(category, split="tune", count=None, seed=0, version=1):
+    return _orig(category, split, int(os.environ["AUTOTUNE_BENCH_TASKS"]), seed, version)
 st.shapes_tasks = _limited
 from autotune.cli import main
 sys.exit(main(sys.argv[1:]))

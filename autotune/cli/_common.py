@@ -82,10 +82,14 @@ def add_split_arguments(parser: argparse.ArgumentParser, default: str) -> None:
 
 def task_source(args: argparse.Namespace) -> dict[str, Any]:
     """Where the tasks came from, as studies and evaluations record it."""
-    from autotune.tasks.sources import heldout_fraction_of
+    from autotune.tasks.sources import heldout_fraction_of, is_shapes, shapes_world_of
 
-    return {"spec": args.tasks, "split": args.split,
-            "heldout_fraction": heldout_fraction_of(args.tasks, args.heldout_fraction)}
+    source = {"spec": args.tasks, "split": args.split,
+              "heldout_fraction": heldout_fraction_of(args.tasks, args.heldout_fraction)}
+    version = shapes_world_of(getattr(args, "model", None)) if is_shapes(args.tasks) else 1
+    if version != 1:
+        source["world_version"] = version
+    return source
 
 
 def load_editor(args: argparse.Namespace, presets=None):

@@ -268,16 +268,19 @@ def _editor(args: argparse.Namespace, state: dict):
     return state["editor"]
 
 
-def _tasks(category: str, split: str, count: int, seed: int = 0):
+def _tasks(category: str, split: str, count: int, seed: int, model: str):
+    """Shapes tasks in the model's own world (`shapes_world_of`: version 2 for shapes-flow)."""
     from autotune.shapes.tasks import shapes_tasks
+    from autotune.tasks.sources import shapes_world_of
 
-    return shapes_tasks(category, split, count, seed)
+    return shapes_tasks(category, split, count, seed, version=shapes_world_of(model))
 
 
 def _grids(args: argparse.Namespace, categories: list[str], state: dict, seed: int, fresh: bool = False):
     """The grid tables of `categories` on tune-split tasks of `seed`; `fresh`: scenes of the chosen-on seed left out."""
     from autotune.bench import _common, efficiency
     from autotune.shapes.scoring import ShapesScorer
+    from autotune.tasks.sources import shapes_world_of
 
     key = ("grids", seed)
     if key not in state:
@@ -287,9 +290,10 @@ def _grids(args: argparse.Namespace, categories: list[str], state: dict, seed: i
         state[key] = {}
         for c in categories:
             if fresh:
-                tasks, _ = _common.fresh_shapes_tasks(c, "tune", count, seed, seen_seeds=(args.seed,))
+                tasks, _ = _common.fresh_shapes_tasks(c, "tune", count, seed, seen_seeds=(args.seed,),
+                                                      version=shapes_world_of(args.model))
             else:
-                tasks = _tasks(c, "tune", count, seed)
+                tasks = _tasks(c, "tune", count, seed, args.model)
             state[key][c] = efficiency.cached_grid(editor, tasks, ShapesScorer(), args.cache_dir, points=args.grid,
                                                    steps=steps, progress=True)
     return state[key]
@@ -306,14 +310,14 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     scorer = ShapesScorer()
     if name == "throughput":
         editor = _editor(args, state)
-        tasks = _tasks(args.category, "tune", get("tasks"), args.seed)
+        tasks = _tasks(args.category, "tune", get("tasks"), args.seed, args.model)
         return throughput.bench_throughput(editor, tasks, scorer, trials=get("trials"), batch=get("batch"),
                                            steps=get("steps"), sampler=args.sampler, seed=args.seed,
                                            naive_trials=args.naive_trials, thread_counts=_thread_counts(args),
                                            runs=get("runs"), factors=args.factors, progress=True), ""
     if name == "overhead":
         editor = _editor(args, state)
-        task = _tasks(args.category, "tune", 1, args.seed)[0]
+        task = _tasks(args.category, "tune", 1, args.seed, args.model)[0]
         params = family_defaults(editor, None).params.with_(steps=get("steps"))  # the model family's default method
         return overhead.bench_overhead(editor, task, params, repeats=args.repeats), ""
     if name == "efficiency":
@@ -336,7 +340,7 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
             if found is None:
                 found = quality.grid_preset(editor, c, _grids(args, [c], {"editor": editor}, args.seed)[c])
             presets[c] = found
-            heldout[c], left_out[c] = _heldout(c, get("tasks"), seed)
+            heldout[c], left_out[c] = _heldout(c, get("tasks"), seed, args.model)
         return quality.bench_quality(editor, scorer, heldout, presets, seed=seed, left_out=left_out,
                                      progress=True), ""
     if name == "inversion":
@@ -347,7 +351,7 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
 
         editor = _editor(args, state)
         presets = predictor.shipped_presets(editor, categories, args.presets)
-        heldout = {c: _heldout(c, get("tasks"), get("heldout_seed"))[0] for c in categories}
+        heldout = {c: _heldout(c, get("tasks"), get("heldout_seed"), args.model)[0] for c in categories}
         return predictor.bench_predictor(editor, scorer, presets, heldout, grid=args.oracle_grid,
                                          cache_dir=args.cache_dir, seed=args.seed, progress=True), ""
     if name == "memory":
@@ -362,11 +366,14 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
     raise InputError(f"unknown benchmark {name!r}")
 
 
-def _heldout(category: str, count: int, seed: int):
-    """Held-out tasks of `seed`, scenes that earlier held-out seeds show left out; and how many were."""
+def _heldout(category: str, count: int, seed: int, model: str):
+    """Held-out tasks of `seed` in the model's world, scenes that earlier held-out seeds show left out; and how
+    many were."""
     from autotune.bench import _common, quality
+    from autotune.tasks.sources import shapes_world_of
 
-    return _common.fresh_shapes_tasks(category, "heldout", count, seed, seen_seeds=quality.SEEN_SEEDS)
+    return _common.fresh_shapes_tasks(category, "heldout", count, seed, seen_seeds=quality.SEEN_SEEDS,
+                                      version=shapes_world_of(model))
 
 
 def _model_folder(model: str) -> str:

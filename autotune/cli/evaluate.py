@@ -124,13 +124,13 @@ def run(args: argparse.Namespace) -> int:
     )
     from autotune.evaluation.evaluate import evaluate
     from autotune.evaluation.overlap import TuningOverlapWarning
-    from autotune.tasks.sources import load_tasks
+    from autotune.tasks.sources import load_tasks, shapes_world_of
 
     if args.task_batch is not None and args.task_batch < 1:
         raise InputError(f"--task-batch {args.task_batch}: give the tasks per engine call, at least 1")
     check_overrides(param_overrides(args))  # before a model loads
     _refuse_auto(args.preset)
-    tasks = load_tasks(args.tasks, args.category, args.split, args.heldout_fraction)
+    tasks = load_tasks(args.tasks, args.category, args.split, args.heldout_fraction, shapes_world_of(args.model))
     ensure_output_dir(Path(args.out), "--out")
     editor = load_editor(args)
     try:

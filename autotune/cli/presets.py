@@ -466,9 +466,12 @@ def fit_study_predictor(study: Any, args: argparse.Namespace, label: str | None)
 
     category = study.user_attrs.get(contract.CATEGORY)
     if args.tasks:
-        from autotune.tasks.sources import load_tasks
+        from autotune.tasks.sources import load_tasks, shapes_world_of
 
-        tasks = sorted((t for t in load_tasks(args.tasks, category, args.split, args.heldout_fraction)
+        recorded = study.user_attrs.get(contract.TASK_SOURCE)
+        version = (recorded or {}).get("world_version") if isinstance(recorded, dict) else None
+        version = int(version or shapes_world_of(args.model))
+        tasks = sorted((t for t in load_tasks(args.tasks, category, args.split, args.heldout_fraction, version)
                         if t.category == category),
                        key=lambda t: t.id)
     else:

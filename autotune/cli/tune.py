@@ -118,7 +118,7 @@ def report(result) -> str:
 def run(args: argparse.Namespace) -> int:
     from autotune.cli._common import check_overrides, load_editor, make_scorer, param_overrides, task_source
     from autotune.task import category_name
-    from autotune.tasks.sources import load_tasks, shapes_spec
+    from autotune.tasks.sources import load_tasks, shapes_spec, shapes_world_of
     from autotune.tuning.pruning import DominationPruner
     from autotune.tuning.tuner import tune
 
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     presets_dir = Path(args.presets_dir) if args.presets_dir else user_presets_dir()
     check_presets_dir(presets_dir)  # found now, not when the preset is written hours later
     store = open_storage(args.storage, project_dir=args.project_dir)  # a bad URL fails before any model loads
-    tasks = load_tasks(args.tasks, category, args.split, args.heldout_fraction)
+    tasks = load_tasks(args.tasks, category, args.split, args.heldout_fraction, shapes_world_of(args.model))
     editor = load_editor(args)
     space = _space(args, editor, knobs)
     editor.progress = False  # the tuner's own bar says what matters; per-edit bars would drown it

@@ -138,8 +138,9 @@ def study_tasks(study: optuna.Study) -> tuple[list[EditTask] | None, str]:
         fraction = None if is_shapes(source["spec"]) else source.get("heldout_fraction")
         recorded = source.get("split", "tune") if fraction is not None or is_shapes(source["spec"]) else "all"
 
-        def from_source(spec=source["spec"], split=recorded, fraction=fraction) -> list[EditTask]:
-            return load_tasks(spec, category, split, fraction)
+        def from_source(spec=source["spec"], split=recorded, fraction=fraction,
+                        version=int(source.get("world_version", 1))) -> list[EditTask]:
+            return load_tasks(spec, category, split, fraction, version)
 
         candidates.append((f"{source['spec']} ({recorded})", from_source))
     from autotune.shapes.tasks import SHAPES_CATEGORIES, SPLITS, shapes_tasks

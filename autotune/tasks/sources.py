@@ -39,6 +39,23 @@ def is_shapes(spec: str) -> bool:
     return spec.startswith("shapes:") or spec == "shapes"
 
 
+def shapes_world_of(model: str | Path | None) -> int:
+    """The shapes world version a model was trained on (its folder's `training.json`, `world_version`): 2 for
+    `shapes-flow`, 1 for the UNet `shapes` model and for any model that is not a shapes model. `shapes:<category>`
+    tasks are drawn in this version, so that a model edits scenes of its own world."""
+    import json
+
+    from autotune.engine.checkpoint import SHORT_NAMES
+
+    if model is None:
+        return 1
+    meta = Path(SHORT_NAMES.get(str(model), str(model))) / "training.json"
+    try:
+        return int(json.loads(meta.read_text(encoding="utf-8")).get("world_version", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
+
+
 def heldout_fraction_of(spec: str, heldout_fraction: float | None = None) -> float:
     """The held-out fraction `load_tasks` applies to `spec`: the shapes world's own, else the one given or 30%.
     A fraction given for the shapes world is refused: its split is fixed by construction."""
@@ -52,11 +69,12 @@ def heldout_fraction_of(spec: str, heldout_fraction: float | None = None) -> flo
 
 
 def load_tasks(spec: str, category: str | None = None, split: str = "tune",
-               heldout_fraction: float | None = None) -> list[EditTask]:
+               heldout_fraction: float | None = None, world_version: int = 1) -> list[EditTask]:
     """Tasks named by `spec`, optionally only one category, of one split: "tune" (the default), "heldout" or "all".
 
     PIE-Bench folders and task files hold out `heldout_fraction` of their tasks (default 0.3) by each task's
-    digest (`autotune.tasks.split`); the shapes world draws its split by construction (one scene in five)."""
+    digest (`autotune.tasks.split`); the shapes world draws its split by construction (one scene in five), in
+    `world_version` (`shapes_world_of(model)`: the model's own world)."""
     fraction = heldout_fraction_of(spec, heldout_fraction)
     check_split(split, fraction)
     if category is not None:
@@ -76,7 +94,7 @@ def load_tasks(spec: str, category: str | None = None, split: str = "tune",
         if category is not None and category != world_category:
             raise TaskFileError(f"{spec} holds {world_category} tasks but --category asks for {category}")
         try:
-            return list(shapes_tasks(world_category, split, count))
+            return list(shapes_tasks(world_category, split, count, version=world_version))
         except ValueError as exc:
             raise TaskFileError(f"{spec}: {exc}") from None
     path = Path(spec)
