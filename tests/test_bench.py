@@ -285,3 +285,17 @@ def test_machine_info_is_the_running_machine():
         with open("/proc/loadavg") as fh:
             assert info["load_average_1min"] == pytest.approx(float(fh.read().split()[0]), abs=0.5)
 
+
+
+def test_the_flow_shapes_models_figures_get_sections_of_their_own(tmp_path):
+    from autotune.cli.bench import _section_of
+
+    assert _section_of("quality", "shapes") == ("quality", _section_of("quality", "/some/folder")[1])
+    section, title = _section_of("quality", "shapes-flow")
+    assert section == "quality-shapes-flow" and title.endswith("(shapes-flow)")
+    out = tmp_path / "B.md"
+    markdown.write_section(out, "quality", "UNet figures")
+    markdown.write_section(out, section, "flow figures")
+    markdown.write_section(out, "quality", "UNet figures again")
+    text = out.read_text()
+    assert "UNet figures again" in text and "flow figures" in text and "UNet figures\n" not in text

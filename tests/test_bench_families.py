@@ -219,9 +219,12 @@ def test_which_benchmark_applies_to_which_family(request, fixture, pipeline):
     refused = {name: _common.not_applicable(name, pipeline) for name in _common.BENCHMARKS}
     flow = fixture in ("tiny_sd3_dir", "tiny_flux_dir")
     assert {n for n, why in refused.items() if why} == (
-        {"efficiency", "quality", "inversion", "predictor"} if flow else set() if fixture == "tiny_model_dir"
+        {"efficiency", "predictor"} if fixture == "tiny_sd3_dir"  # inversion: the flow shapes model is an SD3 folder
+        else {"efficiency", "inversion", "predictor"} if flow else set() if fixture == "tiny_model_dir"
         else {"inversion"})
-    runs = "throughput|overhead|memory" if flow else "throughput|overhead|efficiency|quality|memory|predictor"
+    runs = ("throughput|overhead|quality|inversion|memory" if fixture == "tiny_sd3_dir"
+            else "throughput|overhead|quality|memory" if flow
+            else "throughput|overhead|efficiency|quality|memory|predictor")
     for name, why in refused.items():
         if why:  # names the benchmark and the family, says why and what runs on this model instead
             assert why.startswith(f"`autotune bench {name}` does not apply to {_common.MODEL_KINDS[pipeline]}: ")
@@ -234,9 +237,9 @@ def test_cli_refuses_a_benchmark_that_does_not_apply_and_all_skips_it(tiny_flux_
     from autotune.cli import main
 
     out = tmp_path / "B.md"
-    assert main(["bench", "quality", "--model", str(tiny_flux_dir), "--tasks", "1", "--out", str(out)]) == 2
-    assert ("`autotune bench quality` does not apply to FLUX.1 (rectified-flow family): its baselines are "
-            "SimInversion's (0.5, 7.5) and DDIM inversion") in capsys.readouterr().err
+    assert main(["bench", "efficiency", "--model", str(tiny_flux_dir), "--tasks", "1", "--out", str(out)]) == 2
+    assert ("`autotune bench efficiency` does not apply to FLUX.1 (rectified-flow family): its dense grid is "
+            "SimInversion's") in capsys.readouterr().err
     assert main(["bench", "inversion", "--model", str(tiny_sdxl_dir), "--out", str(out)]) == 2
     assert "`autotune bench inversion` does not apply to SDXL (UNet family)" in capsys.readouterr().err
     assert not out.exists()  # refused before any section was written
@@ -249,10 +252,10 @@ def test_cli_refuses_a_benchmark_that_does_not_apply_and_all_skips_it(tiny_flux_
 
     monkeypatch.setattr(cli_bench, "_run_one", lambda name, *a: (ran.append(name), (Done(), ""))[1])
     assert main(["bench", "all", "--model", str(tiny_flux_dir), "--out", str(out)]) == 0
-    assert ran == ["throughput", "overhead", "memory"]
+    assert ran == ["throughput", "overhead", "quality", "memory"]
     printed = capsys.readouterr().out
     assert "(skipped efficiency: `autotune bench efficiency` does not apply to FLUX.1" in printed
-    assert "autotune-bench:throughput:start" in out.read_text() and "autotune-bench:quality" not in out.read_text()
+    assert "autotune-bench:throughput:start" in out.read_text() and "autotune-bench:efficiency" not in out.read_text()
 
 
 class _Keeper:

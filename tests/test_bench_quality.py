@@ -63,8 +63,8 @@ def test_fresh_tasks_leave_out_the_scenes_seen_before(monkeypatch):
     real = shapes.shapes_tasks
     seen = real("change_color", "heldout", 6, 0)
 
-    def with_repeats(category, split, count, seed):
-        drawn = real(category, split, count, seed)
+    def with_repeats(category, split, count, seed, version=1):
+        drawn = real(category, split, count, seed, version=version)
         if seed == 99:  # the fresh seed happens to draw two scenes seed 0 showed
             drawn = [drawn[0], seen[1], drawn[1], seen[4]] + drawn[2:]
         return drawn[:count]
@@ -209,3 +209,44 @@ def test_the_section_checks_the_held_out_tasks_against_the_presets_tuning_tasks(
     assert "tuning tasks (add_object): none of the held-out tasks was tuned on" in text
     assert "The presets for delete_object list no tuning tasks" in text
     assert "Not held out" not in result({"add_object": 0})
+
+
+def test_flow_quality_measures_each_methods_pick_against_the_published_settings(tiny_sd3_dir):
+    """On a rectified-flow model: one preset per method, each balanced pick named with its method, against the
+    model's published FlowEdit setting and flow inversion at (0.5, 7.5), whole (their own steps and windows)."""
+    from autotune.engine.editor import Editor
+    from autotune.presets.preset import FrontPoint, Preset
+    from autotune.shapes.scoring import ShapesScorer
+
+    editor = Editor.from_pretrained(str(tiny_sd3_dir), device="cpu", progress=False)
+    objectives = [{"name": "fidelity", "direction": "maximize", "metrics": {}},
+                  {"name": "edit_strength", "direction": "maximize", "metrics": {}}]
+
+    def preset(method, pairs):
+        points = [FrontPoint(EditParams(method=method, w_src=s, w_tgt=t, steps=4, n_max=0.5),
+                             {"fidelity": f, "edit_strength": e}) for s, t, f, e in pairs]
+        return Preset.from_front(points, category="change_color", model=editor.model_info(), objectives=objectives)
+
+    flowedit = preset("flowedit", [(1.5, 4.0, 30.0, 0.2), (2.0, 6.0, 25.0, 0.6), (2.5, 9.0, 20.0, 0.9)])
+    inversion = preset("flow_siminversion", [(0.0, 2.0, 30.0, 0.2), (0.25, 3.0, 25.0, 0.6), (1.0, 5.0, 20.0, 0.9)])
+    tasks = _common.fresh_shapes_tasks("change_color", "heldout", 2, quality.HELDOUT_SEED, version=2)[0]
+    r = quality.bench_quality(editor, ShapesScorer(), {"change_color": tasks},
+                              {"change_color": [(flowedit, "a"), (inversion, "b")]})
+    assert [s.setting for s in r.settings] == ["flowedit balanced", "flow_siminversion balanced",
+                                               "published flowedit", "published flow_siminversion"]
+    assert r.of("change_color", "published flowedit").params == {
+        **EditParams(method="flowedit", w_src=3.5, w_tgt=13.5, steps=50, n_max=0.66).to_dict()}
+    assert r.of("change_color", "published flow_siminversion").params == EditParams(
+        method="flow_siminversion", w_src=0.5, w_tgt=7.5, steps=50, n_max=1.0).to_dict()
+    assert r.of("change_color", "flowedit balanced").params == flowedit.params("balanced").to_dict()
+    scorer = ShapesScorer()  # independent: the published FlowEdit setting edited alone, task by task
+    for k, task in enumerate(tasks):
+        alone = editor.edit(task.image, task.source_prompt, task.target_prompt, editor.default_params("flowedit"))
+        want = scorer.score(task, alone.pixels[None])[0]["background_psnr"]
+        assert r.of("change_color", "published flowedit").scores["background_psnr"][k] == pytest.approx(want, abs=0.05)
+    text = r.markdown()
+    assert "| change_color | published flowedit | flowedit (3.5, 13.5), n_max 33 of 50 |" in text
+    assert "flow_siminversion (0.5, 7.5), n_max 50 of 50" in text
+    assert text.count("| change_color | flowedit balanced | published") == 2  # against both baselines
+    assert len(r.presets) == 2 and {p.content_hash for p in r.presets} == {flowedit.content_hash,
+                                                                            inversion.content_hash}

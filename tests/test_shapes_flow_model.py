@@ -89,6 +89,9 @@ def test_dropping_t5_the_diffusers_way_draws_the_same_image(pipe):
 def test_measure_runs_on_the_short_name(capsys):
     from autotune.bench.shapes_model import main
 
-    assert main(["--model", "shapes-flow", "--samples", "2", "--steps", "2"]) == 0
+    assert main(["--model", "shapes-flow", "--samples", "2", "--steps", "2", "--inversion-samples", "2",
+                 "--inversion-steps", "3"]) == 0
     out = capsys.readouterr().out
     assert "shapes-flow" in out and f"| {FLOW_GUIDANCE:g} |" in out and "| 1 |" in out
+    assert "| VAE round trip (ceiling) |" in out
+    assert all(f"| Euler inversion at w_src = {w:g} |" in out for w in (0, 0.5, 1, 1.5, 2, 3.5, 7))

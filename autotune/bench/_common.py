@@ -99,12 +99,10 @@ APPLIES_TO: dict[str, tuple[tuple[str, ...], str]] = {
     "efficiency": (_UNET, "its dense grid is SimInversion's w_src x w_tgt with Prompt-to-Prompt (UNet-family "
                           "methods), and the sampler settings it grades were chosen on the shapes UNet model's tables; "
                           "a flow model's version comes with the flow shapes model (issue 24)"),
-    "quality": (_UNET, "its baselines are SimInversion's (0.5, 7.5) and DDIM inversion (`--method ddim`), UNet-family "
-                       "methods a rectified-flow model does not run; a flow model's version comes with the flow shapes "
-                       "model (issue 24)"),
-    "inversion": (("StableDiffusionPipeline",), "it replicates SimInversion's DDIM-inversion table on the shapes "
-                  "model (an SD 1.x UNet at 64 px): it reads the VAE through diffusers' StableDiffusionPipeline and "
-                  "compares reconstructions with the 64 px rendered scenes pixel for pixel"),
+    "inversion": (("StableDiffusionPipeline", "StableDiffusion3Pipeline"), "it replicates SimInversion's inversion "
+                  "table on the shapes models (the SD 1.x UNet one and the SD3-format flow one): it reads the VAE "
+                  "through the model's own diffusers pipeline and compares reconstructions with the rendered scenes "
+                  "pixel for pixel"),
     "predictor": (_UNET, "it compares style auto with the preset's pick and with SimInversion's (0.5, 7.5), a "
                          "UNet-family method a rectified-flow model does not run; a flow model's version comes with "
                          "the flow shapes model (issue 24)"),

@@ -1,4 +1,5 @@
-"""5. Inversion error against w_inv: reconstruction PSNR (`autotune.bench.shapes_model.inversion_table`)."""
+"""5. Inversion error against w_inv: reconstruction PSNR (`autotune.bench.shapes_model.inversion_table`), DDIM on the
+UNet shapes model, Euler inversion of the flow ODE on the flow shapes model."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ class InversionResult:
     samples: int
     steps: int
     table: str
+    flow: bool = False  # the rectified-flow shapes model: Euler inversion of the flow ODE
 
     def markdown(self) -> str:
-        return (self.table + f"\n\n{self.samples} rendered scenes, {self.steps} DDIM steps; reconstruction = the "
-                "source branch of an edit with identical prompts, inverted at w_inv = w_src "
+        how = ("Euler steps, full-depth inversion of the flow ODE (`flow_siminversion`, n_max = 1); reconstruction = "
+               "the source branch of an edit with identical prompts, sampled at the inversion's guidance w_src"
+               if self.flow else "DDIM steps; reconstruction = the source branch of an edit with identical prompts, "
+               "inverted at w_inv = w_src")
+        return (self.table + f"\n\n{self.samples} rendered scenes, {self.steps} {how} "
                 "(`autotune.bench.shapes_model.inversion_table`).")
 
 
 def bench_inversion(model: str | Path, samples: int = 20, steps: int = 50, seed: int = 0) -> InversionResult:
     """The SimInversion replication table, computed by the shapes world's own measurement (not duplicated here)."""
-    from autotune.bench.shapes_model import inversion_table
+    from autotune.bench.shapes_model import inversion_table, is_flow_model
 
     table = inversion_table(model, samples, steps, seed)
     rows = []
@@ -32,4 +37,4 @@ def bench_inversion(model: str | Path, samples: int = 20, steps: int = 50, seed:
             psnr = float(cells[1])
             read = float(cells[2].rstrip("%")) / 100 if cells[2].endswith("%") else None
             rows.append({"setting": cells[0], "psnr": psnr, "read_ok": read})
-    return InversionResult(rows, samples, steps, table)
+    return InversionResult(rows, samples, steps, table, is_flow_model(model))

@@ -1,5 +1,7 @@
 """4. Quality on a fresh held-out set: every named pick of the tuned presets against SimInversion's (0.5, 7.5) and
-against DDIM (`--method ddim`), with paired bootstrap 95% intervals on the differences, per category.
+against DDIM (`--method ddim`), with paired bootstrap 95% intervals on the differences, per category. On a
+rectified-flow model (the flow shapes model): the balanced pick of each method's tuned preset (FlowEdit, flow
+inversion) against the model's published FlowEdit setting and flow inversion at SimInversion's (0.5, 7.5).
 
 The held-out tasks come from a split seed that no tuning run, benchmark or design decision has read (`HELDOUT_SEED`);
 any scene that the held-out tasks of earlier seeds show is left out, so "held out" holds even where two seeds
@@ -30,6 +32,7 @@ BASELINES = {
     "(0.5, 7.5)": {"method": "siminversion", "w_src": 0.5, "w_tgt": 7.5},  # SimInversion's prescription
     "ddim": {"method": "ddim", "w_src": 1.0, "w_tgt": 7.5},  # DDIM inversion at 1, both branches at 7.5
 }
+FLOW_PICKS = ("balanced",)  # a flow edit costs several UNet edits on this CPU: one pick per method
 METRICS = {"edit_success": "edit success", "full_success": "full success", "background_psnr": "background PSNR"}
 RESAMPLES = 10_000
 CONFIDENCE = 0.95
@@ -87,6 +90,16 @@ class PresetUsed:
     content_hash: str
     kind: str
     picks: dict[str, dict[str, Any]]  # style -> EditParams.to_dict()
+
+
+def baselines_for(editor: Any) -> dict[str, dict[str, Any]]:
+    """The baselines the picks are measured against: SimInversion's (0.5, 7.5) and DDIM on the UNet family; on the
+    flow family the loaded model's published settings (SD3: FlowEdit's (3.5, 13.5), n_max 33 of 50; flow inversion at
+    SimInversion's (0.5, 7.5), full depth), whole, steps included."""
+    if getattr(getattr(editor, "family", None), "name", "unet") != "flow":
+        return dict(BASELINES)
+    return {f"published {method}": editor.default_params(method).to_dict() for method in ("flowedit",
+                                                                                       "flow_siminversion")}
 
 
 def tuned_preset(editor: Any, category: str, presets: Any = None) -> tuple[Any, str] | None:
@@ -148,7 +161,7 @@ class SettingScores:
     """One setting's scores on every held-out task of a category, in task order."""
 
     category: str
-    setting: str  # a pick's name or a baseline's
+    setting: str  # a pick's name (with its method's when a category has presets of several) or a baseline's
     params: dict[str, Any]
     scores: dict[str, list[float]]  # metric -> per task
 
@@ -165,6 +178,7 @@ class QualityResult:
     # category -> held-out tasks among the tasks its preset lists as tuned on (by task digest, as `autotune
     # evaluate` checks); None: the preset lists none (tuned before autotune recorded them, or a grid's picks)
     tuned_on: dict[str, int | None] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
 
     def tuning_check(self) -> str:
         """What the presets' own task lists say about the held-out set, one sentence or two."""
@@ -197,9 +211,9 @@ class QualityResult:
         """Every pick whose interval lies below zero against a baseline, with the metrics it loses on."""
         out = []
         for s in self.settings:
-            if s.setting not in PICKS:
+            if s.setting in self.baselines:
                 continue
-            for baseline in BASELINES:
+            for baseline in self.baselines:
                 lost = [f"{label} {_delta(d, metric)}" for metric, label in METRICS.items()
                         if (d := self.difference(s.category, s.setting, baseline, metric)).verdict() == "worse"]
                 if lost:
@@ -211,13 +225,14 @@ class QualityResult:
         for s in self.settings:
             cells = [_value(paired_bootstrap(s.scores[m], resamples=self.resamples), m) for m in METRICS]
             absolute.append([s.category, s.setting, _params(s.params), *cells, len(s.scores["edit_success"])])
-        table = markdown.table(["category", "setting", "(w_src, w_tgt)", *[f"{v} [95% CI]" for v in METRICS.values()],
+        setting = "(w_src, w_tgt)" + (", window" if _is_flow(self) else "")
+        table = markdown.table(["category", "setting", setting, *[f"{v} [95% CI]" for v in METRICS.values()],
                                 "tasks"], absolute)
         deltas = []
         for s in self.settings:
-            if s.setting not in PICKS:
+            if s.setting in self.baselines:
                 continue
-            for baseline in BASELINES:
+            for baseline in self.baselines:
                 ds = {m: self.difference(s.category, s.setting, baseline, m) for m in METRICS}
                 reading = "; ".join(f"{'loses' if d.verdict() == 'worse' else 'gains'} {METRICS[m]}"
                                     for m, d in ds.items() if d.verdict() != "no clear difference")
@@ -236,7 +251,9 @@ class QualityResult:
         return (f"Held-out split seed **{self.seed}**, {low if low == high else f'{low}-{high}'} tasks "
                 f"per category, read by no tuning run or design decision before this benchmark ({left} task(s) "
                 f"whose scene the held-out tasks of seed(s) {', '.join(map(str, self.seen_seeds))} show were left "
-                "out). Every setting edits the same tasks; only the guidance (and, for `ddim`, the method) differs.\n\n"
+                "out). Every setting edits the same tasks; "
+                + ("the settings differ in method, guidance and window.\n\n" if _is_flow(self) else
+                   "only the guidance (and, for `ddim`, the method) differs.\n\n")
                 + (f"{self.tuning_check()}\n\n" if self.tuned_on else "")
                 + table + "\n\nPaired differences, pick minus baseline, task by task: percentile bootstrap over the "
                 f"tasks ({self.resamples:,} resamples), 95% intervals. Edit success and full success in percentage "
@@ -244,9 +261,21 @@ class QualityResult:
                 + f"\n\nPresets read (content hash): {used}.")
 
 
+def _is_flow(result: QualityResult) -> bool:
+    return any(s.params.get("method") in ("flowedit", "flow_siminversion") for s in result.settings)
+
+
 def _params(p: dict[str, Any]) -> str:
     if p.get("method") == "ddim":
         return f"ddim, {p['w_tgt']:.3g}"
+    if p.get("method") in ("flowedit", "flow_siminversion"):
+        from autotune.params import window_steps
+
+        steps = p["steps"]
+        window = f"n_max {window_steps(p['n_max'], steps)}"
+        if p["method"] == "flowedit" and window_steps(p.get("n_min", 0.0), steps):
+            window += f", n_min {window_steps(p['n_min'], steps)}"
+        return f"{p['method']} ({p['w_src']:.3g}, {p['w_tgt']:.3g}), {window} of {steps}"
     return f"({p['w_src']:.3g}, {p['w_tgt']:.3g})"
 
 
@@ -262,27 +291,38 @@ def _delta(i: Interval, metric: str) -> str:
     return f"{100 * i.mean:+.0f} [{100 * i.low:+.0f}, {100 * i.high:+.0f}]"
 
 
-def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask]], presets: dict[str, tuple[Any, str]],
-                  *, seed: int = HELDOUT_SEED, left_out: dict[str, int] | None = None, progress: bool = False
-                  ) -> QualityResult:
-    """Edit each category's held-out tasks under every named pick of its preset and the two baselines (the baselines
-    take the balanced pick's other settings: steps, Prompt-to-Prompt), score each task, keep every score."""
+def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask]],
+                  presets: dict[str, tuple[Any, str] | list[tuple[Any, str]]], *, seed: int = HELDOUT_SEED,
+                  left_out: dict[str, int] | None = None, progress: bool = False) -> QualityResult:
+    """Edit each category's held-out tasks under the named picks of its preset(s) and the baselines
+    (`baselines_for`), score each task, keep every score. A category may have several presets (one per method, as
+    FlowEdit and flow inversion on a flow model); their picks are then named with the method. On the UNet family the
+    baselines take the balanced pick's other settings (steps, Prompt-to-Prompt); flow baselines are whole published
+    settings."""
     import torch
     from tqdm.auto import tqdm
 
+    baselines = baselines_for(editor)
+    flow = getattr(getattr(editor, "family", None), "name", "unet") == "flow"
     settings_out: list[SettingScores] = []
     used: list[PresetUsed] = []
     tuned_on: dict[str, int | None] = {}
     for category, tasks in heldout.items():
-        preset, source = presets[category]
-        tuned_on[category] = tuned_on_count(preset, tasks)
-        picks = {style: preset.params(style) for style in PICKS if style in preset.picks}
-        base = preset.params("balanced")
-        named = {**picks, **{name: base.with_(**values) for name, values in BASELINES.items()}}
-        used.append(PresetUsed(category, source, preset.content_hash, preset.kind,
-                               {k: v.to_dict() for k, v in picks.items()}))
-        unique = list(dict.fromkeys(named.values()))  # a pick equal to a baseline is edited once
-        scores: dict[EditParams, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in unique}
+        found = presets[category] if isinstance(presets[category], list) else [presets[category]]
+        named: dict[str, EditParams] = {}
+        listed = [n for preset, _ in found if (n := tuned_on_count(preset, tasks)) is not None]
+        tuned_on[category] = sum(listed) if listed else None
+        for preset, source in found:
+            picks = {style: preset.params(style) for style in (FLOW_PICKS if flow else PICKS) if style in preset.picks}
+            prefix = f"{preset.params('balanced').method} " if len(found) > 1 else ""
+            named.update({prefix + style: p for style, p in picks.items()})
+            used.append(PresetUsed(category, source, preset.content_hash, preset.kind,
+                                   {k: v.to_dict() for k, v in picks.items()}))
+        base = found[0][0].params("balanced")
+        baseline_params = {name: EditParams.from_dict(values) if flow else base.with_(**values)
+                           for name, values in baselines.items()}
+        unique = list(dict.fromkeys([*named.values(), *baseline_params.values()]))  # a pick equal to a baseline
+        scores: dict[EditParams, dict[str, list[float]]] = {p: {m: [] for m in METRICS} for p in unique}  # once
         per_call = max(1, int(getattr(editor, "max_batch", 1)) // len(unique))
         with tqdm(total=len(tasks), desc=f"quality {category}", unit="task", disable=not progress) as bar:
             for at in range(0, len(tasks), per_call):
@@ -295,7 +335,7 @@ def bench_quality(editor: Any, scorer: Any, heldout: dict[str, Sequence[EditTask
                             scores[p][m].append(float(s.get(m, math.nan)))
                 editor.cache.clear()
                 bar.update(len(chunk))
-        for name, p in named.items():
+        for name, p in [*named.items(), *baseline_params.items()]:
             settings_out.append(SettingScores(category, name, p.to_dict(), {m: list(v) for m, v in scores[p].items()}))
     return QualityResult(seed, {c: len(t) for c, t in heldout.items()}, dict(left_out or {}), used, settings_out,
-                         tuned_on=tuned_on)
+                         tuned_on=tuned_on, baselines=list(baselines))

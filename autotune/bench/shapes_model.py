@@ -14,8 +14,9 @@ The UNet model (`shapes`, world version 1):
 
 The rectified-flow model (`shapes-flow`, a StableDiffusion3Pipeline folder, world version 2): text to image through
 diffusers' StableDiffusion3Pipeline at its default guidance (`FLOW_GUIDANCE`) and at 1, the same reader rates on
-world-version-2 captions, with the VAE round trip of the captions' own scenes as the ceiling. (Its inversion table
-belongs to the rectified-flow editing engine.)
+world-version-2 captions, with the VAE round trip of the captions' own scenes as the ceiling; then full-depth Euler
+inversion and reconstruction through autotune's flow engine (`flow_siminversion`, identical prompts) against the
+inversion guidance w_src in {0, 0.5, 1, 1.5, 2, 3.5, 7}: the flow analogue of SimInversion's table.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from autotune.shapes.reader import read_scene
 from autotune.shapes.world import Scene, caption, random_scene, render_array
 
 W_INV = (0.0, 0.25, 0.5, 1.0, 2.0, 7.5)
+W_INV_FLOW = (0.0, 0.5, 1.0, 1.5, 2.0, 3.5, 7.0)  # issue 24's table: the flow analogue of SimInversion's
 FLOW_GUIDANCE = 7.0  # the shapes-flow model's default guidance: SD3's pipeline default (see docs/shapes.md)
 FLOW_STEPS = 28  # StableDiffusion3Pipeline's default number of steps
 
@@ -127,13 +129,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def inversion_table(model: str | Path, samples: int, steps: int, seed: int) -> str:
-    """PSNR of reconstruction after DDIM inversion at w_inv = w_src, through the engine."""
+    """PSNR of reconstruction after inversion at w_inv = w_src, through the engine: DDIM inversion for the UNet
+    model (`W_INV`), full-depth Euler inversion of the flow ODE (`flow_siminversion`, n_max = 1) for the flow
+    model (`W_INV_FLOW`). The reconstruction is the source branch of an edit with identical prompts."""
+    from PIL import Image
+
     from autotune.engine.editor import Editor
     from autotune.params import EditParams
 
-    editor = Editor.from_pretrained(str(model), progress=False)
+    flow = is_flow_model(model)
+    version = 2 if flow else 1
+    editor = Editor.from_pretrained(str(model_path(model)), progress=False)
     rng = np.random.default_rng(seed + 2000)
-    scenes = [random_scene(rng) for _ in range(samples)]
+    scenes = [random_scene(rng, version=version) for _ in range(samples)]
     images = [render_array(s) for s in scenes]
     pipe = load_pipeline(model)
     with torch.no_grad():
@@ -141,20 +149,23 @@ def inversion_table(model: str | Path, samples: int, steps: int, seed: int) -> s
         vae_rt = ((pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2)
     vae_psnr = np.mean([psnr(r.permute(1, 2, 0).numpy(), i / 255.0) for r, i in zip(vae_rt, images)])
     rows = [f"| VAE round trip (ceiling) | {vae_psnr:.2f} | - |"]
-    from PIL import Image
-
-    for w in W_INV:
+    for w in W_INV_FLOW if flow else W_INV:
+        if flow:
+            params = EditParams(method="flow_siminversion", w_src=w, w_tgt=w, steps=steps, n_max=1.0)
+            label = f"Euler inversion at w_src = {w:g}"
+        else:
+            params = EditParams(method="siminversion", w_src=w, w_tgt=w, steps=steps)
+            label = f"w_inv = w_src = {w:g}"
         values, read_ok = [], 0
-        params = EditParams(method="siminversion", w_src=w, w_tgt=w, steps=steps)
         for scene, image in zip(scenes, images):
             prompt = caption(scene)
             result = editor.edit(Image.fromarray(image), prompt, prompt, params)
             rec = result.source_pixels.detach().float().cpu().permute(1, 2, 0).numpy()
             values.append(psnr(rec, image / 255.0))
-            read = read_scene(rec)
-            read_ok += read.background == scene.background and read.attributes() == [
-                (o.color, o.shape) for o in scene.objects]
-        rows.append(f"| w_inv = w_src = {w:g} | {np.mean(values):.2f} | {read_ok / len(scenes):.0%} |")
+            read = read_scene(rec, version=version)
+            read_ok += read.background == scene.background and sorted(read.attributes()) == sorted(
+                (o.color, o.shape) for o in scene.objects)
+        rows.append(f"| {label} | {np.mean(values):.2f} | {read_ok / len(scenes):.0%} |")
     header = "| reconstruction | PSNR (dB) | reader sees the input scene |\n|---|---|---|"
     return header + "\n" + "\n".join(rows)
 
@@ -257,8 +268,12 @@ def _main_flow(args: argparse.Namespace, start: float) -> int:
     table, figures = measure_flow(args.model, args.samples, steps, args.seed, guidance)
     parts = [f"### Text-to-image, shapes-flow ({args.samples} captions of random world-version-2 scenes, "
              f"StableDiffusion3Pipeline, {steps} Euler steps, seed {args.seed})", "", table, "",
-             f"Whole scene at guidance {guidance:g} minus at 1: {figures['whole_scene_gap_points']:.1f} points.", "",
-             f"_measured in {time.time() - start:.0f} s by `autotune shapes measure`_"]
+             f"Whole scene at guidance {guidance:g} minus at 1: {figures['whole_scene_gap_points']:.1f} points.", ""]
+    if not args.skip_inversion:
+        inv = inversion_table(model_path(args.model), args.inversion_samples, args.inversion_steps, args.seed)
+        parts += [(f"### Euler inversion then reconstruction ({args.inversion_samples} rendered world-version-2 "
+                   f"scenes, {args.inversion_steps} steps, full depth)"), "", inv, ""]
+    parts.append(f"_measured in {time.time() - start:.0f} s by `autotune shapes measure`_")
     _report("\n".join(parts), args.out)
     if args.record:
         from autotune import atomic

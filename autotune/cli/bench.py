@@ -30,7 +30,7 @@ _TITLES = {
     "throughput": "1. Tuning throughput, like for like: autotune's loop vs. the naive and strong naive loops",
     "overhead": "2. Engine overhead: one candidate edit vs. its denoiser passes alone",
     "efficiency": "3. Sample efficiency: trials to reach 98% of a dense grid's best",
-    "quality": "4. Quality on a fresh held-out set: every preset pick vs. (0.5, 7.5) and DDIM, with intervals",
+    "quality": "4. Quality on a fresh held-out set: preset picks vs. the published settings, with intervals",
     "inversion": "5. Inversion error vs. w_inv (SimInversion replication)",
     "memory": "6. Peak memory of a tuning run",
     "predictor": "7. Per-image guidance (style auto) on a fresh held-out set: predictor vs. the pick and the oracle",
@@ -92,7 +92,8 @@ def register(subparsers) -> None:
     parser.add_argument("--json", help="also write the figures as JSON here (gpu: default bench-gpu.json)")
     parser.add_argument("--inversion-samples", type=int, default=20, help="rendered scenes (inversion)")
     parser.add_argument("--presets", help="directory of tuned presets (quality, predictor); default: the preset lookup "
-                        "order")
+                        "order. quality: several, comma-separated, each category's tuned preset read from each (one "
+                        "per method: FlowEdit and flow inversion on a flow model)")
     parser.add_argument("--oracle-grid", type=int, default=0, metavar="N",
                         help="predictor: also edit an N x N grid over the search space for the oracle (0: the "
                         "predictor's candidates only)")
@@ -208,8 +209,9 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(refused)
         result, notes = _run_one(name, args, categories, state)
         machine = _common.machine_info(args.device)
+        section, title = _section_of(name, args.model)
         try:
-            text = markdown.section(_TITLES[name], command_line(args, name), machine, result.markdown(), notes)
+            text = markdown.section(title, command_line(args, name), machine, result.markdown(), notes)
         except Exception:  # the figures took long to measure: keep them before the error ends the run
             kept = Path(f"bench-{name}-figures.json")
             atomic.write_text(kept, json.dumps({"benchmark": name, "command": command_line(args, name),
@@ -217,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: the {name} section could not be written; its figures are kept in {kept}", file=sys.stderr)
             raise
         print(text)
-        markdown.write_section(args.out, name, text)
-        print(f"(section {name!r} of {args.out} rewritten)\n")
+        markdown.write_section(args.out, section, text)
+        print(f"(section {section!r} of {args.out} rewritten)\n")
         json_path = args.json or ("bench-gpu.json" if name == "gpu" else None)
         if json_path:
             path = Path(json_path if len(which) == 1 else f"{Path(json_path).with_suffix('')}-{name}.json")
@@ -239,6 +241,17 @@ def _thread_counts(args: argparse.Namespace) -> list[int] | None:
     if not counts or any(n < 1 for n in counts):
         raise InputError(f"--thread-counts {args.thread_counts!r}: each count must be >= 1")
     return counts
+
+
+def _section_of(name: str, model: str) -> tuple[str, str]:
+    """The section a benchmark rewrites and its title: its own for the shapes UNet model and any other model; for
+    the other shipped short names (`shapes-flow`) a section of their own (`quality-shapes-flow`), so that the two
+    shapes models' figures stand side by side in one file."""
+    from autotune.engine.checkpoint import SHORT_NAMES
+
+    if model in SHORT_NAMES and model != "shapes":
+        return f"{name}-{model}", f"{_TITLES[name]} ({model})"
+    return name, _TITLES[name]
 
 
 def _not_applicable(name: str, args: argparse.Namespace, state: dict) -> str | None:
@@ -335,10 +348,15 @@ def _run_one(name: str, args: argparse.Namespace, categories: list[str], state: 
         editor = _editor(args, state)
         presets, heldout, left_out = {}, {}, {}
         seed = get("heldout_seed")
+        folders = [f.strip() for f in args.presets.split(",")] if args.presets else [None]
         for c in categories:
-            found = quality.tuned_preset(editor, c, args.presets)
-            if found is None:
-                found = quality.grid_preset(editor, c, _grids(args, [c], {"editor": editor}, args.seed)[c])
+            found = [p for folder in folders if (p := quality.tuned_preset(editor, c, folder)) is not None]
+            if not found and editor.family.name == "flow":
+                raise InputError(f"no tuned preset for {c} on this model in {args.presets or 'the preset lookup order'}"
+                                 f"; tune one (`autotune tune --model {args.model} --tasks shapes:{c}`) or name its "
+                                 "folder with --presets")
+            if not found:
+                found = [quality.grid_preset(editor, c, _grids(args, [c], {"editor": editor}, args.seed)[c])]
             presets[c] = found
             heldout[c], left_out[c] = _heldout(c, get("tasks"), seed, args.model)
         return quality.bench_quality(editor, scorer, heldout, presets, seed=seed, left_out=left_out,
