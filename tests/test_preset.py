@@ -123,6 +123,8 @@ def _valid_dict() -> dict:
         (lambda d: d["objectives"][0].update(direction="up"), "direction"),
         (lambda d: d["provenance"].update(kind="magic"), "provenance.kind"),
         (lambda d: d["provenance"].update(n_trials=-3), "n_trials"),
+        (lambda d: d["provenance"].update(task_source={"spec": "shapes:change_color", "world_version": "2"}),
+         "task_source.world_version"),
         (lambda d: d.update(steps=10), "steps"),
         (lambda d: d.update(default_style="wild"), "default_style"),
         (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "newer autotune"),
@@ -294,3 +296,12 @@ def test_paper_default_has_no_front_and_loads():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Preset.loads(preset.dumps(), strict=True) == preset
+
+
+def test_a_world_version_in_the_task_source_round_trips():
+    data = _valid_dict()
+    data["provenance"]["task_source"] = {"spec": "shapes:change_color", "split": "tune", "world_version": 2}
+    data.pop("content_hash")
+    preset = Preset.loads(json.dumps(data), source="flow.json")
+    assert preset.provenance["task_source"]["world_version"] == 2
+    assert Preset.loads(preset.dumps(), source="again.json").provenance == preset.provenance

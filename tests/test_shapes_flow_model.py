@@ -95,3 +95,18 @@ def test_measure_runs_on_the_short_name(capsys):
     assert "shapes-flow" in out and f"| {FLOW_GUIDANCE:g} |" in out and "| 1 |" in out
     assert "| VAE round trip (ceiling) |" in out
     assert all(f"| Euler inversion at w_src = {w:g} |" in out for w in (0, 0.5, 1, 1.5, 2, 3.5, 7))
+
+
+def test_tuning_flowedit_on_the_flow_model_reads_its_own_world_and_writes_a_preset(tmp_path, capsys):
+    """The issue's command, smaller (2 tasks, 2 trials, 4 steps): `shapes:` tasks are drawn in world version 2, and
+    the preset is written for shapes-flow."""
+    from autotune.cli import main
+
+    assert main(["tune", "--model", "shapes-flow", "--device", "cpu", "--tasks", "shapes:change_color:2",
+                 "--method", "flowedit", "--trials", "2", "--batch", "2", "--steps", "4", "-q",
+                 "--project-dir", str(tmp_path / "proj"), "--presets-dir", str(tmp_path / "presets")]) == 0
+    assert "preset written to" in capsys.readouterr().out
+    path = next((tmp_path / "presets").glob("*change_color*.json"))
+    preset = json.loads(path.read_text())
+    assert path.name.startswith("shapes-flow__") and preset["method"] == "flowedit"
+    assert preset["provenance"]["task_source"]["world_version"] == 2

@@ -352,6 +352,9 @@ def _check_task_source(value: Any, source: str) -> None:
                        allow_null=True)
     if fraction is not None and not 0 < fraction < 1:
         raise _fail(source, "provenance.task_source.heldout_fraction", f"{fraction!r} must lie between 0 and 1")
+    version = task_source.get("world_version")  # shapes tasks of a later world (the flow shapes model's)
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise _fail(source, "provenance.task_source.world_version", f"{version!r} must be a whole number >= 1")
 
 
 def _check_task_digests(value: Any, source: str) -> None:
