@@ -1,11 +1,15 @@
-"""Pictures of the shapes model for the docs: what it draws, and how tuned presets edit.
+"""Pictures of the shapes models for the docs: what they draw, and how tuned presets edit.
 
     .venv/bin/python examples/shapes_gallery.py --out docs/images
+    .venv/bin/python examples/shapes_gallery.py --model shapes-flow --out docs/images
 
 Writes two PNGs:
-- `shapes_text_to_image.png`: captions of random scenes drawn at guidance 7.5 and at guidance 1;
+- `shapes_text_to_image.png`: captions of random scenes drawn at guidance 7.5 and at guidance 1
+  (`shapes_flow_samples.png` for the flow model: `autotune.bench.shapes_model.flow_grid`);
 - `shapes_edits.png`: one held-out task per category: source | SimInversion default (0.5, 7.5) | the shipped
-  preset's conservative, balanced and aggressive picks (skipped for a category without a preset).
+  preset's conservative, balanced and aggressive picks (skipped for a category without a preset);
+  `shapes_flow_edits.png` for the flow model: source | FlowEdit's published setting | the picks, on tasks of the
+  flow model's world.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import numpy as np
 import torch
 
 from autotune import Editor, EditParams
-from autotune.bench.shapes_model import generate, load_pipeline
+from autotune.bench.shapes_model import flow_grid, generate, is_flow_model, load_pipeline
 from autotune.engine.checkpoint import SHAPES_MODEL_DIR
 from autotune.errors import PresetError
+from autotune.params import window_steps
 from autotune.shapes.tasks import SHAPES_CATEGORIES, shapes_tasks
 from autotune.shapes.world import caption, random_scene
+from autotune.tasks.sources import shapes_world_of
 
 STYLES = ("conservative", "balanced", "aggressive")
 
@@ -39,6 +45,8 @@ def text_to_image_figure(model: str, out: Path, count: int = 6, steps: int = 25,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if is_flow_model(model):
+        return flow_grid(model, out / "shapes_flow_samples.png", count=count, steps=steps, seed=seed)
     rng = np.random.default_rng(seed)
     prompts = [caption(random_scene(rng)) for _ in range(count)]
     pipe = load_pipeline(SHAPES_MODEL_DIR if model == "shapes" else model)
@@ -70,12 +78,15 @@ def edits_figure(model: str, out: Path, presets: str | None = None, index: int =
     import matplotlib.pyplot as plt
 
     editor = Editor.from_pretrained(model, device="cpu", progress=False, presets=presets or True)
-    columns = ["source", "default (0.5, 7.5)", *STYLES]
+    flow = editor.family.name == "flow"
+    default_name, default = (("published FlowEdit", editor.default_params()) if flow
+                             else ("default (0.5, 7.5)", EditParams()))
+    columns = ["source", default_name, *STYLES]
     fig, axes = plt.subplots(len(SHAPES_CATEGORIES), len(columns), figsize=(2.0 * len(columns),
                                                                               2.3 * len(SHAPES_CATEGORIES)))
     for r, category in enumerate(SHAPES_CATEGORIES):
-        task = shapes_tasks(category, "heldout", count=index + 1)[index]
-        candidates: list[tuple[str, EditParams | None]] = [("default (0.5, 7.5)", EditParams())]
+        task = shapes_tasks(category, "heldout", count=index + 1, version=shapes_world_of(model))[index]
+        candidates: list[tuple[str, EditParams | None]] = [(default_name, default)]
         for style in STYLES:
             try:
                 candidates.append((style, editor.presets.params_for(category, style, editor.model_info())))
@@ -97,7 +108,8 @@ def edits_figure(model: str, out: Path, presets: str | None = None, index: int =
                 ax.imshow(images[name], interpolation="nearest")
                 p = dict(candidates).get(name)
                 if p is not None:
-                    ax.set_xlabel(f"({p.w_src.start:.3g}, {p.w_tgt.start:.3g})", fontsize=8)
+                    window = f", {window_steps(p.n_max, p.steps)}/{p.steps}" if flow else ""
+                    ax.set_xlabel(f"({p.w_src.start:.3g}, {p.w_tgt.start:.3g}{window})", fontsize=8)
             else:
                 ax.axis("off")
             if r == 0:
@@ -106,9 +118,10 @@ def edits_figure(model: str, out: Path, presets: str | None = None, index: int =
                 ax.set_ylabel(category, fontsize=9)
         axes[r, 0].text(0.0, -0.3, f"{task.source_prompt} -> {task.target_prompt}", fontsize=7,
                         transform=axes[r, 0].transAxes)
-    fig.suptitle("shapes model: held-out edits, (w_src, w_tgt) under each image", fontsize=10)
+    under = "(w_src, w_tgt, n_max steps / steps)" if flow else "(w_src, w_tgt)"
+    fig.suptitle(f"{'shapes-flow' if flow else 'shapes'} model: held-out edits, {under} under each image", fontsize=10)
     fig.subplots_adjust(hspace=0.55, wspace=0.1, top=0.93)
-    path = out / "shapes_edits.png"
+    path = out / ("shapes_flow_edits.png" if flow else "shapes_edits.png")
     _save(fig, path)
     plt.close(fig)
     return path
@@ -129,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "text_to_image"):
-        print(text_to_image_figure(args.model, out, count=args.count, steps=args.steps or 25))
+        default_steps = 28 if is_flow_model(args.model) else 25
+        print(text_to_image_figure(args.model, out, count=args.count, steps=args.steps or default_steps))
     if args.only in (None, "edits"):
         print(edits_figure(args.model, out, args.presets, steps=args.steps))
     return 0

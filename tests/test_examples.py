@@ -74,6 +74,17 @@ def test_shapes_gallery(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes_edits.png", "shapes_text_to_image.png"]
 
 
+def test_shapes_gallery_of_a_flow_model(tiny_sd3_dir, tmp_path, capsys):
+    from PIL import Image
+
+    code = _load("shapes_gallery").main(["--model", str(tiny_sd3_dir), "--out", str(tmp_path), "--steps", "2",
+                                         "--count", "2"])
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes_flow_edits.png", "shapes_flow_samples.png"]
+    edits = Image.open(tmp_path / "shapes_flow_edits.png")
+    assert edits.size[1] > edits.size[0]  # one row per category
+
+
 def test_replay_pruning(tmp_path, capsys):
     from autotune.tuning.tuner import tune
     from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks

@@ -55,8 +55,15 @@ def load_pipeline(model: str | Path):
     """The model's own diffusers pipeline: StableDiffusion3Pipeline for shapes-flow, else StableDiffusionPipeline."""
     from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
 
-    cls = StableDiffusion3Pipeline if is_flow_model(model) else StableDiffusionPipeline
-    pipe = cls.from_pretrained(str(model_path(model)), local_files_only=True)
+    extra = {}
+    if is_flow_model(model):
+        cls = StableDiffusion3Pipeline
+        index = json.loads((model_path(model) / "model_index.json").read_text())
+        if (index.get("text_encoder_3") or [None])[0] is None:  # an SD3 folder saved without T5
+            extra = {"text_encoder_3": None, "tokenizer_3": None}
+    else:
+        cls = StableDiffusionPipeline
+    pipe = cls.from_pretrained(str(model_path(model)), local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
