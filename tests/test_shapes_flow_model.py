@@ -15,8 +15,7 @@ import torch
 
 from autotune.bench.shapes_model import FLOW_GUIDANCE, is_flow_model
 from autotune.engine.checkpoint import SHAPES_FLOW_MODEL_DIR as FLOW_MODEL
-from autotune.shapes.reader import read_scene
-from autotune.shapes.world import Obj, Scene, caption
+from autotune.shapes.world import caption
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,15 +62,19 @@ def test_the_pipeline_has_16x16_latents_8x8_attention_maps_and_the_clip_tokenize
     assert pipe.tokenizer(prompt).input_ids == pipe.tokenizer_2(prompt).input_ids == clip_tokenizer()(prompt).input_ids
 
 
-def test_a_fixed_seed_scene_is_drawn_right_at_the_default_guidance(pipe):
-    scene = Scene("white", version=2).with_objects(
-        [Obj("square", "red", 6, 8, 18), Obj("circle", "blue", 38, 36, 18)])
-    image = pipe(caption(scene), guidance_scale=FLOW_GUIDANCE, num_inference_steps=28, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images[0]
-    assert image.shape == (64, 64, 3)
-    read = read_scene(image, version=2)
-    assert read.background == "white"
-    assert sorted(read.attributes()) == [("blue", "circle"), ("red", "square")]
+def test_scenes_are_drawn_right_at_the_default_guidance(pipe):
+    """Twelve captions of one- and two-object scenes, read back by the shapes reader: the model's measured rates on
+    200 captions of up to four objects are 91% of colours and 61% of whole scenes (training.json), so these
+    simpler scenes must clear 75% and 40% (margins for another CPU's kernels)."""
+    from autotune.bench.shapes_model import generate, scene_rates
+    from autotune.shapes.world import random_scene
+
+    rng = np.random.default_rng(5)
+    scenes = [random_scene(rng, n_objects=1 + k % 2, version=2) for k in range(12)]
+    images = generate(pipe, [caption(s) for s in scenes], FLOW_GUIDANCE, 28, seed=0)
+    assert images.shape == (12, 64, 64, 3)
+    rates = scene_rates(scenes, images)
+    assert rates["background"] == 1.0 and rates["colour"] >= 0.75 and rates["exact"] >= 0.4, rates
 
 
 def test_dropping_t5_the_diffusers_way_draws_the_same_image(pipe):

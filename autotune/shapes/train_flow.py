@@ -301,8 +301,10 @@ def prepare_data(args: argparse.Namespace, vae: AutoencoderKL, state: Path) -> d
 def settings_of(args: argparse.Namespace, everything: bool = False) -> dict:
     """The settings a checkpoint must share with its continuation (all but where to write, how often, how many
     threads, the inference-only shift and guidance, and under a constant learning rate the number of steps: a
-    finished run can be extended), or with `everything`, all but the folders."""
-    skip = ("out", "state") if everything else RESUME_FREE + (("steps",) if args.lr_schedule == "constant" else ())
+    finished run can be extended), or with `everything`, all but the folders (the VAE's is recorded apart, relative
+    to the package, so that no path of the training machine ships)."""
+    constant = args.lr_schedule == "constant"
+    skip = ("out", "state", "vae") if everything else RESUME_FREE + (("steps",) if constant else ())
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k not in skip}
 
 

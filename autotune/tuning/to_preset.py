@@ -99,10 +99,12 @@ def presets_from_study(study: optuna.Study, storage_label: str | None = None) ->
 
 
 def _task_source(source: Any) -> dict[str, Any] | None:
-    """The study's task source as the preset records it (spec, split, held-out fraction), if it was recorded."""
+    """The study's task source as the preset records it (spec, split, held-out fraction, and the shapes world's
+    version when it is not the first), if it was recorded."""
     if not isinstance(source, Mapping):
         return None
-    return {k: source[k] for k in ("spec", "split", "heldout_fraction") if source.get(k) is not None} or None
+    keys = ("spec", "split", "heldout_fraction", "world_version")
+    return {k: source[k] for k in keys if source.get(k) is not None} or None
 
 
 def _task_digests(digests: Any, study_name: str) -> list[str] | None:
