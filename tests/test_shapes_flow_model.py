@@ -1,8 +1,8 @@
 """The shipped shapes-flow model (a Stable Diffusion 3 pipeline folder), checked on small samples; the full
 measurement is `autotune shapes measure --model shapes-flow`, its figures are in docs/shapes.md.
 
-Skipped while the weights are not shipped (they are trained by `autotune shapes train-flow`, about 3 hours; the
-training itself is tested on a tiny configuration in test_shapes_train_flow.py)."""
+The weights ship with the package (trained by `autotune shapes train-flow`, about 2 hours; the training itself is
+tested on a tiny configuration in test_shapes_train_flow.py), so these tests never skip."""
 
 from __future__ import annotations
 
@@ -18,10 +18,6 @@ from autotune.engine.checkpoint import SHAPES_FLOW_MODEL_DIR as FLOW_MODEL
 from autotune.shapes.world import caption
 
 ROOT = Path(__file__).resolve().parent.parent
-
-pytestmark = pytest.mark.skipif(not (FLOW_MODEL / "model_index.json").is_file(),
-                                reason=f"the shapes-flow weights are not shipped yet ({FLOW_MODEL}); train them with "
-                                "`autotune shapes train-flow` (docs/shapes.md)")
 
 
 @pytest.fixture(scope="module")

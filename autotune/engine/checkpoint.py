@@ -146,8 +146,8 @@ def locate(model: str, revision: str | None = None, allow_pickle: bool = False) 
         )
     if model == "shapes-flow" or name == str(SHAPES_FLOW_MODEL_DIR):
         raise ModelNotFoundError(
-            f"the shapes-flow model is missing at {SHAPES_FLOW_MODEL_DIR} (its weights are not shipped yet). Train "
-            f"it with `autotune shapes train-flow --out {SHAPES_FLOW_MODEL_DIR}` (about 2 hours on an idle 2-core CPU; "
+            f"the shapes-flow model is missing at {SHAPES_FLOW_MODEL_DIR}; reinstall autotune, train it with "
+            f"`autotune shapes train-flow --out {SHAPES_FLOW_MODEL_DIR}` (about 2 hours on an idle 2-core CPU; "
             "docs/shapes.md), or pass a folder it wrote with --model PATH"
         )
     from diffusers import DiffusionPipeline
