@@ -299,3 +299,17 @@ def test_the_flow_shapes_models_figures_get_sections_of_their_own(tmp_path):
     markdown.write_section(out, "quality", "UNet figures again")
     text = out.read_text()
     assert "UNet figures again" in text and "flow figures" in text and "UNet figures\n" not in text
+
+
+def test_the_inversion_section_reads_the_mean_out_of_each_row(monkeypatch):
+    from autotune.bench import inversion, shapes_model
+
+    table = ("| reconstruction | PSNR (dB), mean [95% interval] | reader sees the input scene |"
+             "\n|---|---|---|\n| VAE round trip (ceiling) | 34.58 | - |\n"
+             "| Euler inversion at w_src = 0.5 | 33.26 [32.10, 34.02] | 100% |")
+    monkeypatch.setattr(shapes_model, "inversion_table", lambda *a: table)
+    monkeypatch.setattr(shapes_model, "is_flow_model", lambda model: True)
+    r = inversion.bench_inversion("some-folder", samples=20, steps=50)
+    assert r.rows == [{"setting": "VAE round trip (ceiling)", "psnr": 34.58, "read_ok": None},
+                      {"setting": "Euler inversion at w_src = 0.5", "psnr": 33.26, "read_ok": 1.0}]
+    assert r.flow and "Euler steps" in r.markdown()

@@ -94,6 +94,12 @@ def test_measure_runs_on_the_short_name(capsys):
     assert "shapes-flow" in out and f"| {FLOW_GUIDANCE:g} |" in out and "| 1 |" in out
     assert "| VAE round trip (ceiling) |" in out
     assert all(f"| Euler inversion at w_src = {w:g} |" in out for w in (0, 0.5, 1, 1.5, 2, 3.5, 7))
+    import re
+
+    row = r"\| Euler inversion at w_src = [\d.]+ \| ([\d.]+) \[([\d.]+), ([\d.]+)\] \|"
+    for mean, low, high in re.findall(row, out):
+        assert float(low) <= float(mean) <= float(high)  # the mean inside its bootstrap interval over the scenes
+    assert len(re.findall(row, out)) == 7
 
 
 def test_tuning_flowedit_on_the_flow_model_reads_its_own_world_and_writes_a_preset(tmp_path, capsys):

@@ -34,7 +34,7 @@ def bench_inversion(model: str | Path, samples: int = 20, steps: int = 50, seed:
     for line in table.splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) >= 3:
-            psnr = float(cells[1])
+            psnr = float(cells[1].split()[0])  # "33.26 [32.10, 34.02]": the mean, then its interval
             read = float(cells[2].rstrip("%")) / 100 if cells[2].endswith("%") else None
             rows.append({"setting": cells[0], "psnr": psnr, "read_ok": read})
     return InversionResult(rows, samples, steps, table, is_flow_model(model))

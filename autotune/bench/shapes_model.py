@@ -141,6 +141,7 @@ def inversion_table(model: str | Path, samples: int, steps: int, seed: int) -> s
     model (`W_INV_FLOW`). The reconstruction is the source branch of an edit with identical prompts."""
     from PIL import Image
 
+    from autotune.bench.quality import paired_bootstrap
     from autotune.engine.editor import Editor
     from autotune.params import EditParams
 
@@ -172,8 +173,11 @@ def inversion_table(model: str | Path, samples: int, steps: int, seed: int) -> s
             read = read_scene(rec, version=version)
             read_ok += read.background == scene.background and sorted(read.attributes()) == sorted(
                 (o.color, o.shape) for o in scene.objects)
-        rows.append(f"| {label} | {np.mean(values):.2f} | {read_ok / len(scenes):.0%} |")
-    header = "| reconstruction | PSNR (dB) | reader sees the input scene |\n|---|---|---|"
+        mean = paired_bootstrap(values)  # over the scenes: how far the mean could move on another draw of them
+        rows.append(f"| {label} | {np.mean(values):.2f} [{mean.low:.2f}, {mean.high:.2f}] | "
+                    f"{read_ok / len(scenes):.0%} |")
+    header = ("| reconstruction | PSNR (dB), mean [95% bootstrap interval over the scenes] | reader sees the input "
+              "scene |\n|---|---|---|")
     return header + "\n" + "\n".join(rows)
 
 
