@@ -149,3 +149,18 @@ def test_show_with_presets_of_several_models_names_the_option(env, capsys):
     assert main(["presets", "show", "change_color"]) == 2
     err = capsys.readouterr().err
     assert "several models (my/model, shapes)" in err and "--model ID" in err
+
+
+def test_show_prints_a_flow_settings_window(tmp_path, capsys):
+    objectives = [{"name": "fidelity", "direction": "maximize", "metrics": {}},
+                  {"name": "edit_strength", "direction": "maximize", "metrics": {}}]
+    points = [FrontPoint(EditParams(method="flowedit", w_src=s, w_tgt=t, steps=50, n_max=n, n_min=0.04),
+                         {"fidelity": f, "edit_strength": e})
+              for s, t, n, f, e in ((2.5, 3.0, 0.34, 35.0, 0.2), (3.5, 5.0, 0.46, 33.0, 0.5),
+                                    (4.0, 8.0, 0.66, 30.0, 0.8))]
+    preset = Preset.from_front(points, category="change_color", model={"id": "shapes-flow"}, objectives=objectives)
+    path = tmp_path / "p.json"
+    path.write_text(preset.dumps())
+    assert main(["presets", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "balanced      flowedit w_src=3.5 w_tgt=5 steps=50 n_max=23/50 n_min=2/50 n_avg=1" in out  # 0.46, 0.04 of 50

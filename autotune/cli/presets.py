@@ -122,7 +122,14 @@ def _show_warnings() -> Iterator[None]:
 
 
 def _params_brief(params: Any) -> str:
-    return f"{params.method} w_src={params.w_src} w_tgt={params.w_tgt} steps={params.steps}"
+    from autotune.params import FLOW_METHODS, window_steps
+
+    text = f"{params.method} w_src={params.w_src} w_tgt={params.w_tgt} steps={params.steps}"
+    if params.method in FLOW_METHODS:  # the window is half of a flow setting
+        text += f" n_max={window_steps(params.n_max, params.steps)}/{params.steps}"
+        if params.method == "flowedit":
+            text += f" n_min={window_steps(params.n_min, params.steps)}/{params.steps} n_avg={params.n_avg}"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
