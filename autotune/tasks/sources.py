@@ -45,11 +45,13 @@ def shapes_world_of(model: str | Path | None) -> int:
     tasks are drawn in this version, so that a model edits scenes of its own world."""
     import json
 
-    from autotune.engine.checkpoint import SHORT_NAMES
+    import autotune.shapes
 
     if model is None:
         return 1
-    meta = Path(SHORT_NAMES.get(str(model), str(model))) / "training.json"
+    folder = Path(str(model))
+    shipped = Path(autotune.shapes.__file__).parent / "weights" / str(model)  # `shapes`, `shapes-flow`
+    meta = (folder if folder.is_dir() or not shipped.is_dir() else shipped) / "training.json"
     try:
         return int(json.loads(meta.read_text(encoding="utf-8")).get("world_version", 1))
     except (OSError, ValueError, TypeError, AttributeError):
