@@ -22,7 +22,7 @@ import numpy as np
 
 from autotune.bench import markdown
 from autotune.bench.efficiency import GridTable
-from autotune.params import EditParams
+from autotune.params import FLOW_METHODS, EditParams, window_steps
 from autotune.task import EditTask, task_digest
 
 HELDOUT_SEED = 20261205  # issue 22's fresh held-out seed: no tuning or design decision has seen its tasks
@@ -262,15 +262,13 @@ class QualityResult:
 
 
 def _is_flow(result: QualityResult) -> bool:
-    return any(s.params.get("method") in ("flowedit", "flow_siminversion") for s in result.settings)
+    return any(s.params.get("method") in FLOW_METHODS for s in result.settings)
 
 
 def _params(p: dict[str, Any]) -> str:
     if p.get("method") == "ddim":
         return f"ddim, {p['w_tgt']:.3g}"
-    if p.get("method") in ("flowedit", "flow_siminversion"):
-        from autotune.params import window_steps
-
+    if p.get("method") in FLOW_METHODS:
         steps = p["steps"]
         window = f"n_max {window_steps(p['n_max'], steps)}"
         if p["method"] == "flowedit" and window_steps(p.get("n_min", 0.0), steps):
