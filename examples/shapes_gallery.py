@@ -9,7 +9,8 @@ Writes two PNGs:
 - `shapes_edits.png`: one held-out task per category: source | SimInversion default (0.5, 7.5) | the shipped
   preset's conservative, balanced and aggressive picks (skipped for a category without a preset);
   `shapes_flow_edits.png` for the flow model: source | FlowEdit's published setting | the picks, on tasks of the
-  flow model's world.
+  flow model's world, and with `--presets presets,presets/flow_siminversion` flow inversion's published setting
+  and its balanced pick beside them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from autotune import Editor, EditParams
+from autotune.bench.quality import tuned_preset
 from autotune.bench.shapes_model import flow_grid, generate, is_flow_model, load_pipeline
 from autotune.engine.checkpoint import SHAPES_MODEL_DIR
 from autotune.errors import PresetError
@@ -72,28 +74,40 @@ def text_to_image_figure(model: str, out: Path, count: int = 6, steps: int = 25,
 
 def edits_figure(model: str, out: Path, presets: str | None = None, index: int = 0, steps: int | None = None
                  ) -> Path:
+    """`presets`: a folder, or several comma-separated; on a flow model each further folder's balanced pick (another
+    method's presets, as flow inversion's) gets a column beside that method's published setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    editor = Editor.from_pretrained(model, device="cpu", progress=False, presets=presets or True)
+    folders = presets.split(",") if presets else []
+    editor = Editor.from_pretrained(model, device="cpu", progress=False, presets=folders[0] if folders else True)
     flow = editor.family.name == "flow"
     default_name, default = (("published FlowEdit", editor.default_params()) if flow
                              else ("default (0.5, 7.5)", EditParams()))
-    columns = ["source", default_name, *STYLES]
-    fig, axes = plt.subplots(len(SHAPES_CATEGORIES), len(columns), figsize=(2.0 * len(columns),
-                                                                              2.3 * len(SHAPES_CATEGORIES)))
-    for r, category in enumerate(SHAPES_CATEGORIES):
-        task = shapes_tasks(category, "heldout", count=index + 1, version=shapes_world_of(model))[index]
+    rows: dict[str, list[tuple[str, EditParams | None]]] = {}
+    for category in SHAPES_CATEGORIES:
         candidates: list[tuple[str, EditParams | None]] = [(default_name, default)]
         for style in STYLES:
             try:
                 candidates.append((style, editor.presets.params_for(category, style, editor.model_info())))
             except PresetError:  # no preset for this model and category: the default only
                 candidates.append((style, None))
+        for folder in folders[1:] if flow else []:
+            found = tuned_preset(editor, category, folder)
+            if found is not None:
+                pick = found[0].params("balanced")
+                candidates += [(f"published\n{pick.method}", editor.default_params(pick.method)),
+                               (f"{pick.method}\nbalanced", pick)]
         if steps is not None:  # quick runs
             candidates = [(name, p.with_(steps=steps) if p is not None else None) for name, p in candidates]
+        rows[category] = candidates
+    columns = ["source", *dict.fromkeys(name for candidates in rows.values() for name, _ in candidates)]
+    fig, axes = plt.subplots(len(SHAPES_CATEGORIES), len(columns), figsize=(2.0 * len(columns),
+                                                                              2.3 * len(SHAPES_CATEGORIES)))
+    for r, (category, candidates) in enumerate(rows.items()):
+        task = shapes_tasks(category, "heldout", count=index + 1, version=shapes_world_of(model))[index]
         run = [p for _, p in candidates if p is not None]
         results = iter(editor.edit_task(task, run))
         images = {"source": np.asarray(task.image)}
@@ -131,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes")
-    parser.add_argument("--presets", help="presets directory (default: the lookup order of docs/presets.md)")
+    parser.add_argument("--presets", help="presets directory (default: the lookup order of docs/presets.md); on a "
+                        "flow model several, comma-separated: each further one's balanced pick gets a column")
     parser.add_argument("--out", default="docs/images")
     parser.add_argument("--only", choices=("text_to_image", "edits"))
     parser.add_argument("--count", type=int, default=6, help="captions in the text-to-image figure")

@@ -85,6 +85,34 @@ def test_shapes_gallery_of_a_flow_model(tiny_sd3_dir, tmp_path, capsys):
     assert edits.size[1] > edits.size[0]  # one row per category
 
 
+def test_shapes_gallery_of_a_flow_model_adds_a_second_methods_columns(tiny_sd3_dir, tmp_path, capsys):
+    """A second presets folder (flow inversion's) adds its published setting and its balanced pick as columns."""
+    from PIL import Image
+
+    from autotune import Editor, EditParams
+    from autotune.presets.preset import FrontPoint, Preset
+    from autotune.presets.store import preset_filename
+
+    info = Editor.from_pretrained(str(tiny_sd3_dir), device="cpu", progress=False).model_info()
+    objectives = [{"name": "fidelity", "direction": "maximize", "metrics": {}},
+                  {"name": "edit_strength", "direction": "maximize", "metrics": {}}]
+    points = [FrontPoint(EditParams(method="flow_siminversion", w_src=s, w_tgt=t, steps=2, n_max=1.0),
+                         {"fidelity": f, "edit_strength": e}) for s, t, f, e in [(0.0, 2.0, 30.0, 0.2),
+                                                                                (0.5, 3.0, 25.0, 0.6)]]
+    inversion = tmp_path / "inversion"
+    preset = Preset.from_front(points, category="change_color", model=info, objectives=objectives)
+    preset.save(inversion / preset_filename(info["id"], "change_color"))
+    (tmp_path / "flowedit").mkdir()
+    widths = []
+    for presets in (str(tmp_path / "flowedit"), f"{tmp_path / 'flowedit'},{inversion}"):
+        out = tmp_path / str(len(widths))
+        args = ["--model", str(tiny_sd3_dir), "--out", str(out), "--steps", "2", "--only", "edits",
+                "--presets", presets]
+        assert _load("shapes_gallery").main(args) == 0
+        widths.append(Image.open(out / "shapes_flow_edits.png").size[0])
+    assert widths[1] / widths[0] == pytest.approx(7 / 5, rel=0.05)  # source, published, 3 picks; + 2 columns
+
+
 def test_replay_pruning(tmp_path, capsys):
     from autotune.tuning.tuner import tune
     from tests.test_tuner_fakes import FakeEditor, FakeScorer, make_tasks
