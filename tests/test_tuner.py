@@ -489,6 +489,21 @@ def test_summary_rounds_guidance_and_names_the_picks(tmp_path):
         assert f"w_tgt={w_tgt:.3g} " in line + " " and len(line.split("w_tgt=")[1].split()[0]) <= 5
 
 
+def test_summary_warns_when_no_setting_changed_the_edit_strength(tmp_path):
+    """A study where no trial ever made the edit (every edit strength 0) has nothing to trade: the summary says so
+    instead of presenting max-fidelity picks as a tuned edit; a study with a trade-off prints no warning."""
+
+    class NeverEdits(FakeScorer):
+        def score(self, task, edited):
+            return [{**s, "full_success": 0.0} for s in super().score(task, edited)]
+
+    flat = run(tmp_path / "flat", trials=8, scorer=NeverEdits())
+    assert flat.flat_edit_strength() == 0.0
+    assert "warning: every completed trial scored the same edit strength (0)" in flat.summary()
+    normal = run(tmp_path / "normal", trials=8)
+    assert normal.flat_edit_strength() is None and "warning" not in normal.summary()
+
+
 def test_progress_moves_within_the_first_batch_and_says_how_long_the_rest_takes(tmp_path, capsys):
     """A batch takes minutes on a CPU: the bar moves task by task, and after the first batch one line says how long
     the remaining trials should take at that pace."""

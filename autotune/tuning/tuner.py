@@ -91,9 +91,22 @@ class TuneResult:
             lines.append(f"  trial {t.number:4d}: fidelity {t.values[0]:.4g}, edit strength {t.values[1]:.4g}  "
                          f"w_src={_short(p.get('w_src'))} w_tgt={_short(p.get('w_tgt'))}"
                          + (f"  [{', '.join(tags)}]" if tags else ""))
+        flat = self.flat_edit_strength()
+        if flat is not None:
+            lines.append(f"warning: every completed trial scored the same edit strength ({flat:.4g}): no setting tried "
+                         "made the edit more or less often, so the picks only keep the image best. Look at the edits "
+                         "(--report), widen the search (--space) or try another --method.")
         if self.saved is not None:
             lines.append(_saved_line(self.saved))
         return "\n".join(lines)
+
+    def flat_edit_strength(self) -> float | None:
+        """The one edit strength every completed trial scored, if they all scored the same (at least two trials):
+        a study with nothing to trade, whose picks a user should not take for a tuned edit."""
+        values = {t.values[1] for t in self.study.trials
+                  if t.state == optuna.trial.TrialState.COMPLETE and t.values is not None}
+        complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in self.study.trials)
+        return values.pop() if complete >= 2 and len(values) == 1 else None
 
     def _styles_by_trial(self) -> dict[int, list[str]]:
         """Trial number -> the preset's picks (conservative, balanced, aggressive) made from it."""
