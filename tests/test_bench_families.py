@@ -186,14 +186,15 @@ def test_cli_bench_overhead_and_throughput_on_sdxl_and_flow_models(request, fixt
     folder, out = str(request.getfixturevalue(fixture)), tmp_path / "B.md"
     assert main(["bench", "overhead", "--model", folder, "--steps", "2", "--repeats", "1", "--out", str(out)]) == 0
     assert main(["bench", "throughput", "--model", folder, "--steps", "2", "--tasks", "2", "--trials", "2",
-                 "--batch", "2", "--naive-trials", "1", "--runs", "1", "--thread-counts", "1", "--no-factors",
-                 "--out", str(out)]) == 0
+                 "--batch", "2", "--naive-trials", "1", "--runs", "1", "--threads", "1", "--thread-counts", "2",
+                 "--no-factors", "--out", str(out)]) == 0
     text = out.read_text()
     overhead_section = text[text.index("autotune-bench:overhead:start"):text.index("autotune-bench:overhead:end")]
     assert "| cold (empty cache: inversion and source work computed) |" in overhead_section
     throughput = text[text.index("autotune-bench:throughput:start"):text.index("autotune-bench:throughput:end")]
     for loop in ("autotune (", "strong naive (", "naive ("):
         assert f"| {loop}" in throughput
+    assert "(2 threads), device cpu" in throughput  # the threads it ran at, not the process's default of 1
 
 
 def test_flux_position_ids_stay_whatever_the_batch():

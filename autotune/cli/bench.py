@@ -209,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(refused)
         result, notes = _run_one(name, args, categories, state)
         machine = _common.machine_info(args.device)
+        if max(getattr(result, "thread_counts", None) or [0]) > 0:  # the header names the threads it ran at, and
+            machine["torch_threads"] = max(result.thread_counts)  # the load it made is counted as its own
         section, title = _section_of(name, args.model)
         try:
             text = markdown.section(title, command_line(args, name), machine, result.markdown(), notes)
