@@ -115,3 +115,26 @@ def test_tuning_flowedit_on_the_flow_model_reads_its_own_world_and_writes_a_pres
     preset = json.loads(path.read_text())
     assert path.name.startswith("shapes-flow__") and preset["method"] == "flowedit"
     assert preset["provenance"]["task_source"]["world_version"] == 2
+
+
+@pytest.mark.parametrize(("folder", "method"), [("presets", "flowedit"),
+                                                ("presets/flow_siminversion", "flow_siminversion")])
+def test_the_shipped_shapes_flow_presets_fit_the_shipped_model(folder, method):
+    """FlowEdit's tuned presets are found by category in the default lookup; flow inversion's sit in a folder of
+    their own (one preset per model and category per folder), found when that folder is named. Each verifies, fits
+    the shipped weights and scheduler, and was tuned on world-version-2 tasks."""
+    from autotune import Editor
+    from autotune.presets.store import PresetStore, shipped_presets_dir
+    from autotune.shapes.tasks import SHAPES_CATEGORIES
+
+    editor = Editor.from_pretrained("shapes-flow", device="cpu", progress=False)
+    store = PresetStore([shipped_presets_dir() / Path(folder).relative_to("presets")]) if folder != "presets" \
+        else PresetStore()
+    for category in SHAPES_CATEGORIES:
+        entry = store.find(category, editor.model_info())
+        assert entry.preset.kind == "tuned" and entry.path.name == f"shapes-flow__{category}.json"
+        assert entry.path.parent.resolve() == (ROOT / folder).resolve()
+        entry.preset.check_compatible(editor.model_info())  # same weights fingerprint, same scheduler
+        balanced = entry.preset.params("balanced")
+        assert balanced.method == method and balanced.steps == 50
+        assert entry.preset.provenance["task_source"]["world_version"] == 2
