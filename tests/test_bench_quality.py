@@ -250,3 +250,12 @@ def test_flow_quality_measures_each_methods_pick_against_the_published_settings(
     assert text.count("| change_color | flowedit balanced | published") == 2  # against both baselines
     assert len(r.presets) == 2 and {p.content_hash for p in r.presets} == {flowedit.content_hash,
                                                                             inversion.content_hash}
+
+
+def test_a_presets_folder_that_is_not_there_is_refused_not_read_as_no_preset(editor, tmp_path):
+    """A typo in --presets must not silently drop a method from the comparison."""
+    from autotune.errors import InputError
+
+    assert quality.tuned_preset(editor, "change_color", tmp_path) is None  # a folder without a preset: none
+    with pytest.raises(InputError, match="presets folder .*nowhere does not exist"):
+        quality.tuned_preset(editor, "change_color", tmp_path / "nowhere")

@@ -104,10 +104,14 @@ def baselines_for(editor: Any) -> dict[str, dict[str, Any]]:
 
 def tuned_preset(editor: Any, category: str, presets: Any = None) -> tuple[Any, str] | None:
     """The tuned preset for `category` and this model in the preset lookup order (or in `presets`, a directory), with
-    where it was found; None if there is none."""
-    from autotune.errors import PresetError
+    where it was found; None if there is none. A named folder that is not there is an error, not "no preset": a
+    typo would otherwise drop a method from an hour-long comparison without a word."""
+    from autotune.errors import InputError, PresetError
     from autotune.presets.store import PresetStore
 
+    if presets is not None and not Path(presets).is_dir():
+        raise InputError(f"presets folder {presets} does not exist or is not a folder; check the path given to "
+                         "--presets (several folders are comma-separated)")
     try:
         store = PresetStore([Path(presets)]) if presets is not None else PresetStore()
         entry = store.find(category, editor.model_info())
