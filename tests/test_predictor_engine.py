@@ -272,3 +272,30 @@ def test_bench_predictor_measures_auto_against_the_pick_and_writes_its_section(t
     for policy in policies:
         assert f"| change_color | {policy} |" in text
     assert "| change_color | auto - pick |" in text and "share of the oracle's gain" in text
+
+
+def test_bench_predictor_oracle_grid_edits_only_the_new_settings_and_reports_its_ceiling(tuned_with_predictor,
+                                                                                        tiny_model_dir, tmp_path):
+    """`--oracle-grid 2` after a run without it: the cached table gains exactly the grid's settings that were not
+    already measured, and the grid oracle's rows are written beside the candidates' oracle."""
+    tmp, path = tuned_with_predictor
+    cache, out = tmp_path / "cache", tmp_path / "B.md"
+    base = ["bench", "predictor", "--model", str(tiny_model_dir), "--device", "cpu", "--presets", str(path.parent),
+            "--categories", "change_color", "--tasks", "3", "--steps", "2", "--threads", "1", "--out", str(out),
+            "--cache-dir", str(cache)]
+    assert main(base) == 0
+    (table_file,) = cache.glob("heldout-change_color-*.json")
+    before = set(json.loads(table_file.read_text()))
+    assert main([*base, "--oracle-grid", "2"]) == 0
+    after = set(json.loads(table_file.read_text()))
+    preset = Preset.load(path, strict=True)
+    space = preset.provenance["search_space"]
+    grid = {json.dumps(preset.params("balanced").with_(w_src=round(float(s), 4), w_tgt=round(float(t), 4)).to_dict(),
+                       sort_keys=True)
+            for s in (space["w_src"]["low"], space["w_src"]["high"]) for t in (space["w_tgt"]["low"],
+                                                                                space["w_tgt"]["high"])}
+    assert before < after and after - before == grid - before
+    text = out.read_text()
+    assert "| change_color | oracle: best of candidates and grid |" in text
+    assert "| change_color | oracle with the grid - pick |" in text and "share of the grid oracle's gain" in text
+    assert f"+ {len(grid - before)} grid" in text

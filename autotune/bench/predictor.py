@@ -87,13 +87,17 @@ class PredictorResult:
                                 "distance to the ideal", "fell back"], rows)
         diff_rows = []
         for o in self.outcomes:
-            for name, label in (("auto-pick", "auto - pick"), ("auto-paper", "auto - (0.5, 7.5)"),
-                                ("oracle-pick", "oracle - pick")):
+            for name, label in _COMPARISONS:
+                if name not in o.diffs:
+                    continue
                 d = o.diffs[name]
                 diff_rows.append([o.category, label] + [d[m].text(m != "background_psnr") for m in METRICS]
                                  + [d["nearness"].text(False)])
-            gap = [_gap(o.diffs["auto-pick"][m].mean, o.diffs["oracle-pick"][m].mean) for m in METRICS]
-            diff_rows.append([o.category, "share of the oracle's gain", *gap, ""])
+            for name, label in (("oracle-pick", "share of the oracle's gain"),
+                                ("oracle+grid-pick", "share of the grid oracle's gain")):
+                if name in o.diffs:
+                    gap = [_gap(o.diffs["auto-pick"][m].mean, o.diffs[name][m].mean) for m in METRICS]
+                    diff_rows.append([o.category, label, *gap, ""])
         diffs = markdown.table(["category", "paired difference", "edit success (points)", "full success (points)",
                                 "background PSNR (dB)", "distance to the ideal (lower is better)"], diff_rows)
         verdicts = markdown.table(
@@ -113,6 +117,8 @@ class PredictorResult:
         return "\n".join(parts)
 
 
+_COMPARISONS = (("auto-pick", "auto - pick"), ("auto-paper", "auto - (0.5, 7.5)"), ("oracle-pick", "oracle - pick"),
+                ("oracle+grid-pick", "oracle with the grid - pick"))
 _POLICY_NAMES = {"auto": "predicted per image (auto)", "pick": "the preset's pick", "paper": "(0.5, 7.5)",
                  "oracle": "oracle: each task's best candidate", "oracle+grid": "oracle: best of candidates and grid"}
 
@@ -225,8 +231,10 @@ def bench_category(editor: Any, scorer: Any, preset: Preset, tasks: Sequence[Edi
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(resamples, n))
     diffs: dict[str, dict[str, Interval]] = {}
-    for name, (a, b) in {"auto-pick": ("auto", "pick"), "auto-paper": ("auto", "paper"),
-                         "oracle-pick": ("oracle", "pick")}.items():
+    comparisons = {"auto-pick": ("auto", "pick"), "auto-paper": ("auto", "paper"), "oracle-pick": ("oracle", "pick")}
+    if "oracle+grid" in policies:
+        comparisons["oracle+grid-pick"] = ("oracle+grid", "pick")
+    for name, (a, b) in comparisons.items():
         ca, cb = policies[a], policies[b]
         out = {}
         for m in METRICS:
