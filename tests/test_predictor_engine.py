@@ -299,3 +299,11 @@ def test_bench_predictor_oracle_grid_edits_only_the_new_settings_and_reports_its
     assert "| change_color | oracle: best of candidates and grid |" in text
     assert "| change_color | oracle with the grid - pick |" in text and "share of the grid oracle's gain" in text
     assert f"+ {len(grid - before)} grid" in text
+
+
+def test_share_of_the_oracle_gain_is_blank_where_the_oracle_gains_nothing():
+    from autotune.bench.predictor import _gap
+
+    assert _gap(0.05, 0.10) == "50%" and _gap(-0.02, 0.10) == "-20%"
+    assert _gap(-0.0, 0.10) == "0%"  # not "-0%"
+    assert _gap(0.0, -0.08) == "-" and _gap(0.01, 0.0) == "-"  # the oracle traded the metric away, or gained none

@@ -124,9 +124,11 @@ _POLICY_NAMES = {"auto": "predicted per image (auto)", "pick": "the preset's pic
 
 
 def _gap(auto: float, oracle: float) -> str:
-    if abs(oracle) < 1e-12:
+    """The predictor's gain as a share of the oracle's; none where the oracle gains nothing (or trades the metric
+    away for the other objective)."""
+    if oracle < 1e-12:
         return "-"
-    return f"{auto / oracle:.0%}"
+    return f"{auto / oracle + 0.0:.0%}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
