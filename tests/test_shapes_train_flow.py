@@ -187,7 +187,10 @@ def test_the_command_trains_then_measures_and_records_the_figures(tmp_path, caps
     meta = json.loads((out / "training.json").read_text())
     figures = meta["text_to_image"]
     assert figures["settings"]["samples"] == 2 and figures["settings"]["pipeline"] == "StableDiffusion3Pipeline"
-    assert set(figures) >= {"guidance_7", "guidance_1", "vae_ceiling", "whole_scene_gap_points"}
+    assert set(figures) >= {"guidance_7", "guidance_1", "vae_ceiling", "whole_scene_gap_points",
+                            "whole_scene_gap_interval_points"}
+    low, high = figures["whole_scene_gap_interval_points"]
+    assert low <= figures["whole_scene_gap_points"] <= high
     assert 0.0 <= figures["guidance_7"]["colour"] <= 1.0 and "measure" in meta["wall_time_minutes"]
     assert "| 7 |" in capsys.readouterr().out
     assert (tmp_path / ".autotune" / "train-model" / "checkpoint.pt").is_file()
@@ -207,3 +210,21 @@ def test_forwarding_commands_take_options_first(action, option, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["shapes", "render", "--out", "unused", "--bogus"])
     assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_the_whole_scene_gap_interval_is_paired_and_agrees_with_the_normal_approximation():
+    """Same captions at two guidances: the bootstrap interval of the paired difference has the width the normal
+    approximation gives it, and collapses where the two agree on every caption."""
+    from autotune.bench.shapes_model import paired_gap_interval
+
+    rng = np.random.default_rng(5)
+    a = (rng.random(1000) < 0.6).astype(float)
+    b = np.where(rng.random(1000) < 0.7, a, 1 - a)  # correlated with a, as two samples of one caption are
+    low, high = paired_gap_interval(a, b)
+    d = a - b
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert low < d.mean() < high
+    assert abs((high - low) / 2 - half) < 0.1 * half
+    unpaired_half = 1.96 * np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    assert (high - low) / 2 < unpaired_half  # pairing is what narrows it
+    assert paired_gap_interval(a, a) == (0.0, 0.0)

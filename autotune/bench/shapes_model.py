@@ -68,35 +68,59 @@ def load_pipeline(model: str | Path):
     return pipe
 
 
-def scene_rates(scenes: list[Scene], images: np.ndarray) -> dict[str, float]:
-    """Reader agreement with the captions' scenes (read in their world version); `images` is [N, H, W, 3] float in
-    [0, 1]."""
-    color = shape = objects = background = count = exact = 0
+def scene_marks(scenes: list[Scene], images: np.ndarray) -> list[dict[str, int]]:
+    """Per scene, what the reader agrees with: objects whose colour / colour and shape it finds, and whether the
+    background, the object count and the whole scene are right; `images` is [N, H, W, 3] float in [0, 1]."""
+    marks = []
     for scene, image in zip(scenes, images):
         read = read_scene(image, version=scene.version)
         found = read.attributes()
-        for obj in scene.objects:
-            objects += 1
-            color += any(c == obj.color for c, _ in found)
-            shape += any(c == obj.color and s == obj.shape for c, s in found)
-        background += read.background == scene.background
-        count += len(found) == len(scene.objects)
-        exact += read.background == scene.background and sorted(found) == sorted(
-            (o.color, o.shape) for o in scene.objects)
-    n = len(scenes)
-    return {"colour": color / objects, "shape": shape / objects, "background": background / n,
-            "count": count / n, "exact": exact / n}
+        background = read.background == scene.background
+        marks.append({
+            "objects": len(scene.objects),
+            "colour": sum(any(c == obj.color for c, _ in found) for obj in scene.objects),
+            "shape": sum(any(c == obj.color and s == obj.shape for c, s in found) for obj in scene.objects),
+            "background": int(background),
+            "count": int(len(found) == len(scene.objects)),
+            "exact": int(background and sorted(found) == sorted((o.color, o.shape) for o in scene.objects)),
+        })
+    return marks
 
 
-def generate(pipe, prompts: list[str], guidance: float, steps: int, seed: int, batch: int = 50) -> np.ndarray:
+def rates_of(marks: list[dict[str, int]]) -> dict[str, float]:
+    objects, n = sum(m["objects"] for m in marks), len(marks)
+    return {"colour": sum(m["colour"] for m in marks) / objects, "shape": sum(m["shape"] for m in marks) / objects,
+            **{k: sum(m[k] for m in marks) / n for k in ("background", "count", "exact")}}
+
+
+def scene_rates(scenes: list[Scene], images: np.ndarray) -> dict[str, float]:
+    """Reader agreement with the captions' scenes (read in their world version), as shares."""
+    return rates_of(scene_marks(scenes, images))
+
+
+def paired_gap_interval(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(a) - mean(b) over the same captions (a caption's two samples share their
+    starting noise, so the difference is paired)."""
+    draws = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    low, high = np.percentile((a[draws] - b[draws]).mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def generate(pipe, prompts: list[str], guidance: float, steps: int, seed: int, batch: int = 50,
+             progress: bool = False) -> np.ndarray:
     """Text-to-image, deterministic from the seed; [N, H, W, 3] in [0, 1]."""
+    from tqdm.auto import tqdm
+
     out = []
     generator = torch.Generator().manual_seed(seed)
-    for start in range(0, len(prompts), batch):
-        chunk = prompts[start : start + batch]
-        result = pipe(chunk, guidance_scale=guidance, num_inference_steps=steps, generator=generator,
-                      output_type="np")
-        out.append(result.images)
+    with tqdm(total=len(prompts), desc=f"text to image at guidance {guidance:g}", unit="image",
+              disable=not progress) as bar:
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start : start + batch]
+            result = pipe(chunk, guidance_scale=guidance, num_inference_steps=steps, generator=generator,
+                          output_type="np")
+            out.append(result.images)
+            bar.update(len(chunk))
     return np.concatenate(out)
 
 
@@ -111,10 +135,13 @@ def text_to_image_table(pipe, samples: int, steps: int, seed: int, guidances=(7.
         return (f"| {label} | {rates['colour']:.1%} | {rates['shape']:.1%} | {rates['background']:.1%} | "
                 f"{rates['count']:.1%} | {rates['exact']:.1%} |")
 
+    exact = {}
     for g in guidances:
-        images = generate(pipe, prompts, g, steps, seed)
-        results[g] = scene_rates(scenes, images)
+        marks = scene_marks(scenes, generate(pipe, prompts, g, steps, seed, progress=True))
+        results[g] = rates_of(marks)
+        exact[g] = np.asarray([m["exact"] for m in marks], dtype=float)
         rows.append(row(f"{g:g}", results[g]))
+    results["exact_by_caption"] = exact
     results["vae"] = vae_round_trip_rates(pipe, scenes)
     rows.append(row("the scenes rendered, through the VAE (ceiling)", results["vae"]))
     header = ("| guidance | colour found | shape of that colour | background | object count | whole scene |\n"
@@ -192,6 +219,9 @@ def measure_flow(model: str | Path, samples: int = 200, steps: int = FLOW_STEPS,
     figures["settings"] = {"samples": samples, "steps": steps, "seed": seed, "default_guidance": guidance,
                            "pipeline": type(pipe).__name__}
     figures["whole_scene_gap_points"] = round(100 * (results[guidance]["exact"] - results[1.0]["exact"]), 1)
+    exact = results["exact_by_caption"]
+    figures["whole_scene_gap_interval_points"] = [round(100 * v, 1)
+                                                  for v in paired_gap_interval(exact[guidance], exact[1.0])]
     return table, figures
 
 
@@ -279,7 +309,9 @@ def _main_flow(args: argparse.Namespace, start: float) -> int:
     table, figures = measure_flow(args.model, args.samples, steps, args.seed, guidance)
     parts = [f"### Text-to-image, shapes-flow ({args.samples} captions of random world-version-2 scenes, "
              f"StableDiffusion3Pipeline, {steps} Euler steps, seed {args.seed})", "", table, "",
-             f"Whole scene at guidance {guidance:g} minus at 1: {figures['whole_scene_gap_points']:.1f} points.", ""]
+             f"Whole scene at guidance {guidance:g} minus at 1: {figures['whole_scene_gap_points']:.1f} points "
+             "(paired bootstrap 95% interval over the captions: "
+             "[{:.1f}, {:.1f}]).".format(*figures["whole_scene_gap_interval_points"]), ""]
     if not args.skip_inversion:
         inv = inversion_table(model_path(args.model), args.inversion_samples, args.inversion_steps, args.seed)
         parts += [(f"### Euler inversion then reconstruction ({args.inversion_samples} rendered world-version-2 "
