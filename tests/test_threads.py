@@ -226,3 +226,34 @@ def test_the_thread_count_does_not_change_an_edit(registry, tmp_path):
                      "--out", str(out)]) == 0
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_shapes_measure_takes_its_fair_share_beside_a_running_autotune_process(registry, monkeypatch):
+    """`autotune shapes measure` beside another autotune process: it registers and computes with its share of the
+    cores, not torch's default (two processes at the default slowed each other fourfold on 2 cores)."""
+    from autotune.bench import shapes_model
+
+    cores = threads.usable_cores()
+    child = _other_process(registry, cores)
+    seen = {}
+
+    def fake_table(pipe, samples, steps, seed, guidances, version=1):
+        seen["threads"] = torch.get_num_threads()
+        return "| table |", {}
+
+    monkeypatch.setattr(shapes_model, "load_pipeline", lambda model: object())
+    monkeypatch.setattr(shapes_model, "text_to_image_table", fake_table)
+    try:
+        assert shapes_model.main(["--model", "shapes", "--samples", "1", "--skip-inversion"]) == 0
+    finally:
+        child.kill()
+        child.wait()
+    assert seen["threads"] == threads.fair_share(len(cores), 1, 2, len(cores))  # the fixture set torch's default
+    assert threads._state is not None and threads._state.automatic
+
+
+def test_shapes_measure_refuses_a_thread_count_below_one(registry, capsys):
+    from autotune.cli import main
+
+    assert main(["shapes", "measure", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autotune import threads
 from autotune.engine.checkpoint import SHAPES_MODEL_DIR, SHORT_NAMES
 from autotune.shapes.reader import read_scene
 from autotune.shapes.world import Scene, caption, random_scene, render_array
@@ -65,6 +66,7 @@ def load_pipeline(model: str | Path):
         cls = StableDiffusionPipeline
     pipe = cls.from_pretrained(str(model_path(model)), local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
+    threads.follow(pipe)  # share the cores with autotune processes beside it (a no-op unless configured)
     return pipe
 
 
@@ -277,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-inversion", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the markdown here")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: $AUTOTUNE_THREADS, else $OMP_NUM_THREADS, "
+                   "else a fair share of the cores among the autotune processes running)")
     args = p.parse_args(argv)
+    threads.configure(args.threads)
     torch.manual_seed(args.seed)
     start = time.time()
     if is_flow_model(args.model):
