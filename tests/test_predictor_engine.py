@@ -296,7 +296,7 @@ def test_bench_predictor_oracle_grid_edits_only_the_new_settings_and_reports_its
                                                                                 space["w_tgt"]["high"])}
     assert before < after and after - before == grid - before
     text = out.read_text()
-    assert "| change_color | oracle: best of candidates and grid |" in text
+    assert "| change_color | oracle: best of every setting measured (candidates, (0.5, 7.5), grid) |" in text
     assert "| change_color | oracle with the grid - pick |" in text and "share of the grid oracle's gain" in text
     assert f"+ {len(grid - before)} grid" in text
 

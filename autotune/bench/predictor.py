@@ -5,9 +5,10 @@ Every held-out task is edited under every candidate setting the predictor choose
 trials), SimInversion's pair and, optionally, a coarse grid over the search space, and scored once; the policies are
 then read from that table: the predictor's choice for the task (its pick where it falls back), the category's pick
 (the preset's, for the predictor's trade-off), the paper's pair, and the oracle, the setting the trade-off's criterion
-ranks first on the task's own measured values (among the candidates, and among candidates and grid). Differences are
-paired (same tasks) and their 95% intervals come from resampling the tasks. Which feature groups carry the signal is
-measured here too: each group's values are shuffled among the held-out tasks and the predictor's choices re-made.
+ranks first on the task's own measured values (among the candidates, and among every setting measured).
+Differences are paired (same tasks) and their 95% intervals come from resampling the tasks. Which feature groups
+carry the signal is measured here too: each group's values are shuffled among the held-out tasks and the
+predictor's choices re-made.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class PredictorResult:
 _COMPARISONS = (("auto-pick", "auto - pick"), ("auto-paper", "auto - (0.5, 7.5)"), ("oracle-pick", "oracle - pick"),
                 ("oracle+grid-pick", "oracle with the grid - pick"))
 _POLICY_NAMES = {"auto": "predicted per image (auto)", "pick": "the preset's pick", "paper": "(0.5, 7.5)",
-                 "oracle": "oracle: each task's best candidate", "oracle+grid": "oracle: best of candidates and grid"}
+                 "oracle": "oracle: each task's best candidate",
+                 "oracle+grid": "oracle: best of every setting measured (candidates, (0.5, 7.5), grid)"}
 
 
 def _gap(auto: float, oracle: float) -> str:
