@@ -158,6 +158,20 @@ def test_a_stopped_run_continues_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_cooldown_decays_a_constant_run_to_zero_and_may_be_added_when_extending_it(tmp_path):
+    args = _tiny_args("--steps", "10", "--warmup", "2", "--cooldown", "4")
+    rates = [train_flow.learning_rate(step, args) for step in range(10)]
+    assert rates == pytest.approx([3e-4] + [6e-4] * 6 + [4.5e-4, 3e-4, 1.5e-4])
+    # A constant run's checkpoint continues under a cooldown (only the last steps' rates differ) ...
+    assert train_flow.settings_of(args) == train_flow.settings_of(_tiny_args("--steps", "10", "--warmup", "2"))
+    # ... but a cooldown on a cosine schedule, or longer than the steps after warmup, is refused before any work.
+    for extra in (["--lr-schedule", "cosine"], ["--cooldown", "9"]):
+        with pytest.raises(SystemExit, match="--cooldown"):
+            train_flow.main(["--out", str(tmp_path / "m"), "--state", str(tmp_path / "s"), *TINY,
+                             "--steps", "10", "--warmup", "2", "--cooldown", "4", *extra])
+    assert not (tmp_path / "s").exists()
+
+
 def test_the_folder_loads_through_the_editor_as_a_flow_model_and_edits(tiny_model):
     """`Editor.from_pretrained(folder)`: autotune's flow family reads it (SD3 architecture, 64 px, the saved
     weights) and FlowEdit edits a world-version-2 task at its size."""

@@ -210,10 +210,14 @@ def flow_loss(transformer, text_encoder, text_encoder_2, latents: torch.Tensor, 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
     """Linear warmup, then constant (the default: with the EMA it needs no decay, and a run can be extended) or
-    cosine down to 10% at `--steps` (`train.lr_at`)."""
+    cosine down to 10% at `--steps` (`train.lr_at`). A constant run may end with `--cooldown` steps of linear decay
+    to zero (warmup-stable-decay: a finished run extended with a cooldown, without restarting it)."""
     if args.lr_schedule == "cosine":
         return lr_at(step, args.steps, args.lr, args.warmup)
-    return args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+    lr = args.lr * min(1.0, (step + 1) / max(args.warmup, 1))
+    if args.cooldown and step >= args.steps - args.cooldown:
+        lr *= (args.steps - step) / args.cooldown
+    return lr
 
 
 def sample_sigmas(n: int, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
@@ -303,8 +307,8 @@ def settings_of(args: argparse.Namespace, everything: bool = False) -> dict:
     threads, the inference-only shift and guidance, and under a constant learning rate the number of steps: a
     finished run can be extended), or with `everything`, all but the folders (the VAE's is recorded apart, relative
     to the package, so that no path of the training machine ships)."""
-    constant = args.lr_schedule == "constant"
-    skip = ("out", "state", "vae") if everything else RESUME_FREE + (("steps",) if constant else ())
+    free = RESUME_FREE + ("cooldown",) + (("steps",) if args.lr_schedule == "constant" else ())
+    skip = ("out", "state", "vae") if everything else free
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k not in skip}
 
 
@@ -390,6 +394,9 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
     it) and `--measure-samples` > 0, measure text to image and record the figures in `training.json`."""
     from tqdm import tqdm
 
+    if args.cooldown and (args.lr_schedule != "constant" or not 0 < args.cooldown <= args.steps - args.warmup):
+        raise SystemExit(f"--cooldown {args.cooldown}: a cooldown ends a constant schedule, so it needs --lr-schedule "
+                         f"constant and at most --steps minus --warmup ({args.steps - args.warmup}) steps")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     state = Path(args.state) if args.state else default_state(out)
@@ -552,6 +559,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--cooldown", type=int, default=0,
+                   help="constant schedule only: decay linearly to zero over the last N steps (0: no decay)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
