@@ -172,6 +172,63 @@ def test_a_cooldown_decays_a_constant_run_to_zero_and_may_be_added_when_extendin
     assert not (tmp_path / "s").exists()
 
 
+def test_partial_captions_leave_exactly_one_object_unsaid_in_the_asked_share_of_multi_object_scenes():
+    from autotune.shapes.tokenizer import clip_tokenizer
+    from autotune.shapes.world import caption
+
+    args = _tiny_args("--n-images", "60", "--partial-captions", "0.5", "--caption-dropout", "0.1")
+    tokenizer = clip_tokenizer()
+    scenes = train_flow.scenes_of(60, 0)
+    ids = tokenizer([caption(s) for s in scenes], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    partial_ids, has = train_flow.partial_caption_ids(args, ids, tokenizer)
+    assert has.tolist() == [len(s.objects) >= 2 for s in scenes] and 0 < int(has.sum()) < 60
+    for scene, row, multi in zip(scenes, partial_ids, has):
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        if multi:
+            one_less = {caption(scene.with_objects([o for o in scene.objects if o is not gone]))
+                        for gone in scene.objects}
+            assert text in one_less, (text, caption(scene))
+        else:
+            assert text == caption(scene)
+    # In a batch: about half of the multi-object captions lose an object, no single-object one does, and the
+    # caption dropout still empties about a tenth.
+    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    idx = torch.arange(60).repeat(200)
+    tokens = train_flow.training_tokens(idx, ids, (partial_ids, has), empty, args, torch.Generator().manual_seed(0))
+    dropped = (tokens == empty).all(1)
+    unsaid = (tokens == partial_ids[idx]).all(1) & ~(tokens == ids[idx]).all(1)
+    multi = has[idx]
+    assert not unsaid[~multi].any()
+    assert 0.40 < unsaid[multi].float().mean() < 0.50  # 0.5 kept from the dropout's 0.1: 0.45
+    assert 0.08 < dropped.float().mean() < 0.12
+    # Captions of other scenes than the cached ones are refused, not silently mismatched.
+    with pytest.raises(SystemExit, match="cached training captions"):
+        train_flow.partial_caption_ids(_tiny_args("--n-images", "60", "--seed", "1"), ids, tokenizer)
+
+
+def test_a_run_begun_before_partial_captions_existed_continues_and_refuses_to_switch_them_on(tmp_path):
+    run = ["--out", str(tmp_path / "model"), "--state", str(tmp_path / "state"), *TINY]
+    train_flow.main([*run, "--stop-after", "2"])
+    checkpoint = tmp_path / "state" / "checkpoint.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    del saved["settings"]["partial_captions"]  # as the shipped model's state was written
+    torch.save(saved, checkpoint)
+    with pytest.raises(SystemExit, match=r"other settings \(partial_captions\)"):
+        train_flow.main([*run, "--partial-captions", "0.5"])
+    train_flow.main(run)
+    assert json.loads((tmp_path / "model" / "training.json").read_text())["steps_done"] == 5
+
+
+def test_without_partial_captions_the_batch_draws_what_it_always_drew():
+    args, ids = _tiny_args(), torch.arange(77 * 6).reshape(6, 77)
+    empty = torch.zeros(77, dtype=torch.long)
+    gen, reference = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    tokens = train_flow.training_tokens(torch.tensor([0, 5, 2]), ids, None, empty, args, gen)
+    expected = ids[[0, 5, 2]].clone()
+    expected[torch.rand(3, generator=reference) < args.caption_dropout] = empty
+    assert torch.equal(tokens, expected) and torch.equal(gen.get_state(), reference.get_state())
+
+
 def test_the_folder_loads_through_the_editor_as_a_flow_model_and_edits(tiny_model):
     """`Editor.from_pretrained(folder)`: autotune's flow family reads it (SD3 architecture, 64 px, the saved
     weights) and FlowEdit edits a world-version-2 task at its size."""

@@ -70,6 +70,8 @@ VAE_DIR = Path(__file__).resolve().parent / "weights" / "shapes" / "vae"  # the 
 T5_ROWS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the zero rows that stand for T5
 HALF_STORED = ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                "text_encoder_2/model.safetensors")
+# Settings added after runs had begun, with the value that continues them as they were.
+ADDED_SETTINGS = {"partial_captions": 0.0}
 # Settings that may differ between a run and its continuation (they do not change the weights).
 RESUME_FREE = ("out", "state", "threads", "save_every", "stop_after", "measure_samples", "measure_steps", "log_every",
                "guidance", "shift")
@@ -220,6 +222,19 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return lr
 
 
+def training_tokens(idx: torch.Tensor, ids: torch.Tensor, partial: tuple[torch.Tensor, torch.Tensor] | None,
+                    empty: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+    """The captions of a batch: some with an object unsaid (`--partial-captions`), some dropped to the empty
+    caption (`--caption-dropout`, the unconditional branch guidance works against)."""
+    tokens = ids[idx].clone()
+    if args.partial_captions:  # drawn only when asked: runs without it keep their random stream
+        partial_ids, has_partial = partial
+        unsaid = (torch.rand(len(idx), generator=gen) < args.partial_captions) & has_partial[idx]
+        tokens[unsaid] = partial_ids[idx][unsaid]
+    tokens[torch.rand(len(idx), generator=gen) < args.caption_dropout] = empty
+    return tokens
+
+
 def sample_sigmas(n: int, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
     """Noise levels in (0, 1): logit-normal (SD3's default, mean `--logit-mean`, std `--logit-std`), or uniform."""
     if args.timesteps == "uniform":
@@ -231,10 +246,35 @@ def sample_sigmas(n: int, args: argparse.Namespace, gen: torch.Generator) -> tor
 # Data
 
 
-def render_scenes(n: int, seed: int) -> tuple[np.ndarray, list]:
+def scenes_of(n: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng, version=WORLD_VERSION) for _ in range(n)]
+    return [random_scene(rng, version=WORLD_VERSION) for _ in range(n)]
+
+
+def render_scenes(n: int, seed: int) -> tuple[np.ndarray, list]:
+    scenes = scenes_of(n, seed)
     return np.stack([render_array(s) for s in scenes]), scenes
+
+
+def partial_caption_ids(args: argparse.Namespace, ids: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """For `--partial-captions`: each training scene's caption with one of its objects (drawn at random) left
+    unsaid, as token ids, and which scenes have such a caption (two or more objects). Checked against the cached
+    full captions, so that the two always describe the same scenes."""
+    scenes = scenes_of(args.n_images, args.seed)
+    full = tokenizer([caption(s) for s in scenes], padding="max_length", max_length=77, truncation=True,
+                     return_tensors="pt").input_ids
+    if not torch.equal(full, ids):
+        raise SystemExit("the cached training captions are not those of --seed and --n-images; remove the state "
+                         "folder's data.pt to render the data again")
+    rng = np.random.default_rng([args.seed, 24])
+    texts, has = [], []
+    for scene in scenes:
+        has.append(len(scene.objects) >= 2)
+        gone = int(rng.integers(len(scene.objects)))
+        kept = [o for i, o in enumerate(scene.objects) if i != gone] if has[-1] else scene.objects
+        texts.append(caption(scene.with_objects(kept)))
+    partial = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    return partial, torch.tensor(has)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -394,6 +434,8 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
     it) and `--measure-samples` > 0, measure text to image and record the figures in `training.json`."""
     from tqdm import tqdm
 
+    if not 0 <= args.partial_captions < 1:
+        raise SystemExit(f"--partial-captions {args.partial_captions}: a share of captions, from 0 (none) to below 1")
     if args.cooldown and (args.lr_schedule != "constant" or not 0 < args.cooldown <= args.steps - args.warmup):
         raise SystemExit(f"--cooldown {args.cooldown}: a cooldown ends a constant schedule, so it needs --lr-schedule "
                          f"constant and at most --steps minus --warmup ({args.steps - args.warmup}) steps")
@@ -411,6 +453,7 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
     shift, scale = data["shift_factor"], data["scaling_factor"]
     tokenizer = clip_tokenizer()
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    partial = partial_caption_ids(args, ids, tokenizer) if args.partial_captions else None
 
     torch.manual_seed(args.seed)
     text_encoder = build_text_encoder(args.text_dim, args.text_layers, args.text_projection)
@@ -430,9 +473,9 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
     step, loss_avg, history, seconds_before, cpu_before = 0, None, [], 0.0, 0.0
     if checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=True)
-        if saved["settings"] != settings_of(args):
-            changed = sorted(k for k in set(saved["settings"]) | set(settings_of(args))
-                             if saved["settings"].get(k) != settings_of(args).get(k))
+        before, now = {**ADDED_SETTINGS, **saved["settings"]}, settings_of(args)
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise SystemExit(f"{checkpoint} was made with other settings ({', '.join(changed)}); rerun with the same "
                              f"arguments to continue it, or remove {state} to start again")
         for k, m in models.items():
@@ -467,8 +510,7 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
                 group["lr"] = lr
             idx = torch.randint(0, len(means), (args.batch,), generator=gen)
             latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen) - shift) * scale
-            tokens = ids[idx].clone()
-            tokens[torch.rand(args.batch, generator=gen) < args.caption_dropout] = empty
+            tokens = training_tokens(idx, ids, partial, empty, args, gen)
             noise = torch.randn(latents.shape, generator=gen)
             sigma = sample_sigmas(args.batch, args, gen)
             loss = flow_loss(transformer, text_encoder, text_encoder_2, latents, tokens, noise, sigma)
@@ -564,6 +606,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--partial-captions", type=float, default=0.0,
+                   help="share of multi-object scenes whose training caption leaves one object unsaid, as web "
+                        "alt-text under-describes its image (docs/shapes.md); 0: every caption names every object")
     p.add_argument("--timesteps", choices=("logit-normal", "uniform"), default="logit-normal")
     p.add_argument("--logit-mean", type=float, default=0.0)
     p.add_argument("--logit-std", type=float, default=1.0)
