@@ -229,6 +229,43 @@ def test_without_partial_captions_the_batch_draws_what_it_always_drew():
     assert torch.equal(tokens, expected) and torch.equal(gen.get_state(), reference.get_state())
 
 
+def test_a_fine_tune_starts_exactly_at_the_folders_weights_and_records_it(tiny_model, tmp_path):
+    (tmp_path / "s").mkdir()
+    shutil.copy(tiny_model.parent / "state" / "data.pt", tmp_path / "s" / "data.pt")
+    tuned = tmp_path / "tuned"
+    run = ["--out", str(tuned), "--state", str(tmp_path / "s"), *TINY, "--init-from", str(tiny_model)]
+    train_flow.main([*run, "--steps", "0"])  # no step: the folder written is the one started from
+    for name in train_flow.HALF_STORED:
+        a, b = load_file(tiny_model / name), load_file(tuned / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    meta = json.loads((tuned / "training.json").read_text())
+    assert meta["init_from"]["model"] == "model" and meta["init_from"]["steps_done"] == 5
+    assert "init_from" not in meta["args"]  # no path of the training machine ships
+    train_flow.main(run)  # five steps of fine-tuning move the weights
+    a = load_file(tiny_model / train_flow.WEIGHT_FILES["transformer"])
+    b = load_file(tuned / train_flow.WEIGHT_FILES["transformer"])
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "3"], r"architecture differs from this run's \(--layers 2\)"),
+    (["--n-images", "30"], "other latents"),
+])
+def test_a_fine_tune_of_another_architecture_or_data_is_refused_with_what_to_pass(tiny_model, tmp_path, extra,
+                                                                                  message):
+    with pytest.raises(SystemExit, match=message):
+        train_flow.main(["--out", str(tmp_path / "m"), "--state", str(tmp_path / "s"), *TINY, *extra,
+                         "--init-from", str(tiny_model)])
+
+
+def test_a_fine_tune_needs_a_folder_this_command_wrote_and_another_output(tiny_model, tmp_path):
+    with pytest.raises(SystemExit, match="no training.json"):
+        train_flow.main(["--out", str(tmp_path / "m"), "--state", str(tmp_path / "s"), *TINY,
+                         "--init-from", str(tmp_path)])
+    with pytest.raises(SystemExit, match="also --out"):
+        train_flow.main(["--out", str(tiny_model), *TINY, "--init-from", str(tiny_model)])
+
+
 def test_the_folder_loads_through_the_editor_as_a_flow_model_and_edits(tiny_model):
     """`Editor.from_pretrained(folder)`: autotune's flow family reads it (SD3 architecture, 64 px, the saved
     weights) and FlowEdit edits a world-version-2 task at its size."""

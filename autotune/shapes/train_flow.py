@@ -58,6 +58,7 @@ from diffusers import (  # noqa: E402
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
+from safetensors.torch import load_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection  # noqa: E402
 
 from autotune.shapes.reader import read_scene  # noqa: E402
@@ -68,10 +69,13 @@ from autotune.shapes.world import caption, random_scene, render_array, world  # 
 WORLD_VERSION = 2
 VAE_DIR = Path(__file__).resolve().parent / "weights" / "shapes" / "vae"  # the UNet shapes model's VAE, reused
 T5_ROWS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the zero rows that stand for T5
-HALF_STORED = ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
-               "text_encoder_2/model.safetensors")
+WEIGHT_FILES = {"transformer": "transformer/diffusion_pytorch_model.safetensors",
+                "text_encoder": "text_encoder/model.safetensors", "text_encoder_2": "text_encoder_2/model.safetensors"}
+HALF_STORED = tuple(WEIGHT_FILES.values())
+ARCHITECTURE = ("patch_size", "layers", "heads", "head_dim", "qk_norm", "text_dim", "text_dim_2", "text_layers",
+                "text_projection", "text_projection_2")
 # Settings added after runs had begun, with the value that continues them as they were.
-ADDED_SETTINGS = {"partial_captions": 0.0}
+ADDED_SETTINGS = {"partial_captions": 0.0, "init_from": None}
 # Settings that may differ between a run and its continuation (they do not change the weights).
 RESUME_FREE = ("out", "state", "threads", "save_every", "stop_after", "measure_samples", "measure_steps", "log_every",
                "guidance", "shift")
@@ -348,7 +352,7 @@ def settings_of(args: argparse.Namespace, everything: bool = False) -> dict:
     finished run can be extended), or with `everything`, all but the folders (the VAE's is recorded apart, relative
     to the package, so that no path of the training machine ships)."""
     free = RESUME_FREE + ("cooldown",) + (("steps",) if args.lr_schedule == "constant" else ())
-    skip = ("out", "state", "vae") if everything else free
+    skip = ("out", "state", "vae", "init_from") if everything else free
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k not in skip}
 
 
@@ -386,6 +390,39 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+def read_init(args: argparse.Namespace) -> dict:
+    """The `training.json` of the `--init-from` folder, checked before any work: it must be a folder this script
+    wrote, of this run's architecture."""
+    folder = Path(args.init_from)
+    meta_path = folder / "training.json"
+    if not meta_path.is_file():
+        raise SystemExit(f"--init-from {folder}: no training.json there; pass a folder written by `autotune shapes "
+                         "train-flow` (e.g. autotune/shapes/weights/shapes-flow)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    differ = [k for k in ARCHITECTURE if meta["args"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--init-from {folder}: its architecture differs from this run's ("
+                         + ", ".join(f"--{k.replace('_', '-')} {meta['args'].get(k)!r}" for k in differ)
+                         + "); pass those")
+    return meta
+
+
+def load_init(folder: Path, meta: dict, models: dict, data: dict) -> dict:
+    """Start from a model this script wrote (a fine-tune: its weights, a fresh optimizer), if it was trained on the
+    same latents. Returns what `training.json` records of it, so that the budget counts both runs."""
+    vae = meta["vae"]
+    if (vae["shift_factor"], vae["scaling_factor"]) != (data["shift_factor"], data["scaling_factor"]):
+        raise SystemExit(f"--init-from {folder}: it was trained on other latents (shift and scaling factors differ); "
+                         f"pass its --seed {meta['args']['seed']} and --n-images {meta['args']['n_images']}")
+    for name, model in models.items():
+        model.load_state_dict(load_file(folder / WEIGHT_FILES[name]))  # float16 on disk, float32 to train
+    transformer = (folder / WEIGHT_FILES["transformer"]).read_bytes()
+    log(f"starting from {folder} ({meta['steps_done']} steps)")
+    return {"model": folder.name, "transformer_sha256": hashlib.sha256(transformer).hexdigest(),
+            "steps_done": meta["steps_done"], "wall_time_minutes": meta["wall_time_minutes"],
+            "training_cpu_minutes": meta["training_cpu_minutes"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -439,8 +476,12 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
     if args.cooldown and (args.lr_schedule != "constant" or not 0 < args.cooldown <= args.steps - args.warmup):
         raise SystemExit(f"--cooldown {args.cooldown}: a cooldown ends a constant schedule, so it needs --lr-schedule "
                          f"constant and at most --steps minus --warmup ({args.steps - args.warmup}) steps")
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.init_from and Path(args.init_from).resolve() == out.resolve():
+        raise SystemExit(f"--init-from {args.init_from} is also --out: write the fine-tune to another folder (a "
+                         "stopped run continues from the folder it started from), then move it")
+    init_meta = read_init(args) if args.init_from else None
+    torch.set_num_threads(args.threads)
     state = Path(args.state) if args.state else default_state(out)
     state.mkdir(parents=True, exist_ok=True)
     session_start = time.time()
@@ -460,6 +501,7 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
     text_encoder_2 = build_text_encoder(args.text_dim_2, args.text_layers, args.text_projection_2)
     transformer = build_transformer(args, means.shape[-1], means.shape[1])
     models = {"transformer": transformer, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    init = load_init(Path(args.init_from), init_meta, models, data) if init_meta else None
     params = [p for m in models.values() for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW([
@@ -559,6 +601,8 @@ def train(args: argparse.Namespace, measure: Measure | None = None) -> Path:
         "training_cpu_minutes": round(train_cpu / 60, 1), "threads": args.threads,
         "t5_rows_trained_for": T5_ROWS,
     }
+    if init:
+        meta["init_from"] = init
     save_pipeline(out, pipe, meta)
     log(f"wrote {out} ({folder_megabytes(out):.1f} MB)")
 
@@ -609,6 +653,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-captions", type=float, default=0.0,
                    help="share of multi-object scenes whose training caption leaves one object unsaid, as web "
                         "alt-text under-describes its image (docs/shapes.md); 0: every caption names every object")
+    p.add_argument("--init-from", help="a folder this command wrote: start from its weights (a fine-tune, with a "
+                                       "fresh optimizer; the same architecture and data)")
     p.add_argument("--timesteps", choices=("logit-normal", "uniform"), default="logit-normal")
     p.add_argument("--logit-mean", type=float, default=0.0)
     p.add_argument("--logit-std", type=float, default=1.0)
