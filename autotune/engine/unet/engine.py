@@ -227,7 +227,10 @@ class UNetEngine:
         if probe is None:
             return out
         steps, grid = probe.steps, self._grid(probe.steps)
-        trajectories = self._trajectories([(i.prepared, i.source, probe.inversion_scale) for i in items], steps)
+        # Each inverted alone and afresh, as at inference (one image): a cached inversion, computed in another
+        # study's batch, differs in float rounding, and the features must not depend on what ran before.
+        trajectories = [self._trajectories([(i.prepared, i.source, probe.inversion_scale)], steps, fresh=True)[0]
+                        for i in items]
         shapes: dict[tuple[int, ...], list[int]] = {}
         for t, item in enumerate(items):
             shapes.setdefault(tuple(item.prepared.latent.shape), []).append(t)
@@ -293,12 +296,12 @@ class UNetEngine:
         return self._trajectories([(prepared, source, schedule)], steps)[0]
 
     def _trajectories(
-        self, wanted: list[tuple[_Prepared, TokenizedPrompt, GuidanceSchedule]], steps: int
+        self, wanted: list[tuple[_Prepared, TokenizedPrompt, GuidanceSchedule]], steps: int, fresh: bool = False
     ) -> list[torch.Tensor]:
-        """Inversions of (image, source prompt, schedule): cached ones looked up, the missing ones inverted
-        together in one batch (per latent size)."""
+        """Inversions of (image, source prompt, schedule): cached ones looked up (unless `fresh`), the missing ones
+        inverted together in one batch (per latent size) and cached."""
         keys = [self._inversion_key(prepared, source, schedule, steps) for prepared, source, schedule in wanted]
-        found = {key: self.settings.cache.get(key, self.device) for key in dict.fromkeys(keys)}
+        found = {key: None if fresh else self.settings.cache.get(key, self.device) for key in dict.fromkeys(keys)}
         missing: dict[tuple[int, ...], list[str]] = {}
         for key, value in found.items():
             if value is None:
