@@ -158,3 +158,28 @@ def test_the_shipped_shapes_flow_presets_fit_the_shipped_model(folder, method):
         balanced = entry.preset.params("balanced")
         assert balanced.method == method and balanced.steps == 50
         assert entry.preset.provenance["task_source"]["world_version"] == 2
+
+
+@pytest.mark.parametrize(("folder", "method"), [("presets/shapes-flow-next", "flowedit"),
+                                                ("presets/shapes-flow-next/flow_siminversion", "flow_siminversion")])
+def test_the_presets_tuned_on_the_fine_tune_fit_it_and_refuse_todays_shapes_flow(folder, method):
+    """Staged beside the fine-tune until both take shapes-flow's place (docs/shapes.md): tuned with the fine-tune
+    in shapes-flow's folder, so they carry its name and its weights' fingerprint. Each verifies (strict content
+    hash), fits the fine-tune's weights and scheduler, was tuned on world-version-2 tasks, and is refused by the
+    shapes-flow shipped today."""
+    from autotune import Editor
+    from autotune.presets.preset import Preset, PresetError
+    from autotune.shapes.tasks import SHAPES_CATEGORIES
+
+    fine_tune = Editor.from_pretrained(str(FLOW_MODEL.parent / "shapes-flow-partial-captions"), device="cpu",
+                                       progress=False).model_info()
+    shipped = Editor.from_pretrained("shapes-flow", device="cpu", progress=False).model_info()
+    for category in SHAPES_CATEGORIES:
+        preset = Preset.load(ROOT / folder / f"shapes-flow__{category}.json", strict=True)
+        assert preset.model["id"] == "shapes-flow" and preset.kind == "tuned"
+        preset.check_compatible(fine_tune)  # same weights fingerprint, same scheduler
+        with pytest.raises(PresetError, match="made for weights"):
+            preset.check_compatible(shipped)
+        balanced = preset.params("balanced")
+        assert balanced.method == method and balanced.steps == 50
+        assert preset.provenance["task_source"]["world_version"] == 2
